@@ -1,0 +1,1 @@
+"""The learner side of selfcorrect-rl: config, the training loop and the maths of an update."""

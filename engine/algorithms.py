@@ -1,0 +1,105 @@
+"""The maths of a SCoRe update: advantage estimators, KL estimators, per-turn returns, the loss.
+
+Pure functions on tensors; each is tested against hand-computed numbers in tests/test_algorithms.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+GRPO_EPS = 1e-6
+
+
+# --- advantage estimators: rewards [groups, n] -> advantages [groups, n] -------------------------
+
+def reinforce_advantages(rewards: Tensor) -> Tensor:
+    """Plain REINFORCE: the return itself, no baseline."""
+    return rewards.clone()
+
+
+def rloo_advantages(rewards: Tensor) -> Tensor:
+    """REINFORCE leave-one-out: subtract the mean of the other n-1 samples of the same prompt."""
+    n = rewards.shape[-1]
+    others_mean = (rewards.sum(dim=-1, keepdim=True) - rewards) / (n - 1)
+    return rewards - others_mean
+
+
+def grpo_advantages(rewards: Tensor) -> Tensor:
+    """GRPO: centre on the group mean and divide by the group's (unbiased) standard deviation."""
+    mean = rewards.mean(dim=-1, keepdim=True)
+    std = rewards.std(dim=-1, keepdim=True)
+    return (rewards - mean) / (std + GRPO_EPS)
+
+
+ADVANTAGE_ESTIMATORS: dict[str, Callable[[Tensor], Tensor]] = {
+    "reinforce": reinforce_advantages,
+    "rloo": rloo_advantages,
+    "grpo": grpo_advantages,
+}
+
+
+# --- KL estimators: per-token estimates of KL(policy || reference) from sampled tokens -----------
+
+def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tensor:
+    """Schulman's k1 (log-ratio), k2 (half squared log-ratio) and k3 (ratio - 1 - log-ratio)."""
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio.pow(2)
+    if estimator == "k3":
+        return torch.exp(-log_ratio) - 1 + log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}; expected k1, k2 or k3")
+
+
+# --- SCoRe returns and weights per stage ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class TurnWeights:
+    pg_turn1: float  # 0 in Stage I: turn 1 gets no reward term
+    kl_turn1: float
+    kl_turn2: float
+
+
+def turn_returns(r1: Tensor, r2: Tensor, stage: int, alpha: float) -> tuple[Tensor, Tensor]:
+    """Per-episode returns (turn 1, turn 2). Stage I rewards turn 2 only; Stage II adds the
+    correction bonus alpha * (r2 - r1) to turn 2 alone."""
+    if stage == 1:
+        return torch.zeros_like(r1), r2.clone()
+    if stage == 2:
+        return r1.clone(), r2 + alpha * (r2 - r1)
+    raise ValueError(f"stage must be 1 or 2, got {stage}")
+
+
+def turn_weights(stage: int, beta1: float, beta2: float) -> TurnWeights:
+    """Stage I holds turn 1 near the base model with the strong beta2; Stage II uses beta1 on both turns."""
+    if stage == 1:
+        return TurnWeights(pg_turn1=0.0, kl_turn1=beta2, kl_turn2=beta1)
+    return TurnWeights(pg_turn1=1.0, kl_turn1=beta1, kl_turn2=beta1)
+
+
+def scores_stage(step: int, stage1_steps: int) -> int:
+    """Steps are 0-based; the first `stage1_steps` steps are Stage I."""
+    return 1 if step < stage1_steps else 2
+
+
+# --- the loss ------------------------------------------------------------------------------------
+
+def policy_gradient_per_token(logprobs: Tensor, advantages: Tensor) -> Tensor:
+    """-A * pi/pi_detached: value -A, gradient -A * grad log pi (one on-policy update per batch)."""
+    ratio = torch.exp(logprobs - logprobs.detach())
+    return -advantages.unsqueeze(-1) * ratio
+
+
+def turn_loss(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, advantages: Tensor,
+              pg_weight: float, kl_weight: float, kl_estimator: str, num_tokens: float) -> tuple[Tensor, Tensor]:
+    """Loss of one turn summed over its tokens and divided by `num_tokens` (the turn's tokens across
+    the whole batch, so micro-batches add up to a token mean). Returns (loss, kl token-sum)."""
+    kl = kl_per_token(logprobs, ref_logprobs, kl_estimator)
+    per_token = pg_weight * policy_gradient_per_token(logprobs, advantages) + kl_weight * kl
+    loss = (per_token * mask).sum() / max(num_tokens, 1.0)
+    return loss, (kl.detach() * mask).sum()

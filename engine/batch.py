@@ -1,0 +1,48 @@
+"""Episodes -> padded tensors for the learner: token ids, attention mask, per-turn masks and the
+log-probs vLLM reported for the sampled tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from rollout.episodes import Episode
+
+
+@dataclass
+class TrainBatch:
+    input_ids: Tensor  # [B, T], right-padded
+    attention_mask: Tensor  # [B, T]
+    turn1_mask: Tensor  # [B, T] float, 1 on turn-1 sampled tokens
+    turn2_mask: Tensor  # [B, T] float, 1 on turn-2 sampled tokens
+    rollout_logprobs: Tensor  # [B, T] vLLM's log-prob of each sampled token, 0 elsewhere
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def slice(self, start: int, end: int) -> "TrainBatch":
+        return TrainBatch(**{f.name: getattr(self, f.name)[start:end] for f in fields(self)})
+
+
+def collate(episodes: Sequence[Episode], pad_id: int) -> TrainBatch:
+    width = max(len(e.input_ids) for e in episodes)
+    shape = (len(episodes), width)
+    batch = TrainBatch(
+        input_ids=torch.full(shape, pad_id, dtype=torch.long),
+        attention_mask=torch.zeros(shape, dtype=torch.long),
+        turn1_mask=torch.zeros(shape),
+        turn2_mask=torch.zeros(shape),
+        rollout_logprobs=torch.zeros(shape),
+    )
+    for row, ep in enumerate(episodes):
+        ids = ep.input_ids
+        batch.input_ids[row, : len(ids)] = torch.tensor(ids)
+        batch.attention_mask[row, : len(ids)] = 1
+        for mask, (start, end), completion in ((batch.turn1_mask, ep.turn1_span, ep.turn1),
+                                               (batch.turn2_mask, ep.turn2_span, ep.turn2)):
+            mask[row, start:end] = 1.0
+            batch.rollout_logprobs[row, start:end] = torch.tensor(completion.logprobs)
+    return batch

@@ -1,0 +1,196 @@
+"""The run configuration: OmegaConf structured config, YAML file + `key=value` overrides.
+
+Every user-facing error names the offending key and, for typos, the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+
+@dataclass
+class ModelConfig:
+    path: str = "builtin:tiny-arith"  # or a local Hugging Face causal-LM folder
+    dtype: str = "float32"
+
+
+@dataclass
+class DataConfig:
+    train: str = "builtin:arith"  # or a JSONL file with `prompt` and optional `answer`
+    eval: str = "builtin:arith-eval"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 60
+    seed: int = 0
+    lr: float = 1e-4
+    output_dir: str = "runs/default"
+    save_every: int = 0  # checkpoints arrive with the checkpoint issue; 0 = never
+    grad_clip: float = 1.0
+    micro_batch_size: int = 64  # sequences per forward/backward on one rank
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # periodic evaluation every N steps; 0 = only before and after training
+    problems: int = 500
+    temperature: float = 1.0
+    samples_logged: int = 8  # episodes per step written to samples.jsonl
+
+
+@dataclass
+class RolloutConfig:
+    n: int = 4  # samples per prompt at turn 1 (each gets one correction)
+    prompts_per_step: int = 16
+    max_tokens: int = 24
+    temperature: float = 1.0
+    max_model_len: int = 256
+    kv_cache_gib: int = 1
+    correction_instruction: str = "Check your answer and fix any mistake."
+
+
+@dataclass
+class AlgoConfig:
+    stage1_steps: int = 20
+    alpha: float = 1.0  # correction bonus weight in Stage II: r2 + alpha * (r2 - r1)
+    beta1: float = 0.01  # KL weight on both turns in Stage II and on turn 2 in Stage I
+    beta2: float = 0.1  # strong KL weight on turn 1 in Stage I
+    kl_estimator: str = "k2"  # k1 | k2 | k3
+    advantage: str = "rloo"  # reinforce | rloo | grpo
+
+
+@dataclass
+class RewardConfig:
+    kind: str = "gold"
+
+
+@dataclass
+class DeepSpeedSection:
+    zero_stage: int = 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+
+
+CHOICES = {
+    "algo.kl_estimator": ("k1", "k2", "k3"),
+    "algo.advantage": ("reinforce", "rloo", "grpo"),
+    "deepspeed.zero_stage": (0, 1, 2, 3),
+    "model.dtype": ("float32", "bfloat16"),
+}
+POSITIVE = ("train.steps", "rollout.n", "rollout.prompts_per_step", "rollout.max_tokens", "eval.problems",
+            "train.micro_batch_size", "rollout.max_model_len")
+NON_NEGATIVE = ("eval.every", "train.save_every", "algo.stage1_steps", "algo.beta1", "algo.beta2", "algo.alpha",
+                "train.lr", "rollout.temperature", "eval.temperature")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; the message names the key and gives a hint."""
+
+
+def all_keys(node=None, prefix: str = "") -> list[str]:
+    node = OmegaConf.structured(Config) if node is None else node
+    keys = []
+    for k, v in node.items():
+        full = f"{prefix}{k}"
+        keys += all_keys(v, full + ".") if isinstance(v, DictConfig) else [full]
+    return keys
+
+
+def _unknown_key_error(key: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else " Run with --help-config to list the valid keys."
+    return ConfigError(f"unknown config key '{key}' ({source}).{hint}")
+
+
+def _flat_keys(raw: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in raw.items():
+        keys += _flat_keys(v, f"{prefix}{k}.") if isinstance(v, DictConfig) else [f"{prefix}{k}"]
+    return keys
+
+
+def _merge_checked(base: DictConfig, extra: DictConfig, source: str) -> DictConfig:
+    valid = set(all_keys())
+    sections = {k.split(".")[0] for k in valid}
+    for key in _flat_keys(extra):
+        if key not in valid and key not in sections:
+            raise _unknown_key_error(key, source)
+    try:
+        return OmegaConf.merge(base, extra)
+    except (ConfigKeyError, ConfigAttributeError) as err:
+        raise _unknown_key_error(str(err.full_key), source) from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad value for '{err.full_key}' ({source}): {str(err.msg).splitlines()[0]}") from None
+
+
+def _validate(cfg: DictConfig) -> None:
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}.")
+    for key in POSITIVE:
+        if OmegaConf.select(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be > 0, got {OmegaConf.select(cfg, key)}.")
+    for key in NON_NEGATIVE:
+        if OmegaConf.select(cfg, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {OmegaConf.select(cfg, key)}.")
+    if cfg.algo.advantage in ("rloo", "grpo") and cfg.rollout.n < 2:
+        raise ConfigError(
+            f"algo.advantage={cfg.algo.advantage} needs a group baseline: set rollout.n >= 2 "
+            f"(got {cfg.rollout.n}), or use algo.advantage=reinforce."
+        )
+
+
+def load_config(argv: list[str]) -> DictConfig:
+    """`[file.yaml ...] key=value ...` -> a validated, read-only config."""
+    cfg = OmegaConf.structured(Config)
+    overrides = []
+    for arg in argv:
+        if "=" in arg:
+            overrides.append(arg)
+            continue
+        path = Path(arg)
+        if not path.is_file():
+            raise ConfigError(f"config file '{arg}' not found. Hint: pass a YAML path or key=value overrides.")
+        try:
+            file_cfg = OmegaConf.load(path)
+        except Exception as err:  # yaml.YAMLError carries the line in its message
+            raise ConfigError(f"{path}: cannot parse YAML: {err}") from None
+        cfg = _merge_checked(cfg, file_cfg, str(path))
+    for item in overrides:
+        key = item.split("=", 1)[0].strip().lstrip("+")
+        try:
+            extra = OmegaConf.from_dotlist([item])
+        except Exception as err:
+            raise ConfigError(f"cannot parse override '{item}': {err}") from None
+        cfg = _merge_checked(cfg, extra, f"override '{key}'")
+    _validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    path.write_text(OmegaConf.to_yaml(cfg))
+
+
+def main_args(argv: list[str] | None = None) -> list[str]:
+    """The config arguments of a `deepspeed engine/train.py ...` launch, without the launcher's own flags."""
+    argv = sys.argv[1:] if argv is None else argv
+    return [a for a in argv if not a.startswith("--local_rank") and not a.startswith("--local-rank")]

@@ -1,0 +1,94 @@
+"""The learner: a DeepSpeed engine (ZeRO 0-3) around the policy, a frozen reference model beside
+it, and one SCoRe policy-gradient update per training step."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import deepspeed
+import torch
+from torch import Tensor
+from transformers import AutoModelForCausalLM
+
+from engine.algorithms import TurnWeights, turn_loss
+from engine.batch import TrainBatch
+from engine.logprobs import token_logprobs
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class UpdateStats:
+    loss: float
+    kl_turn1: float  # mean per-token KL(policy || reference) on turn-1 tokens
+    kl_turn2: float
+    logprob_mismatch: float  # max |vLLM log-prob - learner log-prob| over sampled tokens
+
+
+def deepspeed_config(zero_stage: int, micro_batch: int, grad_accum: int, lr: float, grad_clip: float,
+                     dtype: str) -> dict:
+    config = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": grad_clip,
+        # torch's AdamW: DeepSpeed's fused Adam needs a GPU.
+        "optimizer": {"type": "AdamW", "params": {"lr": lr, "betas": [0.9, 0.999], "eps": 1e-8,
+                                                  "weight_decay": 0.0, "torch_adam": True}},
+        "zero_optimization": {"stage": zero_stage},
+        "steps_per_print": 2**31 - 1,
+    }
+    if dtype == "bfloat16":
+        config["bf16"] = {"enabled": True}
+    return config
+
+
+class Learner:
+    def __init__(self, model_path: str, zero_stage: int, lr: float, grad_clip: float, episodes_per_rank: int,
+                 micro_batch_size: int, dtype: str = "float32"):
+        torch_dtype = DTYPES[dtype]
+        policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
+        self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).eval()
+        self.reference.requires_grad_(False)
+        self.micro_batch = min(micro_batch_size, episodes_per_rank)
+        self.grad_accum = math.ceil(episodes_per_rank / self.micro_batch)
+        self.zero_stage = zero_stage
+        config = deepspeed_config(zero_stage, self.micro_batch, self.grad_accum, lr, grad_clip, dtype)
+        self.engine, *_ = deepspeed.initialize(model=policy, model_parameters=policy.parameters(), config=config)
+
+    def update(self, batch: TrainBatch, turn1_adv: Tensor, turn2_adv: Tensor, weights: TurnWeights,
+               kl_estimator: str) -> UpdateStats:
+        """One optimizer step over the whole batch, in micro-batches with gradient accumulation."""
+        self.engine.train()
+        tokens1, tokens2 = batch.turn1_mask.sum().item(), batch.turn2_mask.sum().item()
+        loss_sum = kl1_sum = kl2_sum = mismatch = 0.0
+        for start in range(0, len(batch), self.micro_batch):
+            end = start + self.micro_batch
+            mb = batch.slice(start, end)
+            with torch.no_grad():
+                ref_lp = token_logprobs(self.reference, mb.input_ids, mb.attention_mask)
+            lp = token_logprobs(self.engine, mb.input_ids, mb.attention_mask)
+            loss1, kl1 = turn_loss(lp, ref_lp, mb.turn1_mask, turn1_adv[start:end], weights.pg_turn1,
+                                   weights.kl_turn1, kl_estimator, tokens1)
+            loss2, kl2 = turn_loss(lp, ref_lp, mb.turn2_mask, turn2_adv[start:end], 1.0,
+                                   weights.kl_turn2, kl_estimator, tokens2)
+            loss = loss1 + loss2
+            # Our loss is already a token mean over the whole batch: no extra 1/grad_accum scaling.
+            self.engine.backward(loss, scale_wrt_gas=False)
+            self.engine.step()
+            sampled = (mb.turn1_mask + mb.turn2_mask) > 0
+            mismatch = max(mismatch, (lp.detach() - mb.rollout_logprobs).abs()[sampled].max().item())
+            loss_sum += loss.item()
+            kl1_sum += kl1.item()
+            kl2_sum += kl2.item()
+        return UpdateStats(loss=loss_sum, kl_turn1=kl1_sum / max(tokens1, 1), kl_turn2=kl2_sum / max(tokens2, 1),
+                           logprob_mismatch=mismatch)
+
+    def full_state_dict(self) -> dict[str, Tensor]:
+        """Every weight in full, including tied ones (lm_head.weight), for the rollout engine.
+        Under ZeRO-3 the shards are gathered on every rank first."""
+        module = self.engine.module
+        if self.zero_stage == 3:
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                return {k: v.detach().clone() for k, v in module.state_dict().items()}
+        return {k: v.detach() for k, v in module.state_dict().items()}

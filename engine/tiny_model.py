@@ -1,0 +1,173 @@
+"""`builtin:tiny-arith`: a small Qwen2 model pre-trained here on the built-in arithmetic task.
+
+The base model is taught a noisy self-correction habit: its first attempt slips about half the time
+(a dropped carry, a digit off by one) and, when asked to check, it fixes about half of its slips and
+now and then breaks a right answer. RL has room to improve both turns. The build is deterministic
+(fixed seeds, one thread order) and cached under a key that hashes the whole recipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+from engine.tokenizer import build_char_tokenizer
+from rollout.arith import CORRECTION_INSTRUCTION, ArithProblem, arith_problems, sample_slip, worked_answer
+
+BUILD_VERSION = 1  # bump when the recipe below changes in a way the fields do not capture
+
+
+@dataclass(frozen=True)
+class TinyArithRecipe:
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_layers: int = 2
+    steps: int = 800
+    batch_size: int = 64
+    lr: float = 3e-3
+    seed: int = 0
+    p_slip_t1: float = 0.5  # first attempt is wrong this often
+    p_fix_t2: float = 0.5  # a wrong first attempt is fixed this often when asked to check
+    p_break_t2: float = 0.1  # a right first attempt is broken this often
+
+
+def model_config(recipe: TinyArithRecipe, vocab_size: int, eos_id: int, pad_id: int, bos_id: int) -> Qwen2Config:
+    # head_dim 64: vLLM's CPU attention rejects smaller heads.
+    return Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.num_layers,
+        num_attention_heads=recipe.hidden_size // 64,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        torch_dtype="float32",
+    )
+
+
+def _episode_messages(problem: ArithProblem, rng: random.Random, recipe: TinyArithRecipe) -> list[dict]:
+    slip1 = sample_slip(problem, rng) if rng.random() < recipe.p_slip_t1 else None
+    if slip1 is not None:
+        slip2 = None if rng.random() < recipe.p_fix_t2 else slip1
+    else:
+        slip2 = sample_slip(problem, rng) if rng.random() < recipe.p_break_t2 else None
+    return [
+        {"role": "user", "content": problem.prompt},
+        {"role": "assistant", "content": worked_answer(problem, slip1)},
+        {"role": "user", "content": CORRECTION_INSTRUCTION},
+        {"role": "assistant", "content": worked_answer(problem, slip2)},
+    ]
+
+
+def _encode_episode(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """Token ids and a 0/1 mask that is 1 on assistant content and its end-of-turn token."""
+    ids: list[int] = []
+    mask: list[int] = []
+    for i in range(len(messages)):
+        text = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        new = tokenizer(text, add_special_tokens=False).input_ids[len(ids):]
+        if messages[i]["role"] == "assistant":
+            header = len(tokenizer("<|im_start|>assistant\n", add_special_tokens=False).input_ids)
+            # train on the content and <|im_end|>, not on the header or the trailing newline
+            mask += [0] * header + [1] * (len(new) - header - 1) + [0]
+        else:
+            mask += [0] * len(new)
+        ids += new
+    return ids, mask
+
+
+def _batch(tokenizer, problems, rng, recipe) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = [_encode_episode(tokenizer, _episode_messages(rng.choice(problems), rng, recipe))
+            for _ in range(recipe.batch_size)]
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    for r, (ids, mask) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        labels[r, : len(ids)] = torch.tensor([t if m else -100 for t, m in zip(ids, mask)])
+    return input_ids, labels
+
+
+def pretrain(model: Qwen2ForCausalLM, tokenizer, recipe: TinyArithRecipe, log=print) -> None:
+    """Next-token training on synthetic two-turn episodes drawn from the train split only."""
+    problems = arith_problems("train")
+    rng = random.Random(recipe.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = max(1, recipe.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, recipe.steps) / recipe.steps))
+    )
+    model.train()
+    start = time.time()
+    for step in range(recipe.steps):
+        input_ids, labels = _batch(tokenizer, problems, rng, recipe)
+        loss = model(input_ids=input_ids, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 100 == 0 or step == recipe.steps - 1:
+            log(f"[tiny-arith] pretrain step {step + 1}/{recipe.steps} loss {loss.item():.4f} "
+                f"({time.time() - start:.0f}s)")
+    model.eval()
+
+
+def recipe_key(recipe: TinyArithRecipe) -> str:
+    blob = json.dumps({"version": BUILD_VERSION, **asdict(recipe)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SELFCORRECT_CACHE", Path.home() / ".cache" / "selfcorrect-rl"))
+
+
+def build_tiny_arith(recipe: TinyArithRecipe = TinyArithRecipe(), cache_dir: Path | None = None, log=print) -> Path:
+    """Return the folder of the built model, building and caching it on first use."""
+    cache_dir = Path(cache_dir or default_cache_dir())
+    target = cache_dir / f"tiny-arith-{recipe_key(recipe)}"
+    if (target / "config.json").exists():
+        return target
+    log(f"[tiny-arith] building base model into {target} (first use; cached afterwards)")
+    torch.manual_seed(recipe.seed)
+    tokenizer = build_char_tokenizer()
+    vocab_size = -(-len(tokenizer) // 64) * 64  # round up to a multiple of 64
+    config = model_config(recipe, vocab_size, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id)
+    model = Qwen2ForCausalLM(config)
+    pretrain(model, tokenizer, recipe, log=log)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id
+    )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Write into a temporary folder and rename, so an interrupted build never leaves a half model.
+    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".building-"))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def cached_tiny_arith(recipe: TinyArithRecipe = TinyArithRecipe(), cache_dir: Path | None = None) -> Path:
+    target = Path(cache_dir or default_cache_dir()) / f"tiny-arith-{recipe_key(recipe)}"
+    if not (target / "config.json").exists():
+        raise FileNotFoundError(f"{target} has not been built; call build_tiny_arith() first")
+    return target

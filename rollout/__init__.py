@@ -1,0 +1,1 @@
+"""Rollout: the vLLM engine, two-turn episodes and prompt data."""

@@ -1,0 +1,54 @@
+"""Prompt sources: the built-in arithmetic splits or a JSONL file of {"prompt", optional "answer"}."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rollout.arith import arith_problems
+
+BUILTIN = {"builtin:arith": "train", "builtin:arith-eval": "eval"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    prompt: str
+    answer: str | None  # gold answer, used only for evaluation or the `gold` reward
+
+
+class DataError(ValueError):
+    """A user-facing data mistake; the message names the file and line."""
+
+
+def load_problems(source: str) -> list[Problem]:
+    if source.startswith("builtin:"):
+        if source not in BUILTIN:
+            raise DataError(f"unknown built-in data set '{source}'. Known: {sorted(BUILTIN)}.")
+        return [Problem(p.prompt, p.answer) for p in arith_problems(BUILTIN[source])]
+    return _load_jsonl(Path(source))
+
+
+def _load_jsonl(path: Path) -> list[Problem]:
+    if not path.is_file():
+        raise DataError(f"data file '{path}' not found. Hint: data.train / data.eval take a JSONL path or "
+                        f"one of {sorted(BUILTIN)}.")
+    problems = []
+    with path.open() as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}: not valid JSON ({err.msg}).") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+                raise DataError(f"{where}: each line needs a non-empty string field 'prompt'.")
+            answer = row.get("answer")
+            if answer is not None and not isinstance(answer, (str, int, float)):
+                raise DataError(f"{where}: 'answer' must be a string or a number, got {type(answer).__name__}.")
+            problems.append(Problem(row["prompt"], None if answer is None else str(answer)))
+    if not problems:
+        raise DataError(f"{path}: no problems found (the file is empty).")
+    return problems

@@ -1,0 +1,77 @@
+"""The rollout side: one in-process vLLM engine that samples completions with their log-probs
+and takes new weights from the learner after every update."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Completion:
+    """One sampled continuation of a prompt."""
+
+    token_ids: list[int]
+    logprobs: list[float]  # the sampled tokens' log-probs under the raw (temperature 1) model
+    text: str
+    finished: bool  # ended on a stop token rather than on the length limit
+
+
+def _configure_vllm_env(kv_cache_gib: int) -> None:
+    # In-process engine: weights can be swapped in place (see shared/ENVIRONMENT.md).
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+class RolloutEngine:
+    """A thin wrapper over `vllm.LLM`: token ids in, completions with log-probs out."""
+
+    def __init__(self, model_path: str, max_model_len: int, seed: int, dtype: str = "float32",
+                 kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.3):
+        _configure_vllm_env(kv_cache_gib)
+        from vllm import LLM
+
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            enforce_eager=True,
+            seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )
+        self.max_model_len = max_model_len
+
+    def generate(self, prompts: Sequence[list[int]], n: int, max_tokens: int,
+                 temperature: float) -> list[list[Completion]]:
+        """`n` completions for each prompt (token ids). Randomness comes from the engine's seed: vLLM's
+        CPU sampler rejects per-request seeds ("CPU Generator does not use offset")."""
+        from vllm import SamplingParams
+
+        too_long = [i for i, p in enumerate(prompts) if len(p) + max_tokens > self.max_model_len]
+        if too_long:
+            i = too_long[0]
+            raise ValueError(
+                f"prompt {i} has {len(prompts[i])} tokens; with rollout.max_tokens={max_tokens} it exceeds "
+                f"the engine's max_model_len={self.max_model_len}. Hint: raise rollout.max_model_len or "
+                f"shorten the prompts."
+            )
+        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, logprobs=0)
+        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        return [[_to_completion(c) for c in out.outputs] for out in outputs]
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the engine's weights in place. Pass the full state_dict: with tied embeddings
+        named_parameters() omits lm_head.weight and vLLM would keep its old head."""
+        runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
+        runner.reload_weights(weights_iterator=iter(named_tensors))
+        self.llm.reset_prefix_cache()
+
+
+def _to_completion(c) -> Completion:
+    ids = list(c.token_ids)
+    logprobs = [float(pos[tok].logprob) for pos, tok in zip(c.logprobs, ids)]
+    return Completion(token_ids=ids, logprobs=logprobs, text=c.text, finished=c.finish_reason == "stop")

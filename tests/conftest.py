@@ -1,0 +1,28 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A briefly pre-trained builtin:tiny-arith (tied embeddings), small enough to build in seconds."""
+    from engine.tiny_model import TinyArithRecipe, build_tiny_arith
+
+    recipe = TinyArithRecipe(steps=40, batch_size=16)
+    return build_tiny_arith(recipe, cache_dir=tmp_path_factory.mktemp("models"), log=lambda *a: None)
+
+
+def run_script(args: list[str], timeout: int, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a command from the repository root; on failure show its output in the test report."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}\n"
+                    f"--- stderr\n{proc.stderr[-6000:]}")
+    return proc

@@ -1,0 +1,100 @@
+"""SCoRe maths against hand-computed numbers."""
+
+import math
+
+import pytest
+import torch
+
+from engine import algorithms as algo
+
+
+def test_reinforce_is_the_raw_return():
+    r = torch.tensor([[1.0, 0.0, 1.0, 1.0]])
+    assert torch.equal(algo.reinforce_advantages(r), r)
+
+
+def test_rloo_subtracts_the_mean_of_the_other_samples():
+    # group [1, 0, 1, 1]: others' means are 2/3, 1, 2/3, 2/3
+    r = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    expected = torch.tensor([[1 - 2 / 3, -1.0, 1 - 2 / 3, 1 - 2 / 3], [0.0, 0.0, 0.0, 0.0]])
+    assert torch.allclose(algo.rloo_advantages(r), expected)
+
+
+def test_grpo_normalises_by_the_group_std():
+    # group [1, 0, 1, 1]: mean 0.75, unbiased std sqrt(0.25) = 0.5
+    r = torch.tensor([[1.0, 0.0, 1.0, 1.0]])
+    expected = torch.tensor([[0.5, -1.5, 0.5, 0.5]])
+    assert torch.allclose(algo.grpo_advantages(r), expected, atol=1e-5)
+    # a group with equal rewards has zero advantage, not NaN
+    assert torch.equal(algo.grpo_advantages(torch.ones(1, 3)), torch.zeros(1, 3))
+
+
+def test_kl_estimators_by_hand():
+    logp = torch.tensor([math.log(0.5), math.log(0.2)])
+    ref = torch.tensor([math.log(0.25), math.log(0.4)])
+    # log-ratios: log 2 and log 0.5
+    l2 = math.log(2.0)
+    assert torch.allclose(algo.kl_per_token(logp, ref, "k1"), torch.tensor([l2, -l2]))
+    assert torch.allclose(algo.kl_per_token(logp, ref, "k2"), torch.tensor([0.5 * l2**2, 0.5 * l2**2]))
+    # k3 = ref/pi - 1 - log(ref/pi): 0.5 - 1 + log 2 and 2 - 1 - log 2
+    assert torch.allclose(algo.kl_per_token(logp, ref, "k3"), torch.tensor([-0.5 + l2, 1 - l2]))
+    with pytest.raises(ValueError, match="k4"):
+        algo.kl_per_token(logp, ref, "k4")
+
+
+def test_kl_estimators_are_zero_when_policy_equals_reference():
+    lp = torch.tensor([-1.0, -2.0])
+    for est in ("k1", "k2", "k3"):
+        assert torch.equal(algo.kl_per_token(lp, lp, est), torch.zeros(2))
+
+
+def test_stage1_gives_turn1_no_reward_term():
+    r1, r2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    ret1, ret2 = algo.turn_returns(r1, r2, stage=1, alpha=10.0)
+    assert torch.equal(ret1, torch.zeros(2))
+    assert torch.equal(ret2, r2)  # no bonus in Stage I
+    w = algo.turn_weights(1, beta1=0.01, beta2=0.5)
+    assert w.pg_turn1 == 0.0 and w.kl_turn1 == 0.5 and w.kl_turn2 == 0.01
+
+
+def test_stage1_turn1_gradient_is_kl_only():
+    # With pg_weight 0 the turn-1 loss does not depend on the advantage at all.
+    logp = torch.tensor([[-1.0, -0.5]], requires_grad=True)
+    ref = torch.tensor([[-1.2, -0.4]])
+    mask = torch.ones(1, 2)
+    grads = []
+    for adv in (torch.tensor([5.0]), torch.tensor([-3.0])):
+        loss, _ = algo.turn_loss(logp, ref, mask, adv, pg_weight=0.0, kl_weight=0.1, kl_estimator="k2", num_tokens=2)
+        (g,) = torch.autograd.grad(loss, logp)
+        grads.append(g)
+    assert torch.equal(grads[0], grads[1])
+    # d/dlogp of 0.1 * 0.5 * (logp - ref)^2 / 2 tokens = 0.05 * (logp - ref)
+    assert torch.allclose(grads[0], torch.tensor([[0.05 * 0.2, 0.05 * -0.1]]))
+
+
+def test_stage2_bonus_applies_to_turn2_only():
+    r1, r2 = torch.tensor([0.0, 1.0, 1.0]), torch.tensor([1.0, 0.0, 1.0])
+    ret1, ret2 = algo.turn_returns(r1, r2, stage=2, alpha=2.0)
+    assert torch.equal(ret1, r1)  # turn 1: its own reward, no bonus
+    # turn 2: r2 + 2 * (r2 - r1) = [1 + 2, 0 - 2, 1 + 0]
+    assert torch.equal(ret2, torch.tensor([3.0, -2.0, 1.0]))
+    w = algo.turn_weights(2, beta1=0.01, beta2=0.5)
+    assert w.pg_turn1 == 1.0 and w.kl_turn1 == 0.01 and w.kl_turn2 == 0.01
+
+
+def test_stage_schedule():
+    assert [algo.scores_stage(s, 2) for s in range(4)] == [1, 1, 2, 2]
+    assert algo.scores_stage(0, 0) == 2
+
+
+def test_policy_gradient_value_and_gradient():
+    logp = torch.tensor([[-1.0, -2.0, -3.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # the last position is padding
+    adv = torch.tensor([2.0])
+    loss, kl_sum = algo.turn_loss(logp, logp.detach(), mask, adv, pg_weight=1.0, kl_weight=0.0,
+                                  kl_estimator="k1", num_tokens=4)
+    # value: sum over masked tokens of -A * 1, divided by 4 tokens = -2 * 2 / 4
+    assert loss.item() == pytest.approx(-1.0)
+    assert kl_sum.item() == 0.0
+    (g,) = torch.autograd.grad(loss, logp)
+    assert torch.allclose(g, torch.tensor([[-0.5, -0.5, 0.0]]))

@@ -1,0 +1,72 @@
+import pytest
+
+from engine.config import ConfigError, load_config, save_config
+
+PUBLIC_KEYS = [
+    "model.path", "data.train", "data.eval", "train.steps", "train.seed", "train.lr", "train.output_dir",
+    "train.save_every", "eval.every", "eval.problems", "rollout.n", "rollout.prompts_per_step",
+    "rollout.max_tokens", "rollout.temperature", "algo.stage1_steps", "algo.alpha", "algo.beta1", "algo.beta2",
+    "algo.kl_estimator", "algo.advantage", "reward.kind", "deepspeed.zero_stage",
+]
+
+
+def test_public_keys_exist(tmp_path):
+    cfg = load_config([])
+    from omegaconf import OmegaConf
+    for key in PUBLIC_KEYS:
+        assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", key
+
+
+def test_yaml_then_overrides(tmp_path):
+    f = tmp_path / "x.yaml"
+    f.write_text("train:\n  steps: 7\nalgo:\n  advantage: grpo\n")
+    cfg = load_config([str(f), "train.steps=3", "algo.kl_estimator=k3"])
+    assert cfg.train.steps == 3 and cfg.algo.advantage == "grpo" and cfg.algo.kl_estimator == "k3"
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(["train.steps=5"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config([str(tmp_path / "config.yaml")]) == cfg
+
+
+@pytest.mark.parametrize("arg, closest", [("train.stepz=3", "train.steps"), ("algo.alhpa=1", "algo.alpha"),
+                                          ("rollout.temprature=0.5", "rollout.temperature")])
+def test_unknown_override_names_key_and_closest(arg, closest):
+    with pytest.raises(ConfigError) as err:
+        load_config([arg])
+    assert arg.split("=")[0] in str(err.value) and closest in str(err.value)
+
+
+def test_unknown_key_in_yaml_names_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("algo:\n  betta1: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([str(f)])
+    assert "algo.betta1" in str(err.value) and "algo.beta1" in str(err.value) and "bad.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize("arg, needle", [
+    ("algo.kl_estimator=k9", "algo.kl_estimator"), ("algo.advantage=ppo", "algo.advantage"),
+    ("deepspeed.zero_stage=4", "deepspeed.zero_stage"), ("train.steps=0", "train.steps"),
+    ("train.steps=abc", "train.steps"), ("algo.beta1=-1", "algo.beta1"),
+])
+def test_bad_values_name_the_key(arg, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config([arg])
+
+
+def test_group_baseline_needs_two_samples():
+    with pytest.raises(ConfigError, match="rollout.n"):
+        load_config(["rollout.n=1"])
+    assert load_config(["rollout.n=1", "algo.advantage=reinforce"]).rollout.n == 1
+
+
+def test_missing_file_is_a_clear_error():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(["configs/nope.yaml"])
+
+
+def test_default_recipe_file_loads():
+    cfg = load_config(["configs/default.yaml"])
+    assert cfg.model.path == "builtin:tiny-arith" and cfg.data.train == "builtin:arith"

@@ -1,0 +1,71 @@
+import json
+import random
+
+import pytest
+
+from rewards.answer import answers_match, extract_final_answer
+from rollout.arith import ArithProblem, arith_problems, sample_slip, worked_answer
+from rollout.data import DataError, load_problems
+
+
+def test_builtin_splits_are_disjoint_and_large_enough():
+    train = {(p.a, p.b) for p in arith_problems("train")}
+    held_out = {(p.a, p.b) for p in arith_problems("eval")}
+    assert not train & held_out
+    assert len(held_out) >= 500 and len(train) > 5 * len(held_out)
+    assert [p.prompt for p in load_problems("builtin:arith-eval")][:1] == [arith_problems("eval")[0].prompt]
+
+
+def test_worked_answer_and_slips():
+    p = ArithProblem(47, 85)
+    assert worked_answer(p) == "7+5=12, 4+8+1=13. Final Answer: 132"
+    assert extract_final_answer(worked_answer(p, "drop_carry")) == "122"
+    assert extract_final_answer(worked_answer(p, "ones")) == "133"
+    assert extract_final_answer(worked_answer(p, "tens")) == "142"
+    rng = random.Random(0)
+    for _ in range(50):
+        slip = sample_slip(p, rng)
+        assert extract_final_answer(worked_answer(p, slip)) != p.answer
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("7+5=12, 4+8+1=13. Final Answer: 132", "132"),
+    ("Final Answer: 12. Wait. Final Answer: 13.", "13"),
+    ("Final Answer:  42 \nmore text", "42"),
+    ("no answer here", None),
+    ("Final Answer: ", None),
+])
+def test_extract_final_answer(text, expected):
+    assert extract_final_answer(text) == expected
+
+
+def test_answers_match():
+    assert answers_match("132", "132") and answers_match("12.0", "12") and answers_match("1,000", "1000")
+    assert not answers_match("13", "132") and not answers_match(None, "1") and not answers_match("x", None)
+
+
+def test_jsonl_source(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"prompt": "2+2=?", "answer": 4}) + "\n\n" + json.dumps({"prompt": "hi"}) + "\n")
+    problems = load_problems(str(f))
+    assert [(p.prompt, p.answer) for p in problems] == [("2+2=?", "4"), ("hi", None)]
+
+
+@pytest.mark.parametrize("content, needle", [
+    ('{"prompt": "a"}\n{not json}\n', "p.jsonl:2"),
+    ('{"question": "a"}\n', "p.jsonl:1"),
+    ('{"prompt": "a", "answer": [1]}\n', "p.jsonl:1"),
+    ("", "empty"),
+])
+def test_bad_jsonl_names_file_and_line(tmp_path, content, needle):
+    f = tmp_path / "p.jsonl"
+    f.write_text(content)
+    with pytest.raises(DataError, match=needle):
+        load_problems(str(f))
+
+
+def test_missing_source():
+    with pytest.raises(DataError, match="not found"):
+        load_problems("nope.jsonl")
+    with pytest.raises(DataError, match="builtin:arith"):
+        load_problems("builtin:arithmetic")
