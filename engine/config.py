@@ -13,6 +13,8 @@ from pathlib import Path
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from engine.errors import UserError
+
 
 @dataclass
 class ModelConfig:
@@ -28,7 +30,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 60
+    steps: int = 160
     seed: int = 0
     lr: float = 1e-4
     output_dir: str = "runs/default"
@@ -39,8 +41,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = 0  # periodic evaluation every N steps; 0 = only before and after training
-    problems: int = 500
+    every: int = 40  # periodic evaluation every N steps; 0 = only before and after training
+    problems: int = 1000
     temperature: float = 1.0
     samples_logged: int = 8  # episodes per step written to samples.jsonl
 
@@ -49,7 +51,7 @@ class EvalConfig:
 class RolloutConfig:
     n: int = 4  # samples per prompt at turn 1 (each gets one correction)
     prompts_per_step: int = 16
-    max_tokens: int = 24
+    max_tokens: int = 48
     temperature: float = 1.0
     max_model_len: int = 256
     kv_cache_gib: int = 1
@@ -58,10 +60,10 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
-    stage1_steps: int = 20
-    alpha: float = 1.0  # correction bonus weight in Stage II: r2 + alpha * (r2 - r1)
-    beta1: float = 0.01  # KL weight on both turns in Stage II and on turn 2 in Stage I
-    beta2: float = 0.1  # strong KL weight on turn 1 in Stage I
+    stage1_steps: int = 150
+    alpha: float = 2.0  # correction bonus weight in Stage II: r2 + alpha * (r2 - r1)
+    beta1: float = 0.05  # KL weight on both turns in Stage II and on turn 2 in Stage I
+    beta2: float = 0.5  # strong KL weight on turn 1 in Stage I
     kl_estimator: str = "k2"  # k1 | k2 | k3
     advantage: str = "rloo"  # reinforce | rloo | grpo
 
@@ -100,7 +102,7 @@ NON_NEGATIVE = ("eval.every", "train.save_every", "algo.stage1_steps", "algo.bet
                 "train.lr", "rollout.temperature", "eval.temperature")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A user-facing configuration mistake; the message names the key and gives a hint."""
 
 

@@ -1,9 +1,9 @@
 """`builtin:tiny-arith`: a small Qwen2 model pre-trained here on the built-in arithmetic task.
 
-The base model is taught a noisy self-correction habit: its first attempt slips about half the time
-(a dropped carry, a digit off by one) and, when asked to check, it fixes about half of its slips and
-now and then breaks a right answer. RL has room to improve both turns. The build is deterministic
-(fixed seeds, one thread order) and cached under a key that hashes the whole recipe.
+The base model knows column addition but has the habits SCoRe was built to fix: half of its first
+attempts slip (a dropped carry, a column off by one), and when asked to check it fixes only a fifth
+of its slips while breaking almost a third of its right answers, so its second attempt is worse than
+its first. The build is deterministic (fixed seeds) and cached under a key that hashes the recipe.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ class TinyArithRecipe:
     lr: float = 3e-3
     seed: int = 0
     p_slip_t1: float = 0.5  # first attempt is wrong this often
-    p_fix_t2: float = 0.5  # a wrong first attempt is fixed this often when asked to check
-    p_break_t2: float = 0.1  # a right first attempt is broken this often
+    p_fix_t2: float = 0.2  # a wrong first attempt is fixed this often when asked to check
+    p_break_t2: float = 0.3  # a right first attempt is broken this often
 
 
 def model_config(recipe: TinyArithRecipe, vocab_size: int, eos_id: int, pad_id: int, bos_id: int) -> Qwen2Config:

@@ -13,126 +13,194 @@ import json
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # `deepspeed engine/train.py` runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+from omegaconf import DictConfig
+from transformers import AutoTokenizer
+
+from engine import algorithms as algo
+from engine.batch import collate
+from engine.config import load_config, main_args, save_config
+from engine.distributed import barrier, init_distributed, reduce_max, reduce_mean
+from engine.errors import UserError
+from engine.evaluate import evaluate
+from engine.learner import Learner
+from engine.metrics import RunLogger
+from engine.models import resolve_model_path
+from rewards import get_reward, turn_correctness
+from rollout.data import Problem, load_problems, require_answers
+from rollout.episodes import sample_episodes
+from rollout.vllm_engine import RolloutEngine
+
+
+@dataclass
+class Run:
+    """Everything a step needs, built once."""
+
+    cfg: DictConfig
+    rank: int
+    world: int
+    tokenizer: object
+    train_problems: list[Problem]
+    eval_problems: list[Problem]
+    reward_fn: object
+    rollout: RolloutEngine
+    learner: Learner
+    logger: RunLogger
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def log(self, message: str) -> None:
+        if self.is_main:
+            print(message, flush=True)
+
+
+def build_run(cfg: DictConfig, rank: int, world: int) -> Run:
+    # Everything a user can get wrong is checked before the (possibly minutes-long) model build.
+    if cfg.rollout.prompts_per_step % world:
+        raise UserError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the "
+                         f"number of ranks ({world}).")
+    reward_fn = get_reward(cfg.reward.kind)
+    train_problems, eval_problems = load_problems(cfg.data.train), load_problems(cfg.data.eval)
+    require_answers(eval_problems, cfg.data.eval, "evaluation (data.eval)")
+    if cfg.reward.kind == "gold":
+        require_answers(train_problems, cfg.data.train, "reward.kind=gold")
+    if len(train_problems) < cfg.rollout.prompts_per_step:
+        raise UserError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} is more than the "
+                        f"{len(train_problems)} problems in {cfg.data.train}.")
+    if rank == 0 and len(eval_problems) < cfg.eval.problems:
+        print(f"[warn] eval.problems={cfg.eval.problems} but {cfg.data.eval} has {len(eval_problems)}; "
+              f"evaluating on all {len(eval_problems)}.", flush=True)
+    if not cfg.model.path.startswith("builtin:"):
+        resolve_model_path(cfg.model.path, is_builder=False)  # a bad folder fails here, not after set-up
+
+    run_dir = Path(cfg.train.output_dir)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    torch.manual_seed(cfg.train.seed)
+    # Rank 0 builds the embedded model on first use; the others wait, then find it cached.
+    model_path = resolve_model_path(cfg.model.path, is_builder=True) if rank == 0 else None
+    barrier()
+    model_path = model_path or resolve_model_path(cfg.model.path, is_builder=False)
+    prompts_per_rank = cfg.rollout.prompts_per_step // world
+    return Run(
+        cfg=cfg, rank=rank, world=world,
+        tokenizer=AutoTokenizer.from_pretrained(model_path),
+        train_problems=train_problems,
+        eval_problems=eval_problems[: cfg.eval.problems],
+        reward_fn=reward_fn,
+        rollout=RolloutEngine(model_path, max_model_len=cfg.rollout.max_model_len, seed=cfg.train.seed + rank,
+                              dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib),
+        learner=Learner(model_path, zero_stage=cfg.deepspeed.zero_stage, lr=cfg.train.lr,
+                        grad_clip=cfg.train.grad_clip, episodes_per_rank=prompts_per_rank * cfg.rollout.n,
+                        micro_batch_size=cfg.train.micro_batch_size, dtype=cfg.model.dtype),
+        logger=RunLogger(run_dir, enabled=rank == 0),
+    )
+
+
+def step_prompts(run: Run, step: int) -> list[Problem]:
+    """This rank's share of the step's prompts; the same on every run with the same seed."""
+    cfg = run.cfg
+    prompts = random.Random(cfg.train.seed * 1_000_003 + step).sample(run.train_problems, cfg.rollout.prompts_per_step)
+    share = cfg.rollout.prompts_per_step // run.world
+    return prompts[run.rank * share:(run.rank + 1) * share]
+
+
+def train_step(run: Run, step: int) -> dict[str, float]:
+    cfg = run.cfg
+    stage = algo.scores_stage(step, cfg.algo.stage1_steps)
+
+    # 1. Rollout: turn-1 answers (rollout.n per prompt) and one correction each, from vLLM.
+    episodes = sample_episodes(run.rollout, run.tokenizer, step_prompts(run, step), n=cfg.rollout.n,
+                               max_tokens=cfg.rollout.max_tokens, temperature=cfg.rollout.temperature,
+                               instruction=cfg.rollout.correction_instruction)
+
+    # 2. Rewards -> per-turn returns (SCoRe stage) -> advantages against each prompt's group.
+    r1, r2 = run.reward_fn(episodes)
+    ret1, ret2 = algo.turn_returns(r1, r2, stage, cfg.algo.alpha)
+    estimator = algo.ADVANTAGE_ESTIMATORS[cfg.algo.advantage]
+    adv1 = estimator(ret1.view(-1, cfg.rollout.n)).flatten()
+    adv2 = estimator(ret2.view(-1, cfg.rollout.n)).flatten()
+
+    # 3. One learner update, then the new weights into vLLM.
+    update = run.learner.update(collate(episodes, run.tokenizer.pad_token_id), adv1, adv2,
+                                algo.turn_weights(stage, cfg.algo.beta1, cfg.algo.beta2), cfg.algo.kl_estimator)
+    run.rollout.load_weights(run.learner.full_state_dict().items())
+
+    acc1, acc2 = turn_correctness(episodes)
+    run.logger.samples(step + 1, episodes, r1, r2, cfg.eval.samples_logged)
+    stats = reduce_mean({
+        "reward_t1": r1.mean().item(), "reward_t2": r2.mean().item(), "acc_t1": acc1.mean().item(),
+        "acc_t2": acc2.mean().item(), "kl_t1": update.kl_turn1, "kl_t2": update.kl_turn2, "loss": update.loss,
+        "stage": float(stage),
+    })
+    return {**stats, "logprob_mismatch": reduce_max(update.logprob_mismatch)}
+
+
+def run_eval(run: Run, step: int) -> dict[str, float]:
+    cfg = run.cfg
+    metrics = evaluate(run.rollout, run.tokenizer, run.eval_problems, run.rank, run.world, cfg.rollout.max_tokens,
+                       cfg.eval.temperature, cfg.rollout.correction_instruction)
+    run.logger.scalars("eval", {k: v for k, v in metrics.items() if k != "n"}, step)
+    run.log(f"[eval] step {step}: acc_t1 {metrics['acc_t1']:.3f} acc_t2 {metrics['acc_t2']:.3f} "
+            f"delta {metrics['delta']:+.3f} (i2c {metrics['delta_i2c']:.3f}, c2i {metrics['delta_c2i']:.3f}) "
+            f"on {metrics['n']} problems")
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from transformers import AutoTokenizer
-
-    from engine import algorithms as algo
-    from engine.batch import collate
-    from engine.config import load_config, main_args, save_config
-    from engine.distributed import barrier, init_distributed, reduce_max, reduce_mean
-    from engine.evaluate import evaluate
-    from engine.learner import Learner
-    from engine.metrics import RunLogger
-    from engine.models import resolve_model_path
-    from rewards import get_reward, turn_correctness
-    from rollout.data import load_problems
-    from rollout.episodes import sample_episodes
-    from rollout.vllm_engine import RolloutEngine
-
-    # --- config and process group ---------------------------------------------------------------
     cfg = load_config(main_args(argv))
     rank, world = init_distributed()
-    is_main = rank == 0
-    log = print if is_main else (lambda *a, **k: None)
-    if cfg.rollout.prompts_per_step % world:
-        raise ValueError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the "
-                         f"number of ranks ({world}).")
-    run_dir = Path(cfg.train.output_dir)
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    random.seed(cfg.train.seed + rank)
-    torch.manual_seed(cfg.train.seed)
+    run = build_run(cfg, rank, world)
+    started = time.time()
 
-    # --- model, data, reward ----------------------------------------------------------------------
-    model_path = resolve_model_path(cfg.model.path, is_builder=is_main, log=log) if is_main else None
-    barrier()
-    model_path = model_path or resolve_model_path(cfg.model.path, is_builder=False)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    train_problems = load_problems(cfg.data.train)
-    eval_problems = load_problems(cfg.data.eval)[: cfg.eval.problems]
-    reward_fn = get_reward(cfg.reward.kind)
-    prompts_per_rank = cfg.rollout.prompts_per_step // world
-
-    # --- rollout engine and learner ---------------------------------------------------------------
-    rollout = RolloutEngine(model_path, max_model_len=cfg.rollout.max_model_len, seed=cfg.train.seed + rank,
-                            dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib)
-    learner = Learner(model_path, zero_stage=cfg.deepspeed.zero_stage, lr=cfg.train.lr,
-                      grad_clip=cfg.train.grad_clip, episodes_per_rank=prompts_per_rank * cfg.rollout.n,
-                      micro_batch_size=cfg.train.micro_batch_size, dtype=cfg.model.dtype)
-    logger = RunLogger(run_dir, enabled=is_main)
-
-    def run_eval(step: int) -> dict:
-        metrics = evaluate(rollout, tokenizer, eval_problems, rank, world, cfg.rollout.max_tokens,
-                           cfg.eval.temperature, cfg.rollout.correction_instruction)
-        logger.scalars("eval", {k: v for k, v in metrics.items() if k != "n"}, step)
-        log(f"[eval] step {step}: acc_t1 {metrics['acc_t1']:.3f} acc_t2 {metrics['acc_t2']:.3f} "
-            f"delta {metrics['delta']:+.3f} (i2c {metrics['delta_i2c']:.3f}, c2i {metrics['delta_c2i']:.3f}) "
-            f"on {metrics['n']} problems")
-        return metrics
-
-    before = run_eval(0)
-    train_stats: dict[str, float] = {}
+    before = run_eval(run, 0)
+    history: list[dict[str, float]] = []
     for step in range(cfg.train.steps):
-        started = time.time()
-        stage = algo.scores_stage(step, cfg.algo.stage1_steps)
-
-        # 1. Rollout: this rank's share of the step's prompts, two turns each.
-        step_rng = random.Random(cfg.train.seed * 1_000_003 + step)
-        prompts = step_rng.sample(train_problems, cfg.rollout.prompts_per_step)
-        prompts = prompts[rank * prompts_per_rank:(rank + 1) * prompts_per_rank]
-        episodes = sample_episodes(rollout, tokenizer, prompts, n=cfg.rollout.n, max_tokens=cfg.rollout.max_tokens,
-                                   temperature=cfg.rollout.temperature, instruction=cfg.rollout.correction_instruction)
-
-        # 2. Rewards and per-turn advantages against a baseline across each prompt's samples.
-        r1, r2 = reward_fn(episodes)
-        ret1, ret2 = algo.turn_returns(r1, r2, stage, cfg.algo.alpha)
-        estimator = algo.ADVANTAGE_ESTIMATORS[cfg.algo.advantage]
-        adv1 = estimator(ret1.view(-1, cfg.rollout.n)).flatten()
-        adv2 = estimator(ret2.view(-1, cfg.rollout.n)).flatten()
-
-        # 3. Learner update, then weights back into vLLM.
-        update = learner.update(collate(episodes, tokenizer.pad_token_id), adv1, adv2,
-                                algo.turn_weights(stage, cfg.algo.beta1, cfg.algo.beta2), cfg.algo.kl_estimator)
-        rollout.load_weights(learner.full_state_dict().items())
-
-        # 4. Logging.
-        acc1, acc2 = turn_correctness(episodes)
-        train_stats = reduce_mean({
-            "reward_t1": r1.mean().item(), "reward_t2": r2.mean().item(), "acc_t1": acc1.mean().item(),
-            "acc_t2": acc2.mean().item(), "kl_t1": update.kl_turn1, "kl_t2": update.kl_turn2, "loss": update.loss,
-            "stage": float(stage),
-        })
-        mismatch = reduce_max(update.logprob_mismatch)
-        seconds = time.time() - started
-        logger.scalars("train", train_stats, step + 1)
-        logger.scalars("rollout", {"logprob_mismatch": mismatch}, step + 1)
-        logger.scalars("perf", {"step_seconds": seconds}, step + 1)
-        logger.samples(step + 1, episodes, r1, r2, cfg.eval.samples_logged)
-        log(f"[train] step {step + 1}/{cfg.train.steps} stage {stage} reward_t1 {train_stats['reward_t1']:.3f} "
-            f"reward_t2 {train_stats['reward_t2']:.3f} kl_t1 {train_stats['kl_t1']:.4f} "
-            f"loss {train_stats['loss']:+.4f} mismatch {mismatch:.1e} {seconds:.1f}s")
+        step_started = time.time()
+        stats = train_step(run, step)
+        stats["step_seconds"] = time.time() - step_started
+        history.append(stats)
+        run.logger.scalars("train", {k: v for k, v in stats.items() if k not in ("logprob_mismatch", "step_seconds")},
+                           step + 1)
+        run.logger.scalars("rollout", {"logprob_mismatch": stats["logprob_mismatch"]}, step + 1)
+        run.logger.scalars("perf", {"step_seconds": stats["step_seconds"]}, step + 1)
+        run.log(f"[train] step {step + 1}/{cfg.train.steps} stage {int(stats['stage'])} "
+                f"reward_t1 {stats['reward_t1']:.3f} reward_t2 {stats['reward_t2']:.3f} kl_t1 {stats['kl_t1']:.4f} "
+                f"loss {stats['loss']:+.4f} mismatch {stats['logprob_mismatch']:.1e} {stats['step_seconds']:.1f}s")
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.steps:
-            run_eval(step + 1)
+            run_eval(run, step + 1)
+    after = run_eval(run, cfg.train.steps)
 
-    after = run_eval(cfg.train.steps)
-    summary = {"train": {"steps": cfg.train.steps, **train_stats, "logprob_mismatch_last": mismatch if cfg.train.steps else None},
-               "eval": {"before": before, "after": after}}
-    if is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        log(f"[done] run directory: {run_dir}")
-    logger.close()
+    summary = {
+        "train": {
+            "steps": cfg.train.steps,
+            "last_step": history[-1] if history else {},
+            "logprob_mismatch_per_step": [s["logprob_mismatch"] for s in history],
+            "mean_step_seconds": sum(s["step_seconds"] for s in history) / max(len(history), 1),
+            "wall_seconds": time.time() - started,
+        },
+        "eval": {"before": before, "after": after},
+    }
+    if run.is_main:
+        (Path(cfg.train.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+        run.log(f"[done] run directory: {cfg.train.output_dir}")
+    run.logger.close()
     barrier()
     return summary
 
 
-if __name__ == "__main__":  # vLLM spawns helpers; the guard keeps them from re-running training
-    main()
+if __name__ == "__main__":  # vLLM may spawn helpers; the guard keeps them from re-running training
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)

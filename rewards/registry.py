@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from engine.errors import UserError
 from rewards.answer import answers_match, extract_final_answer
 
 RewardFn = Callable[[Sequence], tuple[Tensor, Tensor]]
@@ -23,7 +24,7 @@ def register(name: str) -> Callable[[RewardFn], RewardFn]:
 
 def get_reward(kind: str) -> RewardFn:
     if kind not in REWARDS:
-        raise ValueError(f"reward.kind={kind!r} is not registered; known: {sorted(REWARDS)}.")
+        raise UserError(f"reward.kind={kind!r} is not registered; known: {sorted(REWARDS)}.")
     return REWARDS[kind]
 
 

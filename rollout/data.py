@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.errors import UserError
 from rollout.arith import arith_problems
 
 BUILTIN = {"builtin:arith": "train", "builtin:arith-eval": "eval"}
@@ -17,7 +18,7 @@ class Problem:
     answer: str | None  # gold answer, used only for evaluation or the `gold` reward
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A user-facing data mistake; the message names the file and line."""
 
 
@@ -52,3 +53,11 @@ def _load_jsonl(path: Path) -> list[Problem]:
     if not problems:
         raise DataError(f"{path}: no problems found (the file is empty).")
     return problems
+
+
+def require_answers(problems: list[Problem], source: str, why: str) -> None:
+    """Fail early, naming the first problem without a gold answer."""
+    missing = next((i for i, p in enumerate(problems) if p.answer is None), None)
+    if missing is not None:
+        where = f"{source}:{missing + 1}" if not source.startswith("builtin:") else source
+        raise DataError(f"{where}: problem has no 'answer', but {why} needs gold answers on every problem.")

@@ -69,3 +69,13 @@ def test_missing_source():
         load_problems("nope.jsonl")
     with pytest.raises(DataError, match="builtin:arith"):
         load_problems("builtin:arithmetic")
+
+
+def test_require_answers_names_the_line(tmp_path):
+    from rollout.data import require_answers
+
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "a", "answer": "1"}\n{"prompt": "b"}\n')
+    with pytest.raises(DataError, match=r"p.jsonl:2.*reward.kind=gold"):
+        require_answers(load_problems(str(f)), str(f), "reward.kind=gold")
+    require_answers(load_problems("builtin:arith-eval"), "builtin:arith-eval", "evaluation")
