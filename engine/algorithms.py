@@ -45,7 +45,11 @@ ADVANTAGE_ESTIMATORS: dict[str, Callable[[Tensor], Tensor]] = {
 # --- KL estimators: per-token estimates of KL(policy || reference) from sampled tokens -----------
 
 def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tensor:
-    """Schulman's k1 (log-ratio), k2 (half squared log-ratio) and k3 (ratio - 1 - log-ratio)."""
+    """Schulman's k1 (log-ratio), k2 (half squared log-ratio) and k3 (ratio - 1 - log-ratio).
+
+    All three estimate KL(pi || ref) in value. As a loss on on-policy samples only k2's gradient is the
+    gradient of KL(pi || ref); k1's is zero in expectation and k3's is that of KL(ref || pi).
+    """
     log_ratio = logprobs - ref_logprobs
     if estimator == "k1":
         return log_ratio

@@ -26,6 +26,9 @@ class TrainBatch:
     def slice(self, start: int, end: int) -> "TrainBatch":
         return TrainBatch(**{f.name: getattr(self, f.name)[start:end] for f in fields(self)})
 
+    def to(self, device) -> "TrainBatch":
+        return TrainBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
 
 def collate(episodes: Sequence[Episode], pad_id: int) -> TrainBatch:
     width = max(len(e.input_ids) for e in episodes)

@@ -97,9 +97,9 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
 }
 POSITIVE = ("train.steps", "rollout.n", "rollout.prompts_per_step", "rollout.max_tokens", "eval.problems",
-            "train.micro_batch_size", "rollout.max_model_len")
+            "train.micro_batch_size", "rollout.max_model_len", "rollout.kv_cache_gib")
 NON_NEGATIVE = ("eval.every", "train.save_every", "algo.stage1_steps", "algo.beta1", "algo.beta2", "algo.alpha",
-                "train.lr", "rollout.temperature", "eval.temperature")
+                "train.lr", "rollout.temperature", "eval.temperature", "train.grad_clip", "eval.samples_logged")
 
 
 class ConfigError(UserError):
@@ -117,7 +117,7 @@ def all_keys(node=None, prefix: str = "") -> list[str]:
 
 def _unknown_key_error(key: str, source: str) -> ConfigError:
     close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
-    hint = f" Did you mean '{close[0]}'?" if close else " Run with --help-config to list the valid keys."
+    hint = f" Did you mean '{close[0]}'?" if close else " The valid keys are listed in README.md, 'Configuration'."
     return ConfigError(f"unknown config key '{key}' ({source}).{hint}")
 
 
@@ -175,6 +175,8 @@ def load_config(argv: list[str]) -> DictConfig:
             file_cfg = OmegaConf.load(path)
         except Exception as err:  # yaml.YAMLError carries the line in its message
             raise ConfigError(f"{path}: cannot parse YAML: {err}") from None
+        if not isinstance(file_cfg, DictConfig):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, train:, ...).")
         cfg = _merge_checked(cfg, file_cfg, str(path))
     for item in overrides:
         key = item.split("=", 1)[0].strip().lstrip("+")

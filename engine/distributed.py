@@ -25,7 +25,11 @@ def init_distributed() -> tuple[int, int]:
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    backend = "gloo"
+    if torch.cuda.is_available():  # GPU path: written for, not yet run on, a GPU machine
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        backend = "nccl"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -36,24 +40,34 @@ def barrier() -> None:
 
 def gather_objects(obj) -> list:
     """Every rank's `obj`, in rank order, on every rank."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if world_size() == 1:
         return [obj]
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
 
 
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def _reduce(values: list[float], op) -> list[float]:
+    # NCCL reduces only GPU tensors; gloo only CPU ones.
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=op)
+    return t.tolist()
+
+
+def all_ranks_sum(values: list[float]) -> list[float]:
+    return values if world_size() == 1 else _reduce(values, dist.ReduceOp.SUM)
+
+
 def reduce_mean(values: dict[str, float]) -> dict[str, float]:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if world_size() == 1:
         return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64)
-    dist.all_reduce(t)
-    return dict(zip(values, (t / dist.get_world_size()).tolist()))
+    return {k: v / world_size() for k, v in zip(values, _reduce(list(values.values()), dist.ReduceOp.SUM))}
 
 
 def reduce_max(value: float) -> float:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.item()
+    return value if world_size() == 1 else _reduce([value], dist.ReduceOp.MAX)[0]

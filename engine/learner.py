@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from engine.algorithms import TurnWeights, turn_loss
 from engine.batch import TrainBatch
+from engine.distributed import all_ranks_sum, world_size
 from engine.logprobs import token_logprobs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -55,12 +56,18 @@ class Learner:
         self.zero_stage = zero_stage
         config = deepspeed_config(zero_stage, self.micro_batch, self.grad_accum, lr, grad_clip, dtype)
         self.engine, *_ = deepspeed.initialize(model=policy, model_parameters=policy.parameters(), config=config)
+        self.device = self.engine.device
+        self.reference.to(self.device)
 
     def update(self, batch: TrainBatch, turn1_adv: Tensor, turn2_adv: Tensor, weights: TurnWeights,
                kl_estimator: str) -> UpdateStats:
         """One optimizer step over the whole batch, in micro-batches with gradient accumulation."""
         self.engine.train()
-        tokens1, tokens2 = batch.turn1_mask.sum().item(), batch.turn2_mask.sum().item()
+        batch = batch.to(self.device)
+        # Token counts over all ranks: DeepSpeed averages gradients across ranks, so each rank's loss
+        # is scaled by world size over the global count to make the result one token mean.
+        tokens1, tokens2 = all_ranks_sum([batch.turn1_mask.sum().item(), batch.turn2_mask.sum().item()])
+        scale = world_size()
         loss_sum = kl1_sum = kl2_sum = mismatch = 0.0
         for start in range(0, len(batch), self.micro_batch):
             end = start + self.micro_batch
@@ -74,11 +81,11 @@ class Learner:
                                    weights.kl_turn2, kl_estimator, tokens2)
             loss = loss1 + loss2
             # Our loss is already a token mean over the whole batch: no extra 1/grad_accum scaling.
-            self.engine.backward(loss, scale_wrt_gas=False)
+            self.engine.backward(loss * scale, scale_wrt_gas=False)
             self.engine.step()
             sampled = (mb.turn1_mask + mb.turn2_mask) > 0
             mismatch = max(mismatch, (lp.detach() - mb.rollout_logprobs).abs()[sampled].max().item())
-            loss_sum += loss.item()
+            loss_sum += loss.item() * scale
             kl1_sum += kl1.item()
             kl2_sum += kl2.item()
         return UpdateStats(loss=loss_sum, kl_turn1=kl1_sum / max(tokens1, 1), kl_turn2=kl2_sum / max(tokens2, 1),

@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # `deepspeed engine/train.py` runs this file as a
 
 import torch
 from omegaconf import DictConfig
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from engine import algorithms as algo
 from engine.batch import collate
@@ -34,7 +34,7 @@ from engine.metrics import RunLogger
 from engine.models import resolve_model_path
 from rewards import get_reward, turn_correctness
 from rollout.data import Problem, load_problems, require_answers
-from rollout.episodes import sample_episodes
+from rollout.episodes import episode_token_budget, sample_episodes
 from rollout.vllm_engine import RolloutEngine
 
 
@@ -62,12 +62,12 @@ class Run:
             print(message, flush=True)
 
 
-def build_run(cfg: DictConfig, rank: int, world: int) -> Run:
-    # Everything a user can get wrong is checked before the (possibly minutes-long) model build.
+def load_inputs(cfg: DictConfig, rank: int, world: int) -> tuple[list[Problem], list[Problem]]:
+    """Data and every other user-fixable input, checked before the (possibly minutes-long) model build."""
     if cfg.rollout.prompts_per_step % world:
         raise UserError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the "
-                         f"number of ranks ({world}).")
-    reward_fn = get_reward(cfg.reward.kind)
+                        f"number of ranks ({world}).")
+    get_reward(cfg.reward.kind)
     train_problems, eval_problems = load_problems(cfg.data.train), load_problems(cfg.data.eval)
     require_answers(eval_problems, cfg.data.eval, "evaluation (data.eval)")
     if cfg.reward.kind == "gold":
@@ -80,7 +80,11 @@ def build_run(cfg: DictConfig, rank: int, world: int) -> Run:
               f"evaluating on all {len(eval_problems)}.", flush=True)
     if not cfg.model.path.startswith("builtin:"):
         resolve_model_path(cfg.model.path, is_builder=False)  # a bad folder fails here, not after set-up
+    return train_problems, eval_problems[: cfg.eval.problems]
 
+
+def build_run(cfg: DictConfig, rank: int, world: int) -> Run:
+    train_problems, eval_problems = load_inputs(cfg, rank, world)
     run_dir = Path(cfg.train.output_dir)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -90,13 +94,13 @@ def build_run(cfg: DictConfig, rank: int, world: int) -> Run:
     model_path = resolve_model_path(cfg.model.path, is_builder=True) if rank == 0 else None
     barrier()
     model_path = model_path or resolve_model_path(cfg.model.path, is_builder=False)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    check_context(cfg, AutoConfig.from_pretrained(model_path), tokenizer, train_problems + eval_problems)
     prompts_per_rank = cfg.rollout.prompts_per_step // world
     return Run(
-        cfg=cfg, rank=rank, world=world,
-        tokenizer=AutoTokenizer.from_pretrained(model_path),
-        train_problems=train_problems,
-        eval_problems=eval_problems[: cfg.eval.problems],
-        reward_fn=reward_fn,
+        cfg=cfg, rank=rank, world=world, tokenizer=tokenizer,
+        train_problems=train_problems, eval_problems=eval_problems,
+        reward_fn=get_reward(cfg.reward.kind),
         rollout=RolloutEngine(model_path, max_model_len=cfg.rollout.max_model_len, seed=cfg.train.seed + rank,
                               dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib),
         learner=Learner(model_path, zero_stage=cfg.deepspeed.zero_stage, lr=cfg.train.lr,
@@ -104,6 +108,20 @@ def build_run(cfg: DictConfig, rank: int, world: int) -> Run:
                         micro_batch_size=cfg.train.micro_batch_size, dtype=cfg.model.dtype),
         logger=RunLogger(run_dir, enabled=rank == 0),
     )
+
+
+def check_context(cfg: DictConfig, model_config, tokenizer, problems: list[Problem]) -> None:
+    """Fail before training if an episode could outgrow vLLM's context or the model's positions."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if positions is not None and cfg.rollout.max_model_len > positions:
+        raise UserError(f"rollout.max_model_len={cfg.rollout.max_model_len} exceeds the model's "
+                        f"max_position_embeddings={positions}. Hint: lower rollout.max_model_len.")
+    need = episode_token_budget(tokenizer, [p.prompt for p in problems], cfg.rollout.max_tokens,
+                                cfg.rollout.correction_instruction)
+    if need > cfg.rollout.max_model_len:
+        raise UserError(f"a two-turn episode can take {need} tokens (longest prompt + 2 x rollout.max_tokens="
+                        f"{cfg.rollout.max_tokens} + the correction request), more than rollout.max_model_len="
+                        f"{cfg.rollout.max_model_len}. Hint: raise rollout.max_model_len or lower rollout.max_tokens.")
 
 
 def step_prompts(run: Run, step: int) -> list[Problem]:

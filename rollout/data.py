@@ -16,6 +16,7 @@ BUILTIN = {"builtin:arith": "train", "builtin:arith-eval": "eval"}
 class Problem:
     prompt: str
     answer: str | None  # gold answer, used only for evaluation or the `gold` reward
+    line: int | None = None  # line in the JSONL file it came from, for error messages
 
 
 class DataError(UserError):
@@ -49,7 +50,7 @@ def _load_jsonl(path: Path) -> list[Problem]:
             answer = row.get("answer")
             if answer is not None and not isinstance(answer, (str, int, float)):
                 raise DataError(f"{where}: 'answer' must be a string or a number, got {type(answer).__name__}.")
-            problems.append(Problem(row["prompt"], None if answer is None else str(answer)))
+            problems.append(Problem(row["prompt"], None if answer is None else str(answer), lineno))
     if not problems:
         raise DataError(f"{path}: no problems found (the file is empty).")
     return problems
@@ -57,7 +58,7 @@ def _load_jsonl(path: Path) -> list[Problem]:
 
 def require_answers(problems: list[Problem], source: str, why: str) -> None:
     """Fail early, naming the first problem without a gold answer."""
-    missing = next((i for i, p in enumerate(problems) if p.answer is None), None)
+    missing = next((p for p in problems if p.answer is None), None)
     if missing is not None:
-        where = f"{source}:{missing + 1}" if not source.startswith("builtin:") else source
+        where = source if missing.line is None else f"{source}:{missing.line}"
         raise DataError(f"{where}: problem has no 'answer', but {why} needs gold answers on every problem.")

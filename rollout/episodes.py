@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine.errors import UserError
 from rollout.data import Problem
 from rollout.vllm_engine import Completion, RolloutEngine
 
@@ -54,7 +55,7 @@ def correction_request_ids(tokenizer, prompt: str, turn1: Completion, instructio
         {"role": "user", "content": instruction},
     ])
     if not after.startswith(before):
-        raise ValueError(
+        raise UserError(
             "the chat template does not render the first answer verbatim, so the correction turn cannot "
             "extend the sampled tokens. Hint: use a template that keeps assistant content unchanged."
         )
@@ -63,6 +64,14 @@ def correction_request_ids(tokenizer, prompt: str, turn1: Completion, instructio
     if turn1.finished and turn1.token_ids and turn1.token_ids[-1] == eos and ids and ids[0] == eos:
         ids = ids[1:]  # vLLM already returned the end-of-turn token as the last sampled token
     return ids
+
+
+def episode_token_budget(tokenizer, prompts: Sequence[str], max_tokens: int, instruction: str) -> int:
+    """The most tokens a two-turn episode can take: the longest prompt, two full turns and the
+    correction request. Building the request once also checks the chat template up front."""
+    longest = max(len(encode_prompt(tokenizer, p)) for p in prompts)
+    truncated = Completion(token_ids=[], logprobs=[], text="", finished=False)
+    return longest + 2 * max_tokens + len(correction_request_ids(tokenizer, prompts[0], truncated, instruction))
 
 
 def sample_episodes(engine: RolloutEngine, tokenizer, problems: Sequence[Problem], n: int, max_tokens: int,

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.errors import UserError
+
 
 @dataclass
 class Completion:
@@ -54,7 +56,7 @@ class RolloutEngine:
         too_long = [i for i, p in enumerate(prompts) if len(p) + max_tokens > self.max_model_len]
         if too_long:
             i = too_long[0]
-            raise ValueError(
+            raise UserError(
                 f"prompt {i} has {len(prompts[i])} tokens; with rollout.max_tokens={max_tokens} it exceeds "
                 f"the engine's max_model_len={self.max_model_len}. Hint: raise rollout.max_model_len or "
                 f"shorten the prompts."

@@ -70,3 +70,17 @@ def test_missing_file_is_a_clear_error():
 def test_default_recipe_file_loads():
     cfg = load_config(["configs/default.yaml"])
     assert cfg.model.path == "builtin:tiny-arith" and cfg.data.train == "builtin:arith"
+
+
+def test_yaml_must_be_a_mapping(tmp_path):
+    f = tmp_path / "list.yaml"
+    f.write_text("- train.steps: 3\n")
+    with pytest.raises(ConfigError, match="list.yaml: the top level must be a mapping"):
+        load_config([str(f)])
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    f = tmp_path / "broken.yaml"
+    f.write_text("train:\n  steps: [1\n")
+    with pytest.raises(ConfigError, match="broken.yaml"):
+        load_config([str(f)])

@@ -48,7 +48,7 @@ def test_jsonl_source(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps({"prompt": "2+2=?", "answer": 4}) + "\n\n" + json.dumps({"prompt": "hi"}) + "\n")
     problems = load_problems(str(f))
-    assert [(p.prompt, p.answer) for p in problems] == [("2+2=?", "4"), ("hi", None)]
+    assert [(p.prompt, p.answer, p.line) for p in problems] == [("2+2=?", "4", 1), ("hi", None, 3)]
 
 
 @pytest.mark.parametrize("content, needle", [
@@ -75,7 +75,7 @@ def test_require_answers_names_the_line(tmp_path):
     from rollout.data import require_answers
 
     f = tmp_path / "p.jsonl"
-    f.write_text('{"prompt": "a", "answer": "1"}\n{"prompt": "b"}\n')
-    with pytest.raises(DataError, match=r"p.jsonl:2.*reward.kind=gold"):
+    f.write_text('{"prompt": "a", "answer": "1"}\n\n{"prompt": "b"}\n')  # a blank line 2 is skipped
+    with pytest.raises(DataError, match=r"p.jsonl:3.*reward.kind=gold"):
         require_answers(load_problems(str(f)), str(f), "reward.kind=gold")
     require_answers(load_problems("builtin:arith-eval"), "builtin:arith-eval", "evaluation")

@@ -23,10 +23,11 @@ def _sync_result(proc) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
-@pytest.mark.parametrize("zero_stage", [0, 3])
-def test_weight_sync_keeps_vllm_and_learner_in_step(tiny_model_dir, zero_stage):
-    proc = run_script([sys.executable, "tests/scripts/sync_check.py", str(tiny_model_dir), str(zero_stage)],
-                      timeout=600)
+# At temperature 0.7 the check also shows vLLM reports the raw model's log-probs, as the learner computes.
+@pytest.mark.parametrize("zero_stage, temperature", [(0, 1.0), (3, 0.7)])
+def test_weight_sync_keeps_vllm_and_learner_in_step(tiny_model_dir, zero_stage, temperature):
+    proc = run_script([sys.executable, "tests/scripts/sync_check.py", str(tiny_model_dir), str(zero_stage),
+                       str(temperature)], timeout=600)
     result = _sync_result(proc)
     assert result["tied"] is True  # the case where a named_parameters() sync silently keeps the old head
     # updates 2 and 3 score rollouts that vLLM sampled after 1 and 2 syncs

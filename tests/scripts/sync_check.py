@@ -3,7 +3,7 @@
 Takes 3 learner updates with large random advantages (so the weights really move) and syncs the
 weights into vLLM after each; prints JSON with the log-prob mismatch measured at each update.
 
-    python tests/scripts/sync_check.py MODEL_DIR ZERO_STAGE
+    python tests/scripts/sync_check.py MODEL_DIR ZERO_STAGE TEMPERATURE
 """
 
 import json
@@ -26,7 +26,7 @@ def main() -> None:
     from rollout.episodes import sample_episodes
     from rollout.vllm_engine import RolloutEngine
 
-    model_dir, zero_stage = sys.argv[1], int(sys.argv[2])
+    model_dir, zero_stage, temperature = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     init_distributed()
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -36,7 +36,7 @@ def main() -> None:
     problems = load_problems("builtin:arith")[:2]
     mismatches = []
     for _ in range(3):
-        episodes = sample_episodes(engine, tok, problems, n=4, max_tokens=24, temperature=1.0,
+        episodes = sample_episodes(engine, tok, problems, n=4, max_tokens=24, temperature=temperature,
                                    instruction="Check your answer and fix any mistake.")
         batch = collate(episodes, tok.pad_token_id)
         adv = torch.randn(len(episodes)) * 5

@@ -1,0 +1,45 @@
+"""The learner's update against one big batch: micro-batching and gradient accumulation must not
+change the loss or the gradient (a real DeepSpeed engine, in this process, world size 1)."""
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from engine.algorithms import TurnWeights
+from engine.batch import collate
+from engine.distributed import init_distributed
+from engine.learner import Learner
+from tests.test_episodes import _episode
+
+
+def _grad_norm_and_loss(model_dir, batch, adv1, adv2, micro_batch):
+    learner = Learner(str(model_dir), zero_stage=0, lr=1e-3, grad_clip=1e6, episodes_per_rank=len(batch),
+                      micro_batch_size=micro_batch)
+    seen = []
+    optimizer = learner.engine.optimizer
+    step = optimizer.step
+
+    def record_then_step(*args, **kwargs):  # the gradient DeepSpeed hands the optimizer
+        seen.append(torch.cat([p.grad.flatten() for p in learner.engine.module.parameters()]).norm().item())
+        return step(*args, **kwargs)
+
+    optimizer.step = record_then_step
+    stats = learner.update(batch, adv1, adv2, TurnWeights(pg_turn1=1.0, kl_turn1=0.1, kl_turn2=0.1), "k2")
+    assert len(seen) == 1  # one optimizer step per update, however many micro-batches
+    return seen[0], stats.loss, learner.grad_accum
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir):
+    init_distributed()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    answers = ["Final Answer: 5", "1+2=3. Final Answer: 13", "Final Answer: 7", "x", "Final Answer: 55555", "9"]
+    episodes = [_episode(tok, f"{i}+{i}=?", answers[i], answers[-1 - i]) for i in range(6)]
+    batch = collate(episodes, tok.pad_token_id)
+    adv1 = torch.tensor([1.0, -0.5, 0.25, 2.0, -1.0, 0.5])
+    adv2 = torch.tensor([-1.0, 0.5, 1.5, -0.25, 0.0, 1.0])
+    norm_full, loss_full, accum_full = _grad_norm_and_loss(tiny_model_dir, batch, adv1, adv2, micro_batch=6)
+    norm_micro, loss_micro, accum_micro = _grad_norm_and_loss(tiny_model_dir, batch, adv1, adv2, micro_batch=2)
+    assert (accum_full, accum_micro) == (1, 3)
+    assert norm_full > 0
+    assert loss_micro == pytest.approx(loss_full, rel=1e-5)
+    assert norm_micro == pytest.approx(norm_full, rel=1e-4)
