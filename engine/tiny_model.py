@@ -137,10 +137,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SELFCORRECT_CACHE", Path.home() / ".cache" / "selfcorrect-rl"))
 
 
+def _model_dir(recipe: TinyArithRecipe, cache_dir: Path | None) -> Path:
+    return Path(cache_dir or default_cache_dir()) / f"tiny-arith-{recipe_key(recipe)}"
+
+
 def build_tiny_arith(recipe: TinyArithRecipe = TinyArithRecipe(), cache_dir: Path | None = None, log=print) -> Path:
     """Return the folder of the built model, building and caching it on first use."""
-    cache_dir = Path(cache_dir or default_cache_dir())
-    target = cache_dir / f"tiny-arith-{recipe_key(recipe)}"
+    target = _model_dir(recipe, cache_dir)
+    cache_dir = target.parent
     if (target / "config.json").exists():
         return target
     log(f"[tiny-arith] building base model into {target} (first use; cached afterwards)")
@@ -167,7 +171,7 @@ def build_tiny_arith(recipe: TinyArithRecipe = TinyArithRecipe(), cache_dir: Pat
 
 
 def cached_tiny_arith(recipe: TinyArithRecipe = TinyArithRecipe(), cache_dir: Path | None = None) -> Path:
-    target = Path(cache_dir or default_cache_dir()) / f"tiny-arith-{recipe_key(recipe)}"
+    target = _model_dir(recipe, cache_dir)
     if not (target / "config.json").exists():
         raise FileNotFoundError(f"{target} has not been built; call build_tiny_arith() first")
     return target
