@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from engine.errors import UserError
-from rewards.answer import answers_match, extract_final_answer
+from rewards.answer import answers_match, extract_answer
 
 RewardFn = Callable[[Sequence], tuple[Tensor, Tensor]]
 REWARDS: dict[str, RewardFn] = {}
@@ -31,7 +31,7 @@ def get_reward(kind: str) -> RewardFn:
 def turn_correctness(episodes: Sequence) -> tuple[Tensor, Tensor]:
     """1.0 where the turn's final answer matches the gold answer, per turn."""
     def correct(text: str, gold: str | None) -> float:
-        return float(answers_match(extract_final_answer(text), gold))
+        return float(answers_match(extract_answer(text), gold))
     c1 = torch.tensor([correct(e.turn1.text, e.problem.answer) for e in episodes])
     c2 = torch.tensor([correct(e.turn2.text, e.problem.answer) for e in episodes])
     return c1, c2

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from rewards.answer import answers_match, extract_final_answer
+from rewards.answer import answers_match, extract_answer
 from rollout.arith import ArithProblem, arith_problems, sample_slip, worked_answer
 from rollout.data import DataError, load_problems
 
@@ -19,13 +19,13 @@ def test_builtin_splits_are_disjoint_and_large_enough():
 def test_worked_answer_and_slips():
     p = ArithProblem(47, 85)
     assert worked_answer(p) == "7+5=12, 4+8+1=13. Final Answer: 132"
-    assert extract_final_answer(worked_answer(p, "drop_carry")) == "122"
-    assert extract_final_answer(worked_answer(p, "ones")) == "133"
-    assert extract_final_answer(worked_answer(p, "tens")) == "142"
+    assert extract_answer(worked_answer(p, "drop_carry")) == "122"
+    assert extract_answer(worked_answer(p, "ones")) == "133"
+    assert extract_answer(worked_answer(p, "tens")) == "142"
     rng = random.Random(0)
     for _ in range(50):
         slip = sample_slip(p, rng)
-        assert extract_final_answer(worked_answer(p, slip)) != p.answer
+        assert extract_answer(worked_answer(p, slip)) != p.answer
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -35,8 +35,8 @@ def test_worked_answer_and_slips():
     ("no answer here", None),
     ("Final Answer: ", None),
 ])
-def test_extract_final_answer(text, expected):
-    assert extract_final_answer(text) == expected
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
 
 
 def test_answers_match():

@@ -1,0 +1,33 @@
+"""Where the final answer sits among a response's tokens (for rewards scored on the answer span)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rewards.answer import answer_char_span
+
+
+def token_char_ends(tokenizer, token_ids: Sequence[int]) -> list[int]:
+    """Character offset where each token's text ends in the decoded response (special tokens add none)."""
+    ends, prefix = [], []
+    for tok in token_ids:
+        prefix.append(tok)
+        ends.append(len(tokenizer.decode(prefix, skip_special_tokens=True)))
+    return ends
+
+
+def char_span_to_token_span(char_ends: Sequence[int], start: int, end: int) -> tuple[int, int] | None:
+    """Smallest [first, last) token range whose text covers characters [start, end)."""
+    first = next((i for i, e in enumerate(char_ends) if e > start), None)
+    last = next((i for i, e in enumerate(char_ends) if e >= end), None)
+    if first is None or last is None:
+        return None
+    return first, last + 1
+
+
+def answer_token_span(tokenizer, token_ids: Sequence[int], text: str) -> tuple[int, int] | None:
+    """Token range of the answer inside a sampled response, or None when it has no answer."""
+    span = answer_char_span(text)
+    if span is None:
+        return None
+    return char_span_to_token_span(token_char_ends(tokenizer, token_ids), *span)
