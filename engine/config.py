@@ -70,7 +70,9 @@ class AlgoConfig:
 
 @dataclass
 class RewardConfig:
-    kind: str = "gold"
+    kind: str = "gold"  # gold | confidence | self_certainty | majority | mix
+    metric: str = "disparity"  # confidence metric: disparity | prob | neg_entropy
+    weights: dict[str, float] = field(default_factory=dict)  # for kind=mix: {reward kind: weight}
 
 
 @dataclass
@@ -95,7 +97,9 @@ CHOICES = {
     "algo.advantage": ("reinforce", "rloo", "grpo"),
     "deepspeed.zero_stage": (0, 1, 2, 3),
     "model.dtype": ("float32", "bfloat16"),
+    "reward.metric": ("disparity", "prob", "neg_entropy"),
 }
+OPEN_SECTIONS = ("reward.weights",)  # user-named keys live here
 POSITIVE = ("train.steps", "rollout.n", "rollout.prompts_per_step", "rollout.max_tokens", "eval.problems",
             "train.micro_batch_size", "rollout.max_model_len", "rollout.kv_cache_gib")
 NON_NEGATIVE = ("eval.every", "train.save_every", "algo.stage1_steps", "algo.beta1", "algo.beta2", "algo.alpha",
@@ -111,7 +115,7 @@ def all_keys(node=None, prefix: str = "") -> list[str]:
     keys = []
     for k, v in node.items():
         full = f"{prefix}{k}"
-        keys += all_keys(v, full + ".") if isinstance(v, DictConfig) else [full]
+        keys += all_keys(v, full + ".") if isinstance(v, DictConfig) and full not in OPEN_SECTIONS else [full]
     return keys
 
 
@@ -132,7 +136,7 @@ def _merge_checked(base: DictConfig, extra: DictConfig, source: str) -> DictConf
     valid = set(all_keys())
     sections = {k.split(".")[0] for k in valid}
     for key in _flat_keys(extra):
-        if key not in valid and key not in sections:
+        if key not in valid and key not in sections and not key.startswith(tuple(s + "." for s in OPEN_SECTIONS)):
             raise _unknown_key_error(key, source)
     try:
         return OmegaConf.merge(base, extra)

@@ -15,6 +15,7 @@ from engine.algorithms import TurnWeights, turn_loss
 from engine.batch import TrainBatch
 from engine.distributed import all_ranks_sum, world_size
 from engine.logprobs import token_logprobs
+from engine.token_stats import TokenStats, token_stats
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -90,6 +91,12 @@ class Learner:
             kl2_sum += kl2.item()
         return UpdateStats(loss=loss_sum, kl_turn1=kl1_sum / max(tokens1, 1), kl_turn2=kl2_sum / max(tokens2, 1),
                            logprob_mismatch=mismatch)
+
+    def score(self, batch: TrainBatch) -> TokenStats:
+        """The current policy's per-token statistics over the batch (no gradient), on the CPU."""
+        self.engine.eval()
+        batch = batch.to(self.device)
+        return token_stats(self.engine, batch.input_ids, batch.attention_mask, self.micro_batch)
 
     def full_state_dict(self) -> dict[str, Tensor]:
         """Every weight in full, including tied ones (lm_head.weight), for the rollout engine.

@@ -32,7 +32,8 @@ from engine.evaluate import evaluate
 from engine.learner import Learner
 from engine.metrics import RunLogger
 from engine.models import resolve_model_path
-from rewards import get_reward, turn_correctness
+from rewards import RewardInputs, turn_correctness, turn_has_answer
+from rewards.registry import RewardSpec, reward_needs
 from rollout.data import Problem, load_problems, require_answers
 from rollout.episodes import episode_token_budget, sample_episodes
 from rollout.vllm_engine import RolloutEngine
@@ -48,7 +49,7 @@ class Run:
     tokenizer: object
     train_problems: list[Problem]
     eval_problems: list[Problem]
-    reward_fn: object
+    reward: RewardSpec
     rollout: RolloutEngine
     learner: Learner
     logger: RunLogger
@@ -67,11 +68,11 @@ def load_inputs(cfg: DictConfig, rank: int, world: int) -> tuple[list[Problem], 
     if cfg.rollout.prompts_per_step % world:
         raise UserError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the "
                         f"number of ranks ({world}).")
-    get_reward(cfg.reward.kind)
+    reward = reward_needs(cfg.reward.kind, cfg.reward)
     train_problems, eval_problems = load_problems(cfg.data.train), load_problems(cfg.data.eval)
     require_answers(eval_problems, cfg.data.eval, "evaluation (data.eval)")
-    if cfg.reward.kind == "gold":
-        require_answers(train_problems, cfg.data.train, "reward.kind=gold")
+    if reward.needs_gold:
+        require_answers(train_problems, cfg.data.train, f"reward.kind={cfg.reward.kind}")
     if len(train_problems) < cfg.rollout.prompts_per_step:
         raise UserError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} is more than the "
                         f"{len(train_problems)} problems in {cfg.data.train}.")
@@ -100,7 +101,7 @@ def build_run(cfg: DictConfig, rank: int, world: int) -> Run:
     return Run(
         cfg=cfg, rank=rank, world=world, tokenizer=tokenizer,
         train_problems=train_problems, eval_problems=eval_problems,
-        reward_fn=get_reward(cfg.reward.kind),
+        reward=reward_needs(cfg.reward.kind, cfg.reward),
         rollout=RolloutEngine(model_path, max_model_len=cfg.rollout.max_model_len, seed=cfg.train.seed + rank,
                               dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib),
         learner=Learner(model_path, zero_stage=cfg.deepspeed.zero_stage, lr=cfg.train.lr,
@@ -141,15 +142,20 @@ def train_step(run: Run, step: int) -> dict[str, float]:
                                max_tokens=cfg.rollout.max_tokens, temperature=cfg.rollout.temperature,
                                instruction=cfg.rollout.correction_instruction)
 
-    # 2. Rewards -> per-turn returns (SCoRe stage) -> advantages against each prompt's group.
-    r1, r2 = run.reward_fn(episodes)
+    # 2. Rewards (self-rewards read the policy's token statistics, scored once per step; the entropy
+    #    is logged whatever the reward) -> per-turn returns -> advantages against each prompt's group.
+    batch = collate(episodes, run.tokenizer.pad_token_id)
+    token_stats = run.learner.score(batch)
+    r1, r2 = run.reward.fn(RewardInputs(episodes, run.tokenizer, cfg.reward, token_stats))
+    has1, has2 = turn_has_answer(episodes)
+    r1, r2 = r1 * has1, r2 * has2  # a turn without a locatable answer earns nothing
     ret1, ret2 = algo.turn_returns(r1, r2, stage, cfg.algo.alpha)
     estimator = algo.ADVANTAGE_ESTIMATORS[cfg.algo.advantage]
     adv1 = estimator(ret1.view(-1, cfg.rollout.n)).flatten()
     adv2 = estimator(ret2.view(-1, cfg.rollout.n)).flatten()
 
     # 3. One learner update, then the new weights into vLLM.
-    update = run.learner.update(collate(episodes, run.tokenizer.pad_token_id), adv1, adv2,
+    update = run.learner.update(batch, adv1, adv2,
                                 algo.turn_weights(stage, cfg.algo.beta1, cfg.algo.beta2), cfg.algo.kl_estimator)
     run.rollout.load_weights(run.learner.full_state_dict().items())
 
@@ -158,9 +164,16 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     stats = reduce_mean({
         "reward_t1": r1.mean().item(), "reward_t2": r2.mean().item(), "acc_t1": acc1.mean().item(),
         "acc_t2": acc2.mean().item(), "kl_t1": update.kl_turn1, "kl_t2": update.kl_turn2, "loss": update.loss,
-        "stage": float(stage),
+        "stage": float(stage), "no_answer_frac": 1 - (has1.mean().item() + has2.mean().item()) / 2,
+        "entropy": response_mean(token_stats.entropy, batch),
     })
     return {**stats, "logprob_mismatch": reduce_max(update.logprob_mismatch)}
+
+
+def response_mean(per_token: torch.Tensor, batch) -> float:
+    """Mean of a per-token statistic over the sampled tokens of both turns."""
+    sampled = batch.turn1_mask + batch.turn2_mask
+    return ((per_token * sampled).sum() / sampled.sum()).item()
 
 
 def run_eval(run: Run, step: int) -> dict[str, float]:

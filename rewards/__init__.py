@@ -1,5 +1,6 @@
 """Reward functions (registry), answer extraction and gold verification."""
 
-from rewards.registry import REWARDS, get_reward, register, turn_correctness
+from rewards import self_rewards  # noqa: F401  (registers the self-rewards)
+from rewards.registry import REWARDS, RewardInputs, get_reward, register, turn_correctness, turn_has_answer
 
-__all__ = ["REWARDS", "get_reward", "register", "turn_correctness"]
+__all__ = ["REWARDS", "RewardInputs", "get_reward", "register", "turn_correctness", "turn_has_answer"]

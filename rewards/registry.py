@@ -1,9 +1,15 @@
-"""A registry of reward functions. Each takes a batch of episodes and returns per-turn rewards
-(r1, r2) as float tensors of shape [episodes]."""
+"""A registry of reward functions behind one interface.
+
+A reward takes `RewardInputs` (the step's episodes, plus the policy's per-token statistics when it
+declares `needs_token_stats`) and returns per-turn rewards (r1, r2), float tensors of shape
+[episodes]. The engine computes what the chosen reward declares, once per step.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -11,21 +17,50 @@ from torch import Tensor
 from engine.errors import UserError
 from rewards.answer import answers_match, extract_answer
 
-RewardFn = Callable[[Sequence], tuple[Tensor, Tensor]]
-REWARDS: dict[str, RewardFn] = {}
+
+@dataclass
+class RewardInputs:
+    episodes: Sequence[Any]  # rollout.episodes.Episode, in the order of the collated batch
+    tokenizer: Any
+    options: Any  # the `reward` config section
+    token_stats: Any = None  # engine.token_stats.TokenStats over the collated batch
 
 
-def register(name: str) -> Callable[[RewardFn], RewardFn]:
-    def add(fn: RewardFn) -> RewardFn:
-        REWARDS[name] = fn
+@dataclass(frozen=True)
+class RewardSpec:
+    fn: Callable[[RewardInputs], tuple[Tensor, Tensor]]
+    needs_token_stats: bool  # per-token distribution statistics from the policy's scoring pass
+    needs_gold: bool  # a gold `answer` on every training problem
+
+
+REWARDS: dict[str, RewardSpec] = {}
+
+
+def register(name: str, needs_token_stats: bool = False, needs_gold: bool = False):
+    def add(fn):
+        REWARDS[name] = RewardSpec(fn, needs_token_stats, needs_gold)
         return fn
     return add
 
 
-def get_reward(kind: str) -> RewardFn:
+def get_reward(kind: str) -> RewardSpec:
     if kind not in REWARDS:
         raise UserError(f"reward.kind={kind!r} is not registered; known: {sorted(REWARDS)}.")
     return REWARDS[kind]
+
+
+def reward_needs(kind: str, options) -> RewardSpec:
+    """The spec of `kind`; for `mix`, its needs are those of the rewards it weighs (checked here)."""
+    spec = get_reward(kind)
+    if kind != "mix":
+        return spec
+    if not options.weights:
+        raise UserError("reward.kind=mix needs reward.weights, e.g. reward.weights.confidence=0.5 "
+                        "reward.weights.majority=0.5.")
+    parts = [get_reward(k) for k in options.weights if k != "mix"]
+    if "mix" in options.weights:
+        raise UserError("reward.weights cannot contain 'mix' itself.")
+    return RewardSpec(spec.fn, any(p.needs_token_stats for p in parts), any(p.needs_gold for p in parts))
 
 
 def turn_correctness(episodes: Sequence) -> tuple[Tensor, Tensor]:
@@ -37,7 +72,14 @@ def turn_correctness(episodes: Sequence) -> tuple[Tensor, Tensor]:
     return c1, c2
 
 
-@register("gold")
-def gold_reward(episodes: Sequence) -> tuple[Tensor, Tensor]:
-    """Gold answer match: 1 if the turn's "Final Answer:" equals the data set's answer, else 0."""
-    return turn_correctness(episodes)
+def turn_has_answer(episodes: Sequence) -> tuple[Tensor, Tensor]:
+    """1.0 where the turn states a locatable final answer."""
+    h1 = torch.tensor([float(extract_answer(e.turn1.text) is not None) for e in episodes])
+    h2 = torch.tensor([float(extract_answer(e.turn2.text) is not None) for e in episodes])
+    return h1, h2
+
+
+@register("gold", needs_gold=True)
+def gold_reward(inputs: RewardInputs) -> tuple[Tensor, Tensor]:
+    """Gold answer match: 1 if the turn's final answer equals the data set's answer, else 0."""
+    return turn_correctness(inputs.episodes)

@@ -16,6 +16,10 @@ from tests.conftest import ROOT
     (["data.train=missing.jsonl"], "data file 'missing.jsonl' not found"),
     (["model.path=/nonexistent/model"], "model.path='/nonexistent/model' is not a folder with a config.json"),
     (["reward.kind=judge"], "reward.kind='judge' is not registered"),
+    (["data.train=tests/data/prompts_only.jsonl", "reward.kind=gold"],
+     "tests/data/prompts_only.jsonl:1: problem has no 'answer', but reward.kind=gold needs gold answers"),
+    (["reward.kind=mix"], "reward.kind=mix needs reward.weights"),
+    (["reward.metric=entropy"], "reward.metric='entropy' is not one of"),
 ])
 def test_train_cli_reports_user_errors_without_traceback(args, needle, tmp_path):
     proc = subprocess.run([sys.executable, "engine/train.py", *args, f"train.output_dir={tmp_path}/run"],

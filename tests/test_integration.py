@@ -73,6 +73,18 @@ def test_two_step_training_run(tiny_model_dir, tmp_path):
     assert re.search(r"\[train\] step 2/2 stage 2", proc.stdout)
 
 
+def test_self_reward_trains_on_prompts_without_answers(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    run_script([
+        sys.executable, "engine/train.py", "configs/default.yaml", f"model.path={tiny_model_dir}",
+        "data.train=tests/data/prompts_only.jsonl", "reward.kind=confidence", "train.steps=2",
+        "eval.problems=8", "rollout.prompts_per_step=4", f"train.output_dir={run_dir}",
+    ], timeout=600)
+    scalars, _ = _check_run_dir(run_dir, steps=2)
+    assert len(scalars["train/entropy"]) == 2 and all(e > 0 for e in scalars["train/entropy"])
+    assert all(0.0 <= f <= 1.0 for f in scalars["train/no_answer_frac"])
+
+
 def test_two_ranks_zero3(tiny_model_dir, tmp_path):
     """The launch from the issue, on a small model and eval set: 2 CPU ranks, ZeRO-3, 3 steps so the
     last mismatch is measured after 2 updates."""

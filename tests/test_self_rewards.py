@@ -1,0 +1,117 @@
+"""Self-rewards with hand-computed numbers: span aggregation, self-certainty, majority vote, mix."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from engine.batch import collate
+from engine.token_stats import TokenStats
+from engine.tokenizer import build_char_tokenizer
+from rewards import REWARDS, RewardInputs
+from rewards.self_rewards import majority_votes
+from tests.test_episodes import _episode
+
+TOK = build_char_tokenizer()
+
+
+def _inputs(episodes, stats=None, **options):
+    opts = OmegaConf.create({"metric": "disparity", "weights": {}, **options})
+    return RewardInputs(episodes, TOK, opts, stats)
+
+
+def _stats_with(episodes, fill):
+    """TokenStats over the collated batch whose every field is built by `fill(shape)`."""
+    shape = collate(episodes, TOK.pad_token_id).input_ids.shape
+    return TokenStats(**{name: fill(name, shape) for name in
+                         ("logprob", "p_top1", "p_top2", "entropy", "self_certainty")})
+
+
+def _answer_positions(ep, turn):
+    completion, (start, _) = (ep.turn1, ep.turn1_span) if turn == 1 else (ep.turn2, ep.turn2_span)
+    i = completion.text.index("Final Answer: ") + len("Final Answer: ")
+    return [start + j for j in range(i, len(completion.text))]
+
+
+def test_confidence_metrics_average_over_the_answer_span_only():
+    ep = _episode(TOK, "2+3=?", "Final Answer: 46", "Final Answer: 5")
+    def fill(name, shape):
+        t = torch.full(shape, 0.5)
+        if name in ("p_top1", "p_top2", "entropy", "logprob"):
+            t = torch.zeros(shape)
+        return t
+    stats = _stats_with([ep], fill)
+    pos1, pos2 = _answer_positions(ep, 1), _answer_positions(ep, 2)
+    assert len(pos1) == 2 and len(pos2) == 1
+    # turn-1 answer "46": disparities 0.9-0.05 and 0.6-0.3 -> mean (0.85 + 0.3) / 2 = 0.575
+    stats.p_top1[0, pos1] = torch.tensor([0.9, 0.6])
+    stats.p_top2[0, pos1] = torch.tensor([0.05, 0.3])
+    stats.p_top1[0, pos2] = torch.tensor([0.7])
+    stats.p_top2[0, pos2] = torch.tensor([0.2])
+    stats.p_top1[0, pos1[0] - 1] = 1.0  # a token outside the span must not count
+    stats.logprob[0, pos1] = torch.log(torch.tensor([0.5, 0.25]))
+    stats.entropy[0, pos1] = torch.tensor([1.0, 3.0])
+    r1, r2 = REWARDS["confidence"].fn(_inputs([ep], stats))
+    assert r1.item() == pytest.approx(0.575) and r2.item() == pytest.approx(0.5)
+    r1, _ = REWARDS["confidence"].fn(_inputs([ep], stats, metric="prob"))
+    assert r1.item() == pytest.approx(0.375)  # (0.5 + 0.25) / 2
+    r1, _ = REWARDS["confidence"].fn(_inputs([ep], stats, metric="neg_entropy"))
+    assert r1.item() == pytest.approx(-2.0)
+
+
+def test_no_answer_gets_zero():
+    ep = _episode(TOK, "2+3=?", "I am not sure", "Final Answer: 5")
+    stats = _stats_with([ep], lambda name, shape: torch.ones(shape))
+    r1, r2 = REWARDS["confidence"].fn(_inputs([ep], stats, metric="prob"))
+    assert r1.item() == 0.0 and r2.item() == pytest.approx(torch.e)
+    r1, r2 = REWARDS["self_certainty"].fn(_inputs([ep], stats))
+    assert r1.item() == 0.0 and r2.item() == 1.0
+
+
+def test_self_certainty_averages_all_response_tokens():
+    ep = _episode(TOK, "2+3=?", "Final Answer: 5", "Final Answer: 5")
+    stats = _stats_with([ep], lambda name, shape: torch.zeros(shape))
+    s, e = ep.turn2_span
+    stats.self_certainty[0, s:e] = torch.arange(e - s, dtype=torch.float)
+    _, r2 = REWARDS["self_certainty"].fn(_inputs([ep], stats))
+    assert r2.item() == pytest.approx((e - s - 1) / 2)  # mean of 0..n-1
+
+
+@pytest.mark.parametrize("answers, expected", [
+    (["5", "5", "6", None], [1.0, 1.0, 0.0, 0.0]),
+    (["5", "6", "5", "6"], [0.0, 0.0, 0.0, 0.0]),  # tie: no majority
+    ([None, None, "7", None], [0.0, 0.0, 1.0, 0.0]),  # only answers vote
+    ([None, None], [0.0, 0.0]),
+])
+def test_majority_votes(answers, expected):
+    assert majority_votes(answers) == expected
+
+
+def test_majority_reward_votes_within_each_prompt_and_turn():
+    eps = [_episode(TOK, "2+3=?", f"Final Answer: {a}", f"Final Answer: {b}") for a, b in [(5, 5), (5, 6), (6, 6)]]
+    eps.append(_episode(TOK, "1+1=?", "Final Answer: 3", "Final Answer: 2"))
+    eps[3].group = 1
+    r1, r2 = REWARDS["majority"].fn(_inputs(eps))
+    assert r1.tolist() == [1.0, 1.0, 0.0, 1.0]  # turn 1 of prompt 0: 5, 5, 6
+    assert r2.tolist() == [0.0, 1.0, 1.0, 1.0]  # turn 2 of prompt 0: 5, 6, 6
+
+
+def test_mix_is_the_weighted_sum():
+    eps = [_episode(TOK, "2+3=?", "Final Answer: 5", "Final Answer: 6"),
+           _episode(TOK, "2+3=?", "Final Answer: 5", "Final Answer: 6")]
+    stats = _stats_with(eps, lambda name, shape: torch.zeros(shape))
+    stats.p_top1[:] = 0.8
+    stats.p_top2[:] = 0.1
+    r1, r2 = REWARDS["mix"].fn(_inputs(eps, stats, weights={"confidence": 0.5, "majority": 2.0}))
+    # confidence 0.7 everywhere; majority 1 everywhere (both turns agree within the prompt)
+    assert r1.tolist() == pytest.approx([0.35 + 2.0, 0.35 + 2.0])
+    assert r2.tolist() == pytest.approx([0.35 + 2.0, 0.35 + 2.0])
+
+
+def test_mix_needs_weights():
+    from engine.errors import UserError
+    from rewards.registry import reward_needs
+
+    with pytest.raises(UserError, match="reward.weights"):
+        reward_needs("mix", OmegaConf.create({"weights": {}}))
+    spec = reward_needs("mix", OmegaConf.create({"weights": {"gold": 1.0, "majority": 1.0}}))
+    assert spec.needs_gold and not spec.needs_token_stats

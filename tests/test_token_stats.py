@@ -1,0 +1,35 @@
+"""Token statistics against direct computations from hand-made logits."""
+
+import math
+
+import pytest
+import torch
+
+from engine.token_stats import stats_from_logits
+
+
+def test_stats_by_hand():
+    # one sequence of two tokens; position 0's logits predict token 1 (= id 2)
+    logits = torch.tensor([[[0.0, math.log(2.0), math.log(5.0)], [0.0, 0.0, 0.0]]])
+    ids = torch.tensor([[0, 2]])
+    s = stats_from_logits(logits, ids)
+    # p = [1, 2, 5] / 8 at the predicting position
+    assert s.logprob[0, 1].item() == pytest.approx(math.log(5 / 8))
+    assert s.p_top1[0, 1].item() == pytest.approx(5 / 8) and s.p_top2[0, 1].item() == pytest.approx(2 / 8)
+    p = torch.tensor([1, 2, 5]) / 8
+    assert s.entropy[0, 1].item() == pytest.approx(-(p * p.log()).sum().item())
+    # self-certainty: KL(U || p) = sum_j (1/3) log((1/3) / p_j)
+    kl_uniform = sum((1 / 3) * math.log((1 / 3) / pj) for pj in p.tolist())
+    assert s.self_certainty[0, 1].item() == pytest.approx(kl_uniform)
+    assert s.logprob[0, 0].item() == 0.0  # nothing predicts the first token
+
+
+def test_self_certainty_matches_logsumexp_formula_on_random_logits():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 11, generator=g)
+    ids = torch.randint(0, 11, (2, 5), generator=g)
+    s = stats_from_logits(logits, ids)
+    z = logits[:, :-1]
+    direct = (-(1 / 11) * torch.log_softmax(z, -1).sum(-1)) - math.log(11)
+    assert torch.allclose(s.self_certainty[:, 1:], direct, atol=1e-5)
+    assert (s.p_top1 >= s.p_top2).all()
