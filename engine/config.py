@@ -76,6 +76,13 @@ class RewardConfig:
 
 
 @dataclass
+class GuardConfig:
+    min_entropy: float = 0.0  # alarm when train/entropy (nats per token) falls below; 0 = off
+    patience: int = 0  # alarm when the train reward rises and eval acc_t2 falls over this many evals; 0 = off
+    action: str = "warn"  # warn | stop (stop ends training early, then evaluates and writes the summary)
+
+
+@dataclass
 class DeepSpeedSection:
     zero_stage: int = 0
 
@@ -90,6 +97,7 @@ class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
 
 CHOICES = {
@@ -98,12 +106,14 @@ CHOICES = {
     "deepspeed.zero_stage": (0, 1, 2, 3),
     "model.dtype": ("float32", "bfloat16"),
     "reward.metric": ("disparity", "prob", "neg_entropy"),
+    "guard.action": ("warn", "stop"),
 }
 OPEN_SECTIONS = ("reward.weights",)  # user-named keys live here
 POSITIVE = ("train.steps", "rollout.n", "rollout.prompts_per_step", "rollout.max_tokens", "eval.problems",
             "train.micro_batch_size", "rollout.max_model_len", "rollout.kv_cache_gib")
 NON_NEGATIVE = ("eval.every", "train.save_every", "algo.stage1_steps", "algo.beta1", "algo.beta2", "algo.alpha",
-                "train.lr", "rollout.temperature", "eval.temperature", "train.grad_clip", "eval.samples_logged")
+                "train.lr", "rollout.temperature", "eval.temperature", "train.grad_clip", "eval.samples_logged",
+                "guard.min_entropy", "guard.patience")
 
 
 class ConfigError(UserError):

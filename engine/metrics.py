@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 
@@ -30,6 +31,32 @@ def correction_metrics(correct1: Tensor, correct2: Tensor) -> dict[str, float]:
         "se_acc_t2": math.sqrt(acc2 * (1 - acc2) / n),
         "se_delta": diff.std(unbiased=False).item() / math.sqrt(n),
     }
+
+
+def expected_calibration_error(confidence: Tensor, correct: Tensor, bins: int = 10) -> float:
+    """ECE over `bins` equal-width confidence bins on [0, 1]: sum_b (n_b / N) |accuracy_b - confidence_b|."""
+    confidence, correct = confidence.float(), correct.float()
+    index = (confidence * bins).long().clamp(0, bins - 1)  # confidence 1.0 falls in the last bin
+    ece = torch.zeros(())
+    for b in range(bins):
+        in_bin = index == b
+        if in_bin.any():
+            ece += in_bin.float().mean() * (correct[in_bin].mean() - confidence[in_bin].mean()).abs()
+    return ece.item()
+
+
+def calibration_metrics(conf1: Tensor, conf2: Tensor, correct1: Tensor, correct2: Tensor,
+                        resamples: int = 200) -> dict[str, float]:
+    """ECE per turn, with a bootstrap standard error (fixed seed, so before/after are comparable)."""
+    out = {}
+    gen = torch.Generator().manual_seed(0)
+    for turn, conf, correct in (("t1", conf1, correct1), ("t2", conf2, correct2)):
+        n = conf.numel()
+        boots = [expected_calibration_error(conf[idx], correct[idx])
+                 for idx in (torch.randint(0, n, (n,), generator=gen) for _ in range(resamples))]
+        out[f"ece_{turn}"] = expected_calibration_error(conf, correct)
+        out[f"se_ece_{turn}"] = torch.tensor(boots).std().item()
+    return out
 
 
 class RunLogger:

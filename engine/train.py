@@ -29,6 +29,7 @@ from engine.config import load_config, main_args, save_config
 from engine.distributed import barrier, init_distributed, reduce_max, reduce_mean
 from engine.errors import UserError
 from engine.evaluate import evaluate
+from engine.guard import CollapseGuard
 from engine.learner import Learner
 from engine.metrics import RunLogger
 from engine.models import resolve_model_path
@@ -179,45 +180,62 @@ def response_mean(per_token: torch.Tensor, batch) -> float:
 def run_eval(run: Run, step: int) -> dict[str, float]:
     cfg = run.cfg
     metrics = evaluate(run.rollout, run.tokenizer, run.eval_problems, run.rank, run.world, cfg.rollout.max_tokens,
-                       cfg.eval.temperature, cfg.rollout.correction_instruction)
+                       cfg.eval.temperature, cfg.rollout.correction_instruction, score=run.learner.score)
     run.logger.scalars("eval", {k: v for k, v in metrics.items() if k != "n"}, step)
     run.log(f"[eval] step {step}: acc_t1 {metrics['acc_t1']:.3f} acc_t2 {metrics['acc_t2']:.3f} "
             f"delta {metrics['delta']:+.3f} (i2c {metrics['delta_i2c']:.3f}, c2i {metrics['delta_c2i']:.3f}) "
-            f"on {metrics['n']} problems")
+            f"ece_t1 {metrics['ece_t1']:.3f} ece_t2 {metrics['ece_t2']:.3f} on {metrics['n']} problems")
     return metrics
+
+
+def log_step(run: Run, step: int, stats: dict[str, float]) -> None:
+    run.logger.scalars("train", {k: v for k, v in stats.items() if k not in ("logprob_mismatch", "step_seconds")},
+                       step + 1)
+    run.logger.scalars("rollout", {"logprob_mismatch": stats["logprob_mismatch"]}, step + 1)
+    run.logger.scalars("perf", {"step_seconds": stats["step_seconds"]}, step + 1)
+    run.log(f"[train] step {step + 1}/{run.cfg.train.steps} stage {int(stats['stage'])} "
+            f"reward_t1 {stats['reward_t1']:.3f} reward_t2 {stats['reward_t2']:.3f} entropy {stats['entropy']:.3f} "
+            f"kl_t1 {stats['kl_t1']:.4f} loss {stats['loss']:+.4f} mismatch {stats['logprob_mismatch']:.1e} "
+            f"{stats['step_seconds']:.1f}s")
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(main_args(argv))
     rank, world = init_distributed()
     run = build_run(cfg, rank, world)
+    guard = CollapseGuard(cfg.guard.min_entropy, cfg.guard.patience)
     started = time.time()
 
     before = run_eval(run, 0)
     history: list[dict[str, float]] = []
+    alarms: list[str] = []
     for step in range(cfg.train.steps):
         step_started = time.time()
         stats = train_step(run, step)
         stats["step_seconds"] = time.time() - step_started
         history.append(stats)
-        run.logger.scalars("train", {k: v for k, v in stats.items() if k not in ("logprob_mismatch", "step_seconds")},
-                           step + 1)
-        run.logger.scalars("rollout", {"logprob_mismatch": stats["logprob_mismatch"]}, step + 1)
-        run.logger.scalars("perf", {"step_seconds": stats["step_seconds"]}, step + 1)
-        run.log(f"[train] step {step + 1}/{cfg.train.steps} stage {int(stats['stage'])} "
-                f"reward_t1 {stats['reward_t1']:.3f} reward_t2 {stats['reward_t2']:.3f} kl_t1 {stats['kl_t1']:.4f} "
-                f"loss {stats['loss']:+.4f} mismatch {stats['logprob_mismatch']:.1e} {stats['step_seconds']:.1f}s")
+        log_step(run, step, stats)
+        alarm = guard.check_entropy(stats["entropy"])
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.steps:
-            run_eval(run, step + 1)
-    after = run_eval(run, cfg.train.steps)
+            metrics = run_eval(run, step + 1)
+            since = history[-cfg.eval.every:]
+            reward = sum(s["reward_t1"] + s["reward_t2"] for s in since) / (2 * len(since))
+            alarm = alarm or guard.check_eval(reward, metrics["acc_t2"])
+        if alarm:
+            alarms.append(f"step {step + 1}: {alarm}")
+            run.log(f"[guard] step {step + 1}: {alarm}" + (" - stopping" if cfg.guard.action == "stop" else ""))
+            if cfg.guard.action == "stop":
+                break
+    after = run_eval(run, len(history))
 
     summary = {
         "train": {
-            "steps": cfg.train.steps,
+            "steps": len(history),
             "last_step": history[-1] if history else {},
             "logprob_mismatch_per_step": [s["logprob_mismatch"] for s in history],
             "mean_step_seconds": sum(s["step_seconds"] for s in history) / max(len(history), 1),
             "wall_seconds": time.time() - started,
+            "guard_alarms": alarms,
         },
         "eval": {"before": before, "after": after},
     }

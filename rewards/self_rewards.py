@@ -17,7 +17,7 @@ from torch import Tensor
 
 from rewards.answer import extract_answer
 from rewards.answer_span import answer_token_span
-from rewards.registry import REWARDS, RewardInputs, register
+from rewards.registry import REWARDS, RewardInputs, register, turn_has_answer
 
 
 def confidence_per_token(stats, metric: str) -> Tensor:
@@ -35,15 +35,24 @@ def _turns(episode):
     return ((episode.turn1, episode.turn1_span), (episode.turn2, episode.turn2_span))
 
 
-def answer_span_means(inputs: RewardInputs, per_token: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean of `per_token` over each turn's answer tokens; 0 where the turn has no answer."""
+def answer_span_means(inputs: RewardInputs, per_token: Tensor, reduce: str = "mean") -> tuple[Tensor, Tensor]:
+    """Mean (or sum) of `per_token` over each turn's answer tokens; 0 where the turn has no answer."""
     out = torch.zeros(2, len(inputs.episodes))
     for row, ep in enumerate(inputs.episodes):
         for turn, (completion, (start, _)) in enumerate(_turns(ep)):
             span = answer_token_span(inputs.tokenizer, completion.token_ids, completion.text)
             if span is not None:
-                out[turn, row] = per_token[row, start + span[0]:start + span[1]].mean()
+                values = per_token[row, start + span[0]:start + span[1]]
+                out[turn, row] = values.sum() if reduce == "sum" else values.mean()
     return out[0], out[1]
+
+
+def answer_probability(inputs: RewardInputs) -> tuple[Tensor, Tensor]:
+    """p(answer tokens | context) per turn, the confidence that calibration (ECE) is measured on;
+    0 where the turn has no answer."""
+    s1, s2 = answer_span_means(inputs, inputs.token_stats.logprob, reduce="sum")
+    h1, h2 = turn_has_answer(inputs.episodes)  # exp(0) = 1 would read as certainty
+    return s1.exp() * h1, s2.exp() * h2
 
 
 def response_means(inputs: RewardInputs, per_token: Tensor) -> tuple[Tensor, Tensor]:

@@ -13,9 +13,9 @@ pytestmark = pytest.mark.slow
 TB_SCALARS = [
     "train/reward_t1", "train/reward_t2", "train/acc_t1", "train/acc_t2", "train/kl_t1", "train/kl_t2",
     "train/loss", "rollout/logprob_mismatch", "perf/step_seconds", "eval/acc_t1", "eval/acc_t2", "eval/delta",
-    "eval/delta_i2c", "eval/delta_c2i",
+    "eval/delta_i2c", "eval/delta_c2i", "eval/ece_t1", "eval/ece_t2", "train/entropy", "train/no_answer_frac",
 ]
-EVAL_KEYS = {"acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "n"}
+EVAL_KEYS = {"acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "n", "ece_t1", "ece_t2", "se_ece_t1"}
 
 
 def _sync_result(proc) -> dict:
@@ -79,8 +79,10 @@ def test_self_reward_trains_on_prompts_without_answers(tiny_model_dir, tmp_path)
         sys.executable, "engine/train.py", "configs/default.yaml", f"model.path={tiny_model_dir}",
         "data.train=tests/data/prompts_only.jsonl", "reward.kind=confidence", "train.steps=2",
         "eval.problems=8", "rollout.prompts_per_step=4", f"train.output_dir={run_dir}",
+        "guard.min_entropy=100",  # an entropy floor no model meets: the guard warns every step
     ], timeout=600)
-    scalars, _ = _check_run_dir(run_dir, steps=2)
+    scalars, summary = _check_run_dir(run_dir, steps=2)
+    assert len(summary["train"]["guard_alarms"]) == 2 and "guard.min_entropy=100" in summary["train"]["guard_alarms"][0]
     assert len(scalars["train/entropy"]) == 2 and all(e > 0 for e in scalars["train/entropy"])
     assert all(0.0 <= f <= 1.0 for f in scalars["train/no_answer_frac"])
 

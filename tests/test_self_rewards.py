@@ -115,3 +115,13 @@ def test_mix_needs_weights():
         reward_needs("mix", OmegaConf.create({"weights": {}}))
     spec = reward_needs("mix", OmegaConf.create({"weights": {"gold": 1.0, "majority": 1.0}}))
     assert spec.needs_gold and not spec.needs_token_stats
+
+
+def test_answer_probability_is_the_product_over_the_answer_span():
+    from rewards.self_rewards import answer_probability
+
+    eps = [_episode(TOK, "2+3=?", "Final Answer: 46", "no answer")]
+    stats = _stats_with(eps, lambda name, shape: torch.zeros(shape))
+    stats.logprob[0, _answer_positions(eps[0], 1)] = torch.log(torch.tensor([0.5, 0.8]))
+    c1, c2 = answer_probability(_inputs(eps, stats))
+    assert c1.item() == pytest.approx(0.4) and c2.item() == 0.0
