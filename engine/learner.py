@@ -94,9 +94,12 @@ class Learner:
 
     def score(self, batch: TrainBatch) -> TokenStats:
         """The current policy's per-token statistics over the batch (no gradient), on the CPU."""
+        return self.score_ids(batch.input_ids, batch.attention_mask)
+
+    def score_ids(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> TokenStats:
         self.engine.eval()
-        batch = batch.to(self.device)
-        return token_stats(self.engine, batch.input_ids, batch.attention_mask, self.micro_batch)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        return token_stats(self.engine, input_ids.to(self.device), mask.to(self.device), self.micro_batch)
 
     def full_state_dict(self) -> dict[str, Tensor]:
         """Every weight in full, including tied ones (lm_head.weight), for the rollout engine.

@@ -20,6 +20,7 @@ class Completion:
     logprobs: list[float]  # the sampled tokens' log-probs under the raw (temperature 1) model
     text: str
     finished: bool  # ended on a stop token rather than on the length limit
+    top_logprobs: list[list[float]] | None = None  # per position, the k best log-probs, best first
 
 
 def _configure_vllm_env(kv_cache_gib: int) -> None:
@@ -47,8 +48,8 @@ class RolloutEngine:
         )
         self.max_model_len = max_model_len
 
-    def generate(self, prompts: Sequence[list[int]], n: int, max_tokens: int,
-                 temperature: float) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[list[int]], n: int, max_tokens: int, temperature: float,
+                 top_k_logprobs: int = 0) -> list[list[Completion]]:
         """`n` completions for each prompt (token ids). Randomness comes from the engine's seed: vLLM's
         CPU sampler rejects per-request seeds ("CPU Generator does not use offset")."""
         from vllm import SamplingParams
@@ -61,9 +62,9 @@ class RolloutEngine:
                 f"the engine's max_model_len={self.max_model_len}. Hint: raise rollout.max_model_len or "
                 f"shorten the prompts."
             )
-        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, logprobs=0)
+        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, logprobs=top_k_logprobs)
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
-        return [[_to_completion(c) for c in out.outputs] for out in outputs]
+        return [[_to_completion(c, top_k_logprobs) for c in out.outputs] for out in outputs]
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace the engine's weights in place. Pass the full state_dict: with tied embeddings
@@ -73,7 +74,12 @@ class RolloutEngine:
         self.llm.reset_prefix_cache()
 
 
-def _to_completion(c) -> Completion:
+def _to_completion(c, top_k: int) -> Completion:
     ids = list(c.token_ids)
     logprobs = [float(pos[tok].logprob) for pos, tok in zip(c.logprobs, ids)]
-    return Completion(token_ids=ids, logprobs=logprobs, text=c.text, finished=c.finish_reason == "stop")
+    top = None
+    if top_k:  # vLLM adds the sampled token to the top k; keep the ranks 1..k
+        top = [[lp.logprob for lp in sorted(pos.values(), key=lambda lp: lp.rank) if lp.rank <= top_k]
+               for pos in c.logprobs]
+    return Completion(token_ids=ids, logprobs=logprobs, text=c.text, finished=c.finish_reason == "stop",
+                      top_logprobs=top)

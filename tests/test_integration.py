@@ -34,6 +34,8 @@ def test_weight_sync_keeps_vllm_and_learner_in_step(tiny_model_dir, zero_stage, 
     assert max(result["mismatch_per_update"][1:]) <= 1e-3, result
     # the weights really moved: without the sync, vLLM would be this far off
     assert result["drift_from_base"] > 1e-2, result
+    # top-2 probabilities: vLLM (logprobs=2) and the learner's scoring pass agree on the same tokens
+    assert result["top2_max_diff"] <= 1e-3, result
 
 
 def _read_scalars(tb_dir):

@@ -43,13 +43,25 @@ def main() -> None:
         stats = learner.update(batch, adv, -adv, TurnWeights(pg_turn1=1.0, kl_turn1=0.0, kl_turn2=0.0), "k2")
         mismatches.append(stats.logprob_mismatch)
         engine.load_weights(learner.full_state_dict().items())
+    # vLLM's top-2 probabilities against the learner's scoring pass, on the same tokens.
+    prefixes = batch.input_ids[:4, :8].tolist()
+    completions = engine.generate(prefixes, n=2, max_tokens=16, temperature=temperature, top_k_logprobs=2)
+    top2_diff = 0.0
+    for prompt, comps in zip(prefixes, completions):
+        for c in comps:
+            ids = torch.tensor([prompt + c.token_ids])
+            stats = learner.score_ids(ids)
+            vllm_top = torch.tensor(c.top_logprobs).exp()
+            mine = torch.stack([stats.p_top1[0, 8:], stats.p_top2[0, 8:]], dim=-1)
+            top2_diff = max(top2_diff, (vllm_top - mine).abs().max().item())
     # How far the weights moved: the base (reference) model's log-probs on the last batch.
     with torch.no_grad():
         ref_lp = token_logprobs(learner.reference, batch.input_ids, batch.attention_mask)
     sampled = (batch.turn1_mask + batch.turn2_mask) > 0
     drift = (ref_lp - batch.rollout_logprobs).abs()[sampled].max().item()
     tied = learner.engine.module.config.tie_word_embeddings
-    print("RESULT " + json.dumps({"mismatch_per_update": mismatches, "drift_from_base": drift, "tied": tied}))
+    print("RESULT " + json.dumps({"mismatch_per_update": mismatches, "drift_from_base": drift, "tied": tied,
+                                  "top2_max_diff": top2_diff}))
 
 
 if __name__ == "__main__":
