@@ -73,6 +73,8 @@ class RewardConfig:
     kind: str = "gold"  # gold | confidence | self_certainty | majority | mix
     metric: str = "disparity"  # confidence metric: disparity | prob | neg_entropy
     weights: dict[str, float] = field(default_factory=dict)  # for kind=mix: {reward kind: weight}
+    probe_prompt: str = " So the answer is"  # RLSF fallback for turns with no answer format
+    probe_tokens: int = 8  # greedy tokens of the fallback probe; 0 = no fallback
 
 
 @dataclass
@@ -113,7 +115,7 @@ POSITIVE = ("train.steps", "rollout.n", "rollout.prompts_per_step", "rollout.max
             "train.micro_batch_size", "rollout.max_model_len", "rollout.kv_cache_gib")
 NON_NEGATIVE = ("eval.every", "train.save_every", "algo.stage1_steps", "algo.beta1", "algo.beta2", "algo.alpha",
                 "train.lr", "rollout.temperature", "eval.temperature", "train.grad_clip", "eval.samples_logged",
-                "guard.min_entropy", "guard.patience")
+                "guard.min_entropy", "guard.patience", "reward.probe_tokens")
 
 
 class ConfigError(UserError):

@@ -36,6 +36,7 @@ from engine.models import resolve_model_path
 from rewards import RewardInputs, turn_correctness, turn_has_answer
 from rewards.registry import RewardSpec, reward_needs
 from rollout.data import Problem, load_problems, require_answers
+from rollout.answer_probe import probe_answer_spans
 from rollout.episodes import episode_token_budget, sample_episodes
 from rollout.vllm_engine import RolloutEngine
 
@@ -120,9 +121,12 @@ def check_context(cfg: DictConfig, model_config, tokenizer, problems: list[Probl
                         f"max_position_embeddings={positions}. Hint: lower rollout.max_model_len.")
     need = episode_token_budget(tokenizer, [p.prompt for p in problems], cfg.rollout.max_tokens,
                                 cfg.rollout.correction_instruction)
+    if cfg.reward.probe_tokens:  # RLSF's answer probe extends a turn-2 response
+        need += len(tokenizer(cfg.reward.probe_prompt, add_special_tokens=False).input_ids) + cfg.reward.probe_tokens
     if need > cfg.rollout.max_model_len:
         raise UserError(f"a two-turn episode can take {need} tokens (longest prompt + 2 x rollout.max_tokens="
-                        f"{cfg.rollout.max_tokens} + the correction request), more than rollout.max_model_len="
+                        f"{cfg.rollout.max_tokens} + the correction request + the answer probe), more than "
+                        f"rollout.max_model_len="
                         f"{cfg.rollout.max_model_len}. Hint: raise rollout.max_model_len or lower rollout.max_tokens.")
 
 
@@ -142,13 +146,14 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     episodes = sample_episodes(run.rollout, run.tokenizer, step_prompts(run, step), n=cfg.rollout.n,
                                max_tokens=cfg.rollout.max_tokens, temperature=cfg.rollout.temperature,
                                instruction=cfg.rollout.correction_instruction)
+    probe_answer_spans(run.rollout, run.tokenizer, episodes, cfg.reward.probe_prompt, cfg.reward.probe_tokens)
 
     # 2. Rewards (self-rewards read the policy's token statistics, scored once per step; the entropy
     #    is logged whatever the reward) -> per-turn returns -> advantages against each prompt's group.
     batch = collate(episodes, run.tokenizer.pad_token_id)
     token_stats = run.learner.score(batch)
     r1, r2 = run.reward.fn(RewardInputs(episodes, run.tokenizer, cfg.reward, token_stats))
-    has1, has2 = turn_has_answer(episodes)
+    has1, has2 = turn_has_answer(episodes, run.tokenizer)
     r1, r2 = r1 * has1, r2 * has2  # a turn without a locatable answer earns nothing
     ret1, ret2 = algo.turn_returns(r1, r2, stage, cfg.algo.alpha)
     estimator = algo.ADVANTAGE_ESTIMATORS[cfg.algo.advantage]

@@ -31,3 +31,26 @@ def answer_token_span(tokenizer, token_ids: Sequence[int], text: str) -> tuple[i
     if span is None:
         return None
     return char_span_to_token_span(token_char_ends(tokenizer, token_ids), *span)
+
+
+def longest_common_run(response: Sequence[int], probe: Sequence[int]) -> tuple[int, int] | None:
+    """[start, end) in `response` of the longest contiguous token run it shares with `probe` (the
+    earliest such run on ties); None when they share no token."""
+    best_len, best_end = 0, 0
+    previous = [0] * (len(probe) + 1)
+    for i, tok in enumerate(response, start=1):
+        current = [0] * (len(probe) + 1)
+        for j, other in enumerate(probe, start=1):
+            if tok == other:
+                current[j] = previous[j - 1] + 1
+                if current[j] > best_len:
+                    best_len, best_end = current[j], i
+        previous = current
+    return (best_end - best_len, best_end) if best_len else None
+
+
+def locate_answer(tokenizer, completion) -> tuple[int, int] | None:
+    """The answer's token range in a sampled turn: from the answer format, else from RLSF's probe
+    (`completion.probe_span`, set by rollout.answer_probe), else None."""
+    span = answer_token_span(tokenizer, completion.token_ids, completion.text)
+    return span if span is not None else completion.probe_span

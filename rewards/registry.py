@@ -16,6 +16,7 @@ from torch import Tensor
 
 from engine.errors import UserError
 from rewards.answer import answers_match, extract_answer
+from rewards.answer_span import locate_answer
 
 
 @dataclass
@@ -72,10 +73,10 @@ def turn_correctness(episodes: Sequence) -> tuple[Tensor, Tensor]:
     return c1, c2
 
 
-def turn_has_answer(episodes: Sequence) -> tuple[Tensor, Tensor]:
-    """1.0 where the turn states a locatable final answer."""
-    h1 = torch.tensor([float(extract_answer(e.turn1.text) is not None) for e in episodes])
-    h2 = torch.tensor([float(extract_answer(e.turn2.text) is not None) for e in episodes])
+def turn_has_answer(episodes: Sequence, tokenizer) -> tuple[Tensor, Tensor]:
+    """1.0 where the turn's answer can be located: by its format, or by RLSF's probe."""
+    h1 = torch.tensor([float(locate_answer(tokenizer, e.turn1) is not None) for e in episodes])
+    h2 = torch.tensor([float(locate_answer(tokenizer, e.turn2) is not None) for e in episodes])
     return h1, h2
 
 

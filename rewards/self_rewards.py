@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from rewards.answer import extract_answer
-from rewards.answer_span import answer_token_span
+from rewards.answer_span import locate_answer
 from rewards.registry import REWARDS, RewardInputs, register, turn_has_answer
 
 
@@ -40,7 +40,7 @@ def answer_span_means(inputs: RewardInputs, per_token: Tensor, reduce: str = "me
     out = torch.zeros(2, len(inputs.episodes))
     for row, ep in enumerate(inputs.episodes):
         for turn, (completion, (start, _)) in enumerate(_turns(ep)):
-            span = answer_token_span(inputs.tokenizer, completion.token_ids, completion.text)
+            span = locate_answer(inputs.tokenizer, completion)
             if span is not None:
                 values = per_token[row, start + span[0]:start + span[1]]
                 out[turn, row] = values.sum() if reduce == "sum" else values.mean()
@@ -51,7 +51,7 @@ def answer_probability(inputs: RewardInputs) -> tuple[Tensor, Tensor]:
     """p(answer tokens | context) per turn, the confidence that calibration (ECE) is measured on;
     0 where the turn has no answer."""
     s1, s2 = answer_span_means(inputs, inputs.token_stats.logprob, reduce="sum")
-    h1, h2 = turn_has_answer(inputs.episodes)  # exp(0) = 1 would read as certainty
+    h1, h2 = turn_has_answer(inputs.episodes, inputs.tokenizer)  # exp(0) = 1 would read as certainty
     return s1.exp() * h1, s2.exp() * h2
 
 
@@ -60,7 +60,7 @@ def response_means(inputs: RewardInputs, per_token: Tensor) -> tuple[Tensor, Ten
     out = torch.zeros(2, len(inputs.episodes))
     for row, ep in enumerate(inputs.episodes):
         for turn, (completion, (start, end)) in enumerate(_turns(ep)):
-            if end > start and extract_answer(completion.text) is not None:
+            if end > start and locate_answer(inputs.tokenizer, completion) is not None:
                 out[turn, row] = per_token[row, start:end].mean()
     return out[0], out[1]
 

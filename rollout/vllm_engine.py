@@ -21,6 +21,7 @@ class Completion:
     text: str
     finished: bool  # ended on a stop token rather than on the length limit
     top_logprobs: list[list[float]] | None = None  # per position, the k best log-probs, best first
+    probe_span: tuple[int, int] | None = None  # answer tokens found by RLSF's probe (rollout.answer_probe)
 
 
 def _configure_vllm_env(kv_cache_gib: int) -> None:

@@ -39,3 +39,40 @@ def test_answer_token_span_with_special_tokens():
     assert answer_token_span(tok, ids, text) == (21, 23)
     assert tok.decode(ids[21:23]) == "13"
     assert answer_token_span(tok, ids[:5], "1+2=3") is None
+
+
+@pytest.mark.parametrize("response, probe, span", [
+    ([1, 2, 3, 4, 5], [9, 3, 4, 8], (2, 4)),
+    ([1, 2], [3], None),
+    ([5, 6, 5, 6, 7], [5, 6, 7], (2, 5)),  # the longest run, not the first partial one
+    ([7, 7], [7], (0, 1)),  # ties: the earliest
+])
+def test_longest_common_run(response, probe, span):
+    from rewards.answer_span import longest_common_run
+
+    assert longest_common_run(response, probe) == span
+
+
+def test_probe_fallback_locates_an_answer_without_format():
+    from rollout.answer_probe import probe_answer_spans
+    from rewards.answer_span import locate_answer
+    from rollout.vllm_engine import Completion
+    from tests.test_episodes import _episode
+
+    tok = build_char_tokenizer()
+    ep = _episode(tok, "2+3=?", "it is 5 I think", "Final Answer: 5")
+
+    class GreedyAnswers:  # stands in for vLLM's greedy continuation: " 5."
+        calls = []
+
+        def generate(self, prompts, n, max_tokens, temperature):
+            self.calls.append((prompts, max_tokens, temperature))
+            return [[Completion(tok(" 5.", add_special_tokens=False).input_ids, [0.0] * 3, " 5.", True)]
+                    for _ in prompts]
+
+    engine = GreedyAnswers()
+    assert probe_answer_spans(engine, tok, [ep], " So the answer is", 4) == 1  # only turn 1 lacks a format
+    prompts, max_tokens, temperature = engine.calls[0]
+    assert tok.decode(prompts[0]).endswith("assistant\nit is 5 I think So the answer is") and temperature == 0.0
+    assert locate_answer(tok, ep.turn1) == (5, 7)  # " 5" in "it is 5 I think"
+    assert locate_answer(tok, ep.turn2) == (14, 15)  # the format wins where there is one

@@ -93,8 +93,11 @@ def test_two_ranks_zero3(tiny_model_dir, tmp_path):
     """The launch from the issue, on a small model and eval set: 2 CPU ranks, ZeRO-3, 3 steps so the
     last mismatch is measured after 2 updates."""
     run_dir = tmp_path / "run2r"
+    from engine.distributed import free_port
+
     run_script([
-        "deepspeed", "--num_gpus", "2", "engine/train.py", "configs/default.yaml", "train.steps=3",
+        "deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "engine/train.py", "configs/default.yaml",
+        "train.steps=3",
         "deepspeed.zero_stage=3", f"model.path={tiny_model_dir}", "eval.problems=16",
         "rollout.prompts_per_step=4", f"train.output_dir={run_dir}",
     ], timeout=900)

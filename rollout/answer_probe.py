@@ -1,0 +1,28 @@
+"""RLSF's fallback for responses without an answer format: ask the policy to finish
+"<response> So the answer is" greedily, and take as the answer the longest token run that the short
+continuation shares with the response."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rewards.answer_span import answer_token_span, longest_common_run
+from rollout.vllm_engine import RolloutEngine
+
+
+def probe_answer_spans(engine: RolloutEngine, tokenizer, episodes: Sequence, probe_text: str,
+                       probe_tokens: int) -> int:
+    """Set `probe_span` on every turn whose answer no format locates; returns how many were probed."""
+    eos = tokenizer.eos_token_id
+    todo = []
+    for ep in episodes:
+        for completion, prompt_ids in ((ep.turn1, ep.prompt_ids), (ep.turn2, ep.turn2_prompt_ids)):
+            if answer_token_span(tokenizer, completion.token_ids, completion.text) is None:
+                body = [t for t in completion.token_ids if t != eos]
+                todo.append((completion, body, prompt_ids + body + tokenizer(probe_text, add_special_tokens=False).input_ids))
+    if not todo or probe_tokens <= 0:
+        return 0
+    outputs = engine.generate([ids for _, _, ids in todo], n=1, max_tokens=probe_tokens, temperature=0.0)
+    for (completion, body, _), out in zip(todo, outputs):
+        completion.probe_span = longest_common_run(body, out[0].token_ids)
+    return len(todo)
