@@ -48,14 +48,35 @@ def extract_answer(text: str) -> str | None:
     return None if span is None else text[span[0]:span[1]].strip()
 
 
+def _as_number(text: str) -> float | None:
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def _math_verify(predicted: str, gold: str) -> bool:
+    """Symbolic equivalence with HuggingFace's math-verify (LaTeX, fractions, roots, sets, ...)."""
+    from math_verify import parse, verify
+
+    def as_latex(text: str) -> str:
+        return text if "$" in text or "\\boxed" in text else f"${text}$"
+
+    try:
+        return bool(verify(parse(as_latex(gold)), parse(as_latex(predicted))))
+    except Exception:  # an answer math-verify cannot parse simply does not match
+        return False
+
+
 def answers_match(predicted: str | None, gold: str | None) -> bool:
-    """Exact match after stripping; numbers compare by value (so "12.0" matches "12")."""
+    """Exact match after stripping; plain numbers compare by value ("12.0" = "12", "1,000" = "1000");
+    anything else goes to math-verify ("\\frac{1}{2}" = "0.5")."""
     if predicted is None or gold is None:
         return False
     predicted, gold = predicted.strip(), gold.strip()
     if predicted == gold:
         return True
-    try:
-        return float(predicted.replace(",", "")) == float(gold.replace(",", ""))
-    except ValueError:
-        return False
+    a, b = _as_number(predicted), _as_number(gold)
+    if a is not None and b is not None:  # the fast path: no parser for plain numbers
+        return a == b
+    return _math_verify(predicted, gold)

@@ -44,6 +44,14 @@ def test_answers_match():
     assert not answers_match("13", "132") and not answers_match(None, "1") and not answers_match("x", None)
 
 
+@pytest.mark.parametrize("predicted, gold, same", [
+    ("\\frac{1}{2}", "0.5", True), ("1/2", "\\frac{1}{2}", True), ("\\sqrt{4}", "2", True),
+    ("x = 5", "5", True), ("\\frac{1}{3}", "0.5", False), ("banana", "2", False),
+])
+def test_answers_match_uses_math_verify_beyond_plain_numbers(predicted, gold, same):
+    assert answers_match(predicted, gold) is same
+
+
 def test_jsonl_source(tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text(json.dumps({"prompt": "2+2=?", "answer": 4}) + "\n\n" + json.dumps({"prompt": "hi"}) + "\n")
