@@ -70,7 +70,7 @@ class AlgoConfig:
 
 @dataclass
 class RewardConfig:
-    kind: str = "gold"  # gold | confidence | self_certainty | majority | mix
+    kind: str = "confidence"  # gold | confidence | self_certainty | majority | mix
     metric: str = "disparity"  # confidence metric: disparity | prob | neg_entropy
     weights: dict[str, float] = field(default_factory=dict)  # for kind=mix: {reward kind: weight}
     probe_prompt: str = " So the answer is"  # RLSF fallback for turns with no answer format
@@ -81,7 +81,7 @@ class RewardConfig:
 class GuardConfig:
     min_entropy: float = 0.0  # alarm when train/entropy (nats per token) falls below; 0 = off
     patience: int = 0  # alarm when the train reward rises and eval acc_t2 falls over this many evals; 0 = off
-    action: str = "warn"  # warn | stop (stop ends training early, then evaluates and writes the summary)
+    action: str = "warn"  # warn | stop (saves the policy, ends training early, evaluates, writes the summary)
 
 
 @dataclass

@@ -101,6 +101,14 @@ class Learner:
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         return token_stats(self.engine, input_ids.to(self.device), mask.to(self.device), self.micro_batch)
 
+    def save_weights(self, folder, tokenizer, is_main: bool) -> None:
+        """The policy as a Hugging Face folder (weights, config, tokenizer) that vLLM or
+        `model.path` can load. Every rank must call it (ZeRO-3 gathers); rank 0 writes."""
+        state = self.full_state_dict()
+        if is_main:
+            self.engine.module.save_pretrained(folder, state_dict=state)
+            tokenizer.save_pretrained(folder)
+
     def full_state_dict(self) -> dict[str, Tensor]:
         """Every weight in full, including tied ones (lm_head.weight), for the rollout engine.
         Under ZeRO-3 the shards are gathered on every rank first."""

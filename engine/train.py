@@ -230,6 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
             alarms.append(f"step {step + 1}: {alarm}")
             run.log(f"[guard] step {step + 1}: {alarm}" + (" - stopping" if cfg.guard.action == "stop" else ""))
             if cfg.guard.action == "stop":
+                folder = Path(cfg.train.output_dir) / "checkpoints" / f"guard-stop-step{step + 1}"
+                run.learner.save_weights(folder, run.tokenizer, run.is_main)
+                run.log(f"[guard] policy weights saved to {folder}")
                 break
     after = run_eval(run, len(history))
 

@@ -67,9 +67,14 @@ def test_missing_file_is_a_clear_error():
         load_config(["configs/nope.yaml"])
 
 
-def test_default_recipe_file_loads():
+def test_recipe_files_load():
     cfg = load_config(["configs/default.yaml"])
     assert cfg.model.path == "builtin:tiny-arith" and cfg.data.train == "builtin:arith"
+    assert cfg.reward.kind == "confidence"  # self-reward by default; gold only evaluates
+    gold = load_config(["configs/gold.yaml"])
+    assert gold.reward.kind == "gold"
+    # the gold baseline is the same run in every other respect
+    assert {k: v for k, v in gold.items() if k != "reward"} == {k: v for k, v in cfg.items() if k != "reward"}
 
 
 def test_yaml_must_be_a_mapping(tmp_path):

@@ -104,3 +104,20 @@ def test_two_ranks_zero3(tiny_model_dir, tmp_path):
     scalars, summary = _check_run_dir(run_dir, steps=3)
     assert max(scalars["rollout/logprob_mismatch"]) <= 1e-3
     assert summary["eval"]["after"]["n"] == 16  # both ranks' shards gathered
+
+
+def test_guard_stop_saves_the_policy_and_ends_early(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    run_script([
+        sys.executable, "engine/train.py", "configs/default.yaml", f"model.path={tiny_model_dir}", "train.steps=3",
+        "eval.problems=8", "rollout.prompts_per_step=4", f"train.output_dir={run_dir}",
+        "guard.min_entropy=100", "guard.action=stop",
+    ], timeout=600)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["train"]["steps"] == 1 and len(summary["train"]["guard_alarms"]) == 1
+    saved = run_dir / "checkpoints" / "guard-stop-step1"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(saved)
+    assert AutoTokenizer.from_pretrained(saved).eos_token == "<|im_end|>"
+    assert model.config.tie_word_embeddings
