@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 
 ROWS = [("Acc@t1", "acc_t1", "se_acc_t1"), ("Acc@t2", "acc_t2", "se_acc_t2"), ("Δ(t1,t2)", "delta", "se_delta"),
-        ("Δ i→c", "delta_i2c", None), ("Δ c→i", "delta_c2i", None)]
+        ("Δ i→c", "delta_i2c", None), ("Δ c→i", "delta_c2i", None), ("ECE t1", "ece_t1", "se_ece_t1"),
+        ("ECE t2", "ece_t2", "se_ece_t2")]
 
 
 def main() -> None:
@@ -19,6 +20,8 @@ def main() -> None:
     print(f"| metric (n={before['n']} held-out problems) | before | after |")
     print("|---|---|---|")
     for label, key, se in ROWS:
+        if key not in before:  # runs from before calibration was measured
+            continue
         cell = (lambda m: f"{m[key]:.3f} ± {m[se]:.3f}" if se else f"{m[key]:.3f}")
         print(f"| {label} | {cell(before)} | {cell(after)} |")
     train = summary["train"]
