@@ -1,17 +1,127 @@
-"""Per-token log-probs of given sequences under a causal LM."""
+"""Per-token log-probs, entropy and confidence statistics taken straight from hidden states and the LM
+head, without building the [tokens x vocab] float32 logits.
+
+    stats = head_stats(hidden, weight, targets, entropy=True)            # autograd through logprob/entropy
+    loss, stats = head_loss(hidden, weight, targets, per_token_loss)     # gradient taken during the forward
+
+The logits are z = scale * (hidden @ weight.T + bias). `head_stats` is the general op: its backward
+recomputes each chunk's logits (four matmuls in all). `head_loss` is for losses that are a sum of
+per-token terms of (logprob, entropy), like every RL loss here: it knows the per-token gradient as soon
+as a chunk's log-probs exist, so it takes the weight and hidden gradients in the same pass (three
+matmuls, the floor naive autograd also pays).
+
+Implementations: `naive` (full float32 logits; the reference), `chunked` (PyTorch, chunks of tokens),
+`triton` (fused GPU kernels; runs on the CPU under TRITON_INTERPRET=1 for tests).
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+IMPLS = ("auto", "naive", "chunked", "triton")
 
-def token_logprobs(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """[B, T] log-probs aligned with `input_ids`: entry t is log p(input_ids[t] | input_ids[:t]); entry 0 is 0.
+# per_token_loss(logprob [n], entropy [n] or None, rows: slice of the flat token axis) -> [n] losses
+PerTokenLoss = Callable[[Tensor, "Tensor | None", slice], Tensor]
 
-    Log-probs are taken from the raw logits (temperature 1), matching what vLLM reports for sampled tokens.
-    """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    return F.pad(logp, (1, 0))
+
+@dataclass(frozen=True)
+class Wanted:
+    """Which optional statistics to compute (the log-prob and logsumexp always are)."""
+    entropy: bool = False
+    mean_logit: bool = False  # with logsumexp this gives self-certainty
+    top2: bool = False  # the two largest logits, for top-1/top-2 disparity
+
+
+@dataclass
+class HeadStats:
+    """Per-token statistics, each [N] float32; None where not asked for."""
+    logprob: Tensor  # log p(target)
+    logsumexp: Tensor  # logsumexp over the vocabulary of z
+    entropy: Tensor | None = None  # H(p) in nats
+    mean_logit: Tensor | None = None  # mean over the vocabulary of z
+    top1_logit: Tensor | None = None
+    top2_logit: Tensor | None = None
+
+    @staticmethod
+    def from_tuple(values: tuple[Tensor, ...]) -> "HeadStats":
+        """Kernels return (logprob, logsumexp, entropy, mean_logit, top1, top2); empty = not computed."""
+        return HeadStats(*(v if v.numel() or i < 2 else None for i, v in enumerate(values)))
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """`auto` picks triton on a GPU and chunked otherwise; an impossible choice is a clear error."""
+    if impl not in IMPLS:
+        raise ValueError(f"logprob impl {impl!r} is not one of {IMPLS}")
+    if impl == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "chunked"
+    if impl == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("logprob impl 'triton' needs a CUDA device (or TRITON_INTERPRET=1 to run it on the CPU, "
+                         "slowly, for tests); use 'chunked' on the CPU")
+    return impl
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def head_stats(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None, scale: float = 1.0,
+               wanted: Wanted = Wanted(), impl: str = "auto", chunk_tokens: int | None = None) -> HeadStats:
+    """Statistics of p = softmax(z) for each of the N rows of `hidden` [N, H] against `weight` [V, H].
+
+    Differentiable in `hidden`, `weight` and `bias` through `logprob` and `entropy`."""
+    impl = resolve_impl(impl, hidden.device)
+    if impl == "naive":
+        return naive_head_stats(hidden, weight, targets, bias, scale, wanted)
+    if impl == "chunked":
+        from engine.logprobs_chunked import ChunkedStats
+
+        return HeadStats.from_tuple(ChunkedStats.apply(hidden, weight, bias, targets, scale, wanted, chunk_tokens))
+    from engine.logprobs_triton import TritonStats
+
+    return HeadStats.from_tuple(TritonStats.apply(hidden, weight, bias, targets, scale, wanted))
+
+
+def head_loss(hidden: Tensor, weight: Tensor, targets: Tensor, per_token_loss: PerTokenLoss,
+              bias: Tensor | None = None, scale: float = 1.0, wanted: Wanted = Wanted(), impl: str = "auto",
+              chunk_tokens: int | None = None) -> tuple[Tensor, HeadStats]:
+    """sum_t per_token_loss(logprob, entropy, rows)[t] as a differentiable scalar, plus the (detached)
+    statistics. `per_token_loss` must be elementwise over tokens: it sees one chunk of rows at a time."""
+    impl = resolve_impl(impl, hidden.device)
+    if impl == "chunked":
+        from engine.logprobs_chunked import ChunkedLoss
+
+        loss, *values = ChunkedLoss.apply(hidden, weight, bias, targets, scale, wanted, per_token_loss, chunk_tokens)
+        return loss, HeadStats.from_tuple(tuple(values))
+    stats = head_stats(hidden, weight, targets, bias, scale, wanted, impl)
+    loss = per_token_loss(stats.logprob, stats.entropy, slice(0, hidden.shape[0])).sum()
+    return loss, detached(stats)
+
+
+def detached(stats: HeadStats) -> HeadStats:
+    return HeadStats(*(None if v is None else v.detach() for v in vars(stats).values()))
+
+
+def naive_head_stats(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None, scale: float,
+                     wanted: Wanted) -> HeadStats:
+    """The reference: full [N, V] float32 logits, log_softmax and gather."""
+    z = torch.nn.functional.linear(hidden, weight, bias).float() * scale
+    logp = torch.log_softmax(z, dim=-1)
+    lse = torch.logsumexp(z, dim=-1)
+    stats = HeadStats(logprob=logp.gather(-1, targets[:, None]).squeeze(-1), logsumexp=lse.detach())
+    if wanted.entropy:
+        stats.entropy = -(logp.exp() * logp).sum(-1)
+    if wanted.mean_logit:
+        stats.mean_logit = z.detach().mean(-1)
+    if wanted.top2:
+        top = z.detach().topk(2, dim=-1).values
+        stats.top1_logit, stats.top2_logit = top[:, 0], top[:, 1]
+    return stats
