@@ -1,0 +1,60 @@
+"""The Triton kernels on the CPU under TRITON_INTERPRET=1, at small sizes, against the float64 reference
+(forward statistics and gradients). Tile sizes shrink so several token blocks, vocabulary splits and
+backward vocabulary slices are all exercised.
+
+TRITON_INTERPRET must be set before anything imports triton (vLLM does, in the main test process), so
+the main process runs these tests again in a child process that has it set from the start."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    def test_triton_kernels_under_the_interpreter():
+        child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                               env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True,
+                               timeout=900)
+        assert child.returncode == 0, child.stdout[-4000:] + child.stderr[-4000:]
+        assert " passed" in child.stdout and "failed" not in child.stdout and "skipped" not in child.stdout
+else:
+    from engine.logprobs import head_loss, head_stats
+    from tests.test_logprobs import ALL, TOL, _assert_grads_match, coefficients, leaves, make_inputs, reference, rel_err
+
+
+    @pytest.fixture(scope="module")
+    def interpreted_triton():
+        import engine.logprobs_triton as module
+
+        patch = pytest.MonkeyPatch()
+        for name, value in {"BLOCK_N": 16, "BLOCK_V": 16, "BLOCK_H": 16, "SPLITS_TARGET_PROGRAMS": 9,
+                            "GRAD_V_SLICE": 48}.items():
+            patch.setattr(module, name, value)
+        yield module
+        patch.undo()
+
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+    @pytest.mark.parametrize("bias,scale", [(False, 1.0), (True, 0.7)])
+    def test_triton_matches_float64(interpreted_triton, dtype, bias, scale):
+        hidden, weight, b, targets = make_inputs(n=37, h=24, v=101, dtype=dtype, bias=bias)
+        want = reference(hidden, weight, b, targets, scale)
+        h, w, bb = leaves(hidden, weight, b, dtype)
+        got = head_stats(h, w, targets, bias=bb, scale=scale, wanted=ALL, impl="triton")
+        for name, value in want.items():
+            assert rel_err(getattr(got, name), value) <= TOL[dtype], name
+        c_lp, c_ent = coefficients(len(targets))
+        (got.logprob * c_lp + got.entropy * c_ent).sum().backward()
+        _assert_grads_match(hidden, weight, b, targets, scale, (h, w, bb), dtype, c_lp, c_ent)
+
+
+    def test_triton_head_loss_and_logprob_only_gradient(interpreted_triton):
+        hidden, weight, b, targets = make_inputs(n=20, h=16, v=70)
+        c_lp, c_ent = coefficients(len(targets))
+        h, w, bb = leaves(hidden, weight, b, torch.float32)
+        loss, stats = head_loss(h, w, targets, lambda lp, ent, rows: lp * c_lp[rows], impl="triton")
+        assert stats.entropy is None and stats.top1_logit is None  # only what was asked for
+        loss.backward()
+        _assert_grads_match(hidden, weight, b, targets, 1.0, (h, w, bb), torch.float32, c_lp, c_ent, use_entropy=False)
