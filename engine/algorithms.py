@@ -93,17 +93,22 @@ def scores_stage(step: int, stage1_steps: int) -> int:
 
 # --- the loss ------------------------------------------------------------------------------------
 
-def policy_gradient_per_token(logprobs: Tensor, advantages: Tensor) -> Tensor:
-    """-A * pi/pi_detached: value -A, gradient -A * grad log pi (one on-policy update per batch)."""
+def token_coefficients(turn1_mask: Tensor, turn2_mask: Tensor, turn1_adv: Tensor, turn2_adv: Tensor,
+                       weights: TurnWeights, turn1_tokens: float, turn2_tokens: float) -> tuple[Tensor, Tensor]:
+    """Per-token weights (policy-gradient, KL) of the loss, [B, T] from masks [B, T] and advantages [B].
+
+    Each turn's terms are divided by that turn's token count across the whole batch, so the loss summed
+    over micro-batches is a token mean per turn. Padding and prompt tokens get weight 0."""
+    per1 = turn1_mask / max(turn1_tokens, 1.0)
+    per2 = turn2_mask / max(turn2_tokens, 1.0)
+    pg = weights.pg_turn1 * turn1_adv.unsqueeze(-1) * per1 + turn2_adv.unsqueeze(-1) * per2
+    kl = weights.kl_turn1 * per1 + weights.kl_turn2 * per2
+    return pg, kl
+
+
+def token_loss(logprobs: Tensor, ref_logprobs: Tensor, pg_coef: Tensor, kl_coef: Tensor, kl_estimator: str) -> Tensor:
+    """Per-token loss -c_pg * pi/pi_detached + c_kl * KL estimate. The ratio's value is 1 and its
+    gradient is grad log pi (one on-policy update per batch), so the policy-gradient term is
+    -A * grad log pi. Elementwise, so the fused head can take its gradient chunk by chunk."""
     ratio = torch.exp(logprobs - logprobs.detach())
-    return -advantages.unsqueeze(-1) * ratio
-
-
-def turn_loss(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, advantages: Tensor,
-              pg_weight: float, kl_weight: float, kl_estimator: str, num_tokens: float) -> tuple[Tensor, Tensor]:
-    """Loss of one turn summed over its tokens and divided by `num_tokens` (the turn's tokens across
-    the whole batch, so micro-batches add up to a token mean). Returns (loss, kl token-sum)."""
-    kl = kl_per_token(logprobs, ref_logprobs, kl_estimator)
-    per_token = pg_weight * policy_gradient_per_token(logprobs, advantages) + kl_weight * kl
-    loss = (per_token * mask).sum() / max(num_tokens, 1.0)
-    return loss, (kl.detach() * mask).sum()
+    return -pg_coef * ratio + kl_coef * kl_per_token(logprobs, ref_logprobs, kl_estimator)

@@ -85,6 +85,11 @@ class GuardConfig:
 
 
 @dataclass
+class LearnerConfig:
+    logprob_impl: str = "auto"  # fused log-prob head: auto (triton on a GPU, else chunked) | naive | chunked | triton
+
+
+@dataclass
 class DeepSpeedSection:
     zero_stage: int = 0
 
@@ -98,6 +103,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     guard: GuardConfig = field(default_factory=GuardConfig)
 
@@ -109,6 +115,7 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "reward.metric": ("disparity", "prob", "neg_entropy"),
     "guard.action": ("warn", "stop"),
+    "learner.logprob_impl": ("auto", "naive", "chunked", "triton"),
 }
 OPEN_SECTIONS = ("reward.weights",)  # user-named keys live here
 POSITIVE = ("train.steps", "rollout.n", "rollout.prompts_per_step", "rollout.max_tokens", "eval.problems",

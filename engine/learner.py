@@ -11,10 +11,10 @@ import torch
 from torch import Tensor
 from transformers import AutoModelForCausalLM
 
-from engine.algorithms import TurnWeights, turn_loss
+from engine.algorithms import TurnWeights, kl_per_token, token_coefficients, token_loss
 from engine.batch import TrainBatch
 from engine.distributed import all_ranks_sum, world_size
-from engine.logprobs import token_logprobs
+from engine.scoring import ScoringModel, flat, grid
 from engine.token_stats import TokenStats, token_stats
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -46,12 +46,17 @@ def deepspeed_config(zero_stage: int, micro_batch: int, grad_accum: int, lr: flo
 
 
 class Learner:
+    """`logprob_impl` (auto | naive | chunked | triton) picks the fused head's implementation for every
+    scoring pass: the policy's loss, the reference's log-probs and the self-reward statistics."""
+
     def __init__(self, model_path: str, zero_stage: int, lr: float, grad_clip: float, episodes_per_rank: int,
-                 micro_batch_size: int, dtype: str = "float32"):
+                 micro_batch_size: int, dtype: str = "float32", logprob_impl: str = "auto"):
         torch_dtype = DTYPES[dtype]
-        policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
-        self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).eval()
+        policy = ScoringModel(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype), logprob_impl)
+        self.reference = ScoringModel(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype),
+                                      logprob_impl).eval()
         self.reference.requires_grad_(False)
+        self.vocab_size = policy.lm.get_output_embeddings().out_features
         self.micro_batch = min(micro_batch_size, episodes_per_rank)
         self.grad_accum = math.ceil(episodes_per_rank / self.micro_batch)
         self.zero_stage = zero_stage
@@ -69,26 +74,32 @@ class Learner:
         # is scaled by world size over the global count to make the result one token mean.
         tokens1, tokens2 = all_ranks_sum([batch.turn1_mask.sum().item(), batch.turn2_mask.sum().item()])
         scale = world_size()
+        pg_coef, kl_coef = token_coefficients(batch.turn1_mask, batch.turn2_mask, turn1_adv.to(self.device),
+                                              turn2_adv.to(self.device), weights, tokens1, tokens2)
         loss_sum = kl1_sum = kl2_sum = mismatch = 0.0
         for start in range(0, len(batch), self.micro_batch):
             end = start + self.micro_batch
             mb = batch.slice(start, end)
+            mask = mb.attention_mask
             with torch.no_grad():
-                ref_lp = token_logprobs(self.reference, mb.input_ids, mb.attention_mask)
-            lp = token_logprobs(self.engine, mb.input_ids, mb.attention_mask)
-            loss1, kl1 = turn_loss(lp, ref_lp, mb.turn1_mask, turn1_adv[start:end], weights.pg_turn1,
-                                   weights.kl_turn1, kl_estimator, tokens1)
-            loss2, kl2 = turn_loss(lp, ref_lp, mb.turn2_mask, turn2_adv[start:end], 1.0,
-                                   weights.kl_turn2, kl_estimator, tokens2)
-            loss = loss1 + loss2
+                ref_lp = self.reference(mb.input_ids, mask)[0]
+            pg, kl = flat(pg_coef[start:end], mask), flat(kl_coef[start:end], mask)
+
+            def per_token_loss(lp: Tensor, _entropy, rows: slice) -> Tensor:
+                return token_loss(lp, ref_lp[rows], pg[rows], kl[rows], kl_estimator)
+
+            # The fused head takes the loss's gradient in its forward (no [tokens x vocab] logits).
+            loss, lp, *_ = self.engine(mb.input_ids, mask, per_token_loss=per_token_loss)
             # Our loss is already a token mean over the whole batch: no extra 1/grad_accum scaling.
             self.engine.backward(loss * scale, scale_wrt_gas=False)
             self.engine.step()
+            lp = grid(lp.float(), mask)
+            kl_tokens = kl_per_token(lp, grid(ref_lp.float(), mask), kl_estimator)
             sampled = (mb.turn1_mask + mb.turn2_mask) > 0
-            mismatch = max(mismatch, (lp.detach() - mb.rollout_logprobs).abs()[sampled].max().item())
+            mismatch = max(mismatch, (lp - mb.rollout_logprobs).abs()[sampled].max().item())
             loss_sum += loss.item() * scale
-            kl1_sum += kl1.item()
-            kl2_sum += kl2.item()
+            kl1_sum += (kl_tokens * mb.turn1_mask).sum().item()
+            kl2_sum += (kl_tokens * mb.turn2_mask).sum().item()
         return UpdateStats(loss=loss_sum, kl_turn1=kl1_sum / max(tokens1, 1), kl_turn2=kl2_sum / max(tokens2, 1),
                            logprob_mismatch=mismatch)
 
@@ -99,20 +110,26 @@ class Learner:
     def score_ids(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> TokenStats:
         self.engine.eval()
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        return token_stats(self.engine, input_ids.to(self.device), mask.to(self.device), self.micro_batch)
+        return token_stats(self.engine, input_ids.to(self.device), mask.to(self.device), self.micro_batch,
+                           self.vocab_size)
+
+    @property
+    def policy(self):
+        """The Hugging Face model inside the engine (its parameters are ZeRO-3 shards at stage 3)."""
+        return self.engine.module.lm
 
     def save_weights(self, folder, tokenizer, is_main: bool) -> None:
         """The policy as a Hugging Face folder (weights, config, tokenizer) that vLLM or
         `model.path` can load. Every rank must call it (ZeRO-3 gathers); rank 0 writes."""
         state = self.full_state_dict()
         if is_main:
-            self.engine.module.save_pretrained(folder, state_dict=state)
+            self.policy.save_pretrained(folder, state_dict=state)
             tokenizer.save_pretrained(folder)
 
     def full_state_dict(self) -> dict[str, Tensor]:
         """Every weight in full, including tied ones (lm_head.weight), for the rollout engine.
         Under ZeRO-3 the shards are gathered on every rank first."""
-        module = self.engine.module
+        module = self.policy
         if self.zero_stage == 3:
             with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
                 return {k: v.detach().clone() for k, v in module.state_dict().items()}

@@ -31,6 +31,7 @@ from engine.errors import UserError
 from engine.evaluate import evaluate
 from engine.guard import CollapseGuard
 from engine.learner import Learner
+from engine.logprobs import resolve_impl
 from engine.metrics import RunLogger
 from engine.models import resolve_model_path
 from rewards import RewardInputs, turn_correctness, turn_has_answer
@@ -83,6 +84,10 @@ def load_inputs(cfg: DictConfig, rank: int, world: int) -> tuple[list[Problem], 
               f"evaluating on all {len(eval_problems)}.", flush=True)
     if not cfg.model.path.startswith("builtin:"):
         resolve_model_path(cfg.model.path, is_builder=False)  # a bad folder fails here, not after set-up
+    try:
+        resolve_impl(cfg.learner.logprob_impl, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    except ValueError as e:
+        raise UserError(f"learner.logprob_impl={cfg.learner.logprob_impl}: {e}.") from None
     return train_problems, eval_problems[: cfg.eval.problems]
 
 
@@ -108,7 +113,8 @@ def build_run(cfg: DictConfig, rank: int, world: int) -> Run:
                               dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib),
         learner=Learner(model_path, zero_stage=cfg.deepspeed.zero_stage, lr=cfg.train.lr,
                         grad_clip=cfg.train.grad_clip, episodes_per_rank=prompts_per_rank * cfg.rollout.n,
-                        micro_batch_size=cfg.train.micro_batch_size, dtype=cfg.model.dtype),
+                        micro_batch_size=cfg.train.micro_batch_size, dtype=cfg.model.dtype,
+                        logprob_impl=cfg.learner.logprob_impl),
         logger=RunLogger(run_dir, enabled=rank == 0),
     )
 

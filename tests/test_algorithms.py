@@ -62,9 +62,11 @@ def test_stage1_turn1_gradient_is_kl_only():
     logp = torch.tensor([[-1.0, -0.5]], requires_grad=True)
     ref = torch.tensor([[-1.2, -0.4]])
     mask = torch.ones(1, 2)
+    weights = algo.TurnWeights(pg_turn1=0.0, kl_turn1=0.1, kl_turn2=0.0)
     grads = []
     for adv in (torch.tensor([5.0]), torch.tensor([-3.0])):
-        loss, _ = algo.turn_loss(logp, ref, mask, adv, pg_weight=0.0, kl_weight=0.1, kl_estimator="k2", num_tokens=2)
+        pg, kl = algo.token_coefficients(mask, mask * 0, adv, adv, weights, turn1_tokens=2, turn2_tokens=0)
+        loss = algo.token_loss(logp, ref, pg, kl, "k2").sum()
         (g,) = torch.autograd.grad(loss, logp)
         grads.append(g)
     assert torch.equal(grads[0], grads[1])
@@ -91,10 +93,21 @@ def test_policy_gradient_value_and_gradient():
     logp = torch.tensor([[-1.0, -2.0, -3.0]], requires_grad=True)
     mask = torch.tensor([[1.0, 1.0, 0.0]])  # the last position is padding
     adv = torch.tensor([2.0])
-    loss, kl_sum = algo.turn_loss(logp, logp.detach(), mask, adv, pg_weight=1.0, kl_weight=0.0,
-                                  kl_estimator="k1", num_tokens=4)
+    weights = algo.TurnWeights(pg_turn1=1.0, kl_turn1=0.0, kl_turn2=0.0)
+    pg, kl = algo.token_coefficients(mask, mask * 0, adv, -adv, weights, turn1_tokens=4, turn2_tokens=0)
+    assert torch.equal(pg, torch.tensor([[0.5, 0.5, 0.0]])) and torch.equal(kl, torch.zeros(1, 3))
+    loss = algo.token_loss(logp, logp.detach(), pg, kl, "k1").sum()
     # value: sum over masked tokens of -A * 1, divided by 4 tokens = -2 * 2 / 4
     assert loss.item() == pytest.approx(-1.0)
-    assert kl_sum.item() == 0.0
     (g,) = torch.autograd.grad(loss, logp)
     assert torch.allclose(g, torch.tensor([[-0.5, -0.5, 0.0]]))
+
+
+def test_token_coefficients_mix_turns_by_their_own_token_counts():
+    t1 = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    t2 = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    w = algo.TurnWeights(pg_turn1=1.0, kl_turn1=0.5, kl_turn2=0.1)
+    pg, kl = algo.token_coefficients(t1, t2, torch.tensor([3.0]), torch.tensor([-1.0]), w, 4, 2)
+    # turn 1: A=3 over 4 tokens -> 0.75; turn 2: A=-1 over 2 tokens -> -0.5
+    assert torch.allclose(pg, torch.tensor([[0.75, 0.75, -0.5, 0.0]]))
+    assert torch.allclose(kl, torch.tensor([[0.125, 0.125, 0.05, 0.0]]))

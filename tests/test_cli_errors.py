@@ -20,6 +20,8 @@ from tests.conftest import ROOT
      "tests/data/prompts_only.jsonl:1: problem has no 'answer', but reward.kind=gold needs gold answers"),
     (["reward.kind=mix"], "reward.kind=mix needs reward.weights"),
     (["reward.metric=entropy"], "reward.metric='entropy' is not one of"),
+    (["learner.logprob_impl=fused"], "learner.logprob_impl='fused' is not one of"),
+    (["learner.logprob_impl=triton"], "learner.logprob_impl=triton: logprob impl 'triton' needs a CUDA device"),
 ])
 def test_train_cli_reports_user_errors_without_traceback(args, needle, tmp_path):
     proc = subprocess.run([sys.executable, "engine/train.py", *args, f"train.output_dir={tmp_path}/run"],

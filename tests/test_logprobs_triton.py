@@ -8,6 +8,7 @@ the main process runs these tests again in a child process that has it set from 
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,6 +20,24 @@ if os.environ.get("TRITON_INTERPRET") != "1":
                                timeout=900)
         assert child.returncode == 0, child.stdout[-4000:] + child.stderr[-4000:]
         assert " passed" in child.stdout and "failed" not in child.stdout and "skipped" not in child.stdout
+
+    if torch.cuda.is_available():  # compiled kernels at the GPU tile sizes (bench/gpu.sh runs these)
+        from engine.logprobs import head_stats
+        from tests.test_logprobs import ALL, TOL, _assert_grads_match, coefficients, make_inputs, reference, rel_err
+
+        @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+        @pytest.mark.parametrize("n,h,v", [(300, 256, 5003), (1000, 896, 32000)])
+        def test_triton_on_gpu_matches_float64(dtype, n, h, v):
+            hidden, weight, b, targets = make_inputs(n=n, h=h, v=v, dtype=dtype, bias=True)
+            want = reference(hidden, weight, b, targets, 0.9)
+            h_, w_, b_ = (t.cuda().requires_grad_() for t in (hidden, weight, b))
+            got = head_stats(h_, w_, targets.cuda(), bias=b_, scale=0.9, wanted=ALL, impl="triton")
+            for name, value in want.items():
+                assert rel_err(getattr(got, name).cpu(), value) <= TOL[dtype], name
+            c_lp, c_ent = coefficients(n)
+            (got.logprob * c_lp.cuda() + got.entropy * c_ent.cuda()).sum().backward()
+            on_cpu = [SimpleNamespace(grad=t.grad.cpu()) for t in (h_, w_, b_)]
+            _assert_grads_match(hidden, weight, b, targets, 0.9, on_cpu, dtype, c_lp, c_ent)
 else:
     from engine.logprobs import head_loss, head_stats
     from tests.test_logprobs import ALL, TOL, _assert_grads_match, coefficients, leaves, make_inputs, reference, rel_err

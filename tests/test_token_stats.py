@@ -1,18 +1,29 @@
-"""Token statistics against direct computations from hand-made logits."""
+"""Token statistics against direct computations from hand-made logits (an identity head, so the
+hidden states are the logits)."""
 
 import math
 
 import pytest
 import torch
 
-from engine.token_stats import stats_from_logits
+from engine.logprobs import head_stats
+from engine.token_stats import ALL_STATS, TokenStats
 
 
-def test_stats_by_hand():
+def stats_from_logits(logits, ids, impl="chunked"):
+    """[B, T, V] logits over ids [B, T] through the fused head with weight = identity."""
+    b, t, v = logits.shape
+    mask = torch.ones(b, t, dtype=torch.long)
+    flat = head_stats(logits[:, :-1].reshape(-1, v), torch.eye(v), ids[:, 1:].reshape(-1), wanted=ALL_STATS, impl=impl)
+    return TokenStats.from_head(flat, mask, v)
+
+
+@pytest.mark.parametrize("impl", ["naive", "chunked"])
+def test_stats_by_hand(impl):
     # one sequence of two tokens; position 0's logits predict token 1 (= id 2)
     logits = torch.tensor([[[0.0, math.log(2.0), math.log(5.0)], [0.0, 0.0, 0.0]]])
     ids = torch.tensor([[0, 2]])
-    s = stats_from_logits(logits, ids)
+    s = stats_from_logits(logits, ids, impl)
     # p = [1, 2, 5] / 8 at the predicting position
     assert s.logprob[0, 1].item() == pytest.approx(math.log(5 / 8))
     assert s.p_top1[0, 1].item() == pytest.approx(5 / 8) and s.p_top2[0, 1].item() == pytest.approx(2 / 8)

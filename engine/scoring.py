@@ -1,0 +1,85 @@
+"""The learner's scoring forward: the transformer body, then the fused log-prob head on the tokens that
+have a target, so no [tokens x vocab] logits are built.
+
+The fused op runs inside the `lm_head` module's own forward (its class is swapped for `FusedHead`), so
+under ZeRO-3 DeepSpeed's module hooks gather the head weight (tied to the embeddings or not) for the
+forward and again for the backward, exactly as for a plain `nn.Linear` call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple
+
+import torch
+from torch import Tensor, nn
+
+from engine.logprobs import HeadStats, PerTokenLoss, Wanted, head_loss, head_stats
+
+
+class FusedHead(nn.Linear):
+    """`nn.Linear` that, given targets, returns per-token statistics (or a fused loss) instead of logits."""
+    impl: str = "auto"
+    scale: float = 1.0
+
+    def forward(self, hidden: Tensor, targets: Tensor | None = None, wanted: Wanted = Wanted(),
+                per_token_loss: PerTokenLoss | None = None):
+        if targets is None:  # the plain head, for anything else that calls it (the model scales after it)
+            return super().forward(hidden)
+        if per_token_loss is None:
+            return astuple(head_stats(hidden, self.weight, targets, self.bias, self.scale, wanted, self.impl))
+        loss, stats = head_loss(hidden, self.weight, targets, per_token_loss, self.bias, self.scale, wanted, self.impl)
+        return (loss, *astuple(stats))
+
+
+def logit_scale(config) -> float:
+    """The factor between the head's output and the logits the model samples from."""
+    if getattr(config, "final_logit_softcapping", None):
+        raise ValueError("models with final_logit_softcapping (tanh-capped logits) are not supported by the fused "
+                         "log-prob head")
+    if getattr(config, "logit_scale", None):  # Cohere multiplies
+        return float(config.logit_scale)
+    if getattr(config, "logits_scaling", None):  # Granite divides
+        return 1.0 / float(config.logits_scaling)
+    return 1.0
+
+
+def install_fused_head(model: nn.Module, impl: str) -> None:
+    head = model.get_output_embeddings()
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"the fused log-prob head needs an nn.Linear output layer, found {type(head).__name__}")
+    head.__class__ = FusedHead  # same object and parameters: state_dict keys, tying and hooks stay as they are
+    head.impl, head.scale = impl, logit_scale(model.config)
+
+
+class ScoringModel(nn.Module):
+    """A Hugging Face causal LM scored per token. Outputs are flat over the tokens that have a target
+    (attention_mask[:, 1:]); `grid` puts them back at [B, T] aligned with input_ids."""
+
+    def __init__(self, lm: nn.Module, impl: str):
+        super().__init__()
+        self.lm = lm
+        install_fused_head(lm, impl)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, wanted: Wanted = Wanted(),
+                per_token_loss: PerTokenLoss | None = None):
+        body = self.lm.get_decoder()
+        hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        has_target = attention_mask[:, 1:].bool()
+        return self.lm.get_output_embeddings()(hidden[:, :-1][has_target], input_ids[:, 1:][has_target],
+                                               wanted, per_token_loss)
+
+    def stats(self, input_ids: Tensor, attention_mask: Tensor, wanted: Wanted = Wanted()) -> HeadStats:
+        return HeadStats(*self(input_ids, attention_mask, wanted))
+
+
+def grid(flat: Tensor, attention_mask: Tensor) -> Tensor:
+    """Flat per-target values -> [B, T] aligned with input_ids: entry t belongs to token t; entry 0 and
+    padding are 0."""
+    out = torch.zeros(attention_mask.shape, dtype=flat.dtype, device=flat.device)
+    out[:, 1:][attention_mask[:, 1:].bool()] = flat
+    return out
+
+
+def flat(values: Tensor, attention_mask: Tensor) -> Tensor:
+    """The inverse of `grid`: [B, T] -> the entries of tokens that have a target, in scoring order."""
+    return values[:, 1:][attention_mask[:, 1:].bool()]
