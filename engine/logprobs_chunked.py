@@ -151,7 +151,8 @@ class ChunkedLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_loss, *_):
         saved = iter(ctx.saved_tensors)
-        grads = [next(saved) * g_loss if present else None for present in ctx.present]
+        # In place: a second [V, H] copy would cost as much as the weight itself (backward runs once).
+        grads = [next(saved).mul_(g_loss) if present else None for present in ctx.present]
         return (*grads, None, None, None, None, None)
 
 
