@@ -2,9 +2,8 @@
 # The GPU pass of the fused log-prob head, in one go: compiled Triton kernels against float64 maths,
 # then the benchmark (naive, chunked, triton and Liger's fused linear cross-entropy; --check first).
 #
-# Prepare once, here, in the repository root (Liger is pure Python + Triton; the GPU machine has torch
-# and triton but no pip access):
-#   echo /.whl/ >> .git/info/exclude
+# Prepare once, here, in the repository root (Liger is pure Python + Triton; the GPU machine has torch,
+# triton and pytest but no package index; .whl/ is git-ignored):
 #   python3 -m pip download --no-deps --only-binary=:all: -d .whl liger-kernel==0.8.5
 # Then run it with the device tool: command "bash bench/gpu.sh", carry [".whl"]. Results land in $OUT
 # (or bench/results/ without it); commit bench/results/logprobs-<machine>.json.

@@ -81,22 +81,23 @@ class Learner:
             end = start + self.micro_batch
             mb = batch.slice(start, end)
             mask = mb.attention_mask
+            sampled = (mb.turn1_mask + mb.turn2_mask) > 0  # the loss's tokens: the head scores only these
             with torch.no_grad():
-                ref_lp = self.reference(mb.input_ids, mask)[0]
-            pg, kl = flat(pg_coef[start:end], mask), flat(kl_coef[start:end], mask)
+                ref_lp = self.reference(mb.input_ids, mask, scored=sampled)[0]
+            pg, kl = flat(pg_coef[start:end], sampled), flat(kl_coef[start:end], sampled)
 
             def per_token_loss(lp: Tensor, _entropy, rows: slice) -> Tensor:
                 return token_loss(lp, ref_lp[rows], pg[rows], kl[rows], kl_estimator)
 
             # The fused head takes the loss's gradient in its forward (no [tokens x vocab] logits).
-            loss, lp, *_ = self.engine(mb.input_ids, mask, per_token_loss=per_token_loss)
+            loss, lp, *_ = self.engine(mb.input_ids, mask, per_token_loss=per_token_loss, scored=sampled)
             # Our loss is already a token mean over the whole batch: no extra 1/grad_accum scaling.
             self.engine.backward(loss * scale, scale_wrt_gas=False)
             self.engine.step()
-            lp = grid(lp.float(), mask)
-            kl_tokens = kl_per_token(lp, grid(ref_lp.float(), mask), kl_estimator)
-            sampled = (mb.turn1_mask + mb.turn2_mask) > 0
-            mismatch = max(mismatch, (lp - mb.rollout_logprobs).abs()[sampled].max().item())
+            lp = grid(lp.float(), sampled)
+            kl_tokens = kl_per_token(lp, grid(ref_lp.float(), sampled), kl_estimator)
+            if sampled.any():
+                mismatch = max(mismatch, (lp - mb.rollout_logprobs).abs()[sampled].max().item())
             loss_sum += loss.item() * scale
             kl1_sum += (kl_tokens * mb.turn1_mask).sum().item()
             kl2_sum += (kl_tokens * mb.turn2_mask).sum().item()

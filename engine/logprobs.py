@@ -79,7 +79,7 @@ def head_stats(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | N
 
     Differentiable in `hidden`, `weight` and `bias` through `logprob` and `entropy`."""
     impl = resolve_impl(impl, hidden.device)
-    if impl == "naive":
+    if impl == "naive" or hidden.shape[0] == 0:  # no tokens: nothing to launch a kernel for
         return naive_head_stats(hidden, weight, targets, bias, scale, wanted)
     if impl == "chunked":
         from engine.logprobs_chunked import ChunkedStats

@@ -88,8 +88,8 @@ class _Grads:
 
 def _stack(parts: list[list[Tensor | None]], like: Tensor) -> tuple[Tensor, ...]:
     """Per-chunk statistic lists -> one [N] tensor each (empty where not computed)."""
-    return tuple(torch.cat([p[i] for p in parts]) if parts[0][i] is not None else like.new_empty(0, dtype=torch.float32)
-                 for i in range(6))
+    return tuple(torch.cat([p[i] for p in parts]) if parts and parts[0][i] is not None
+                 else like.new_empty(0, dtype=torch.float32) for i in range(6))
 
 
 class ChunkedStats(torch.autograd.Function):

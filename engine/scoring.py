@@ -52,8 +52,8 @@ def install_fused_head(model: nn.Module, impl: str) -> None:
 
 
 class ScoringModel(nn.Module):
-    """A Hugging Face causal LM scored per token. Outputs are flat over the tokens that have a target
-    (attention_mask[:, 1:]); `grid` puts them back at [B, T] aligned with input_ids."""
+    """A Hugging Face causal LM scored per token. Outputs are flat over the scored tokens; `grid` puts
+    them back at [B, T] aligned with input_ids."""
 
     def __init__(self, lm: nn.Module, impl: str):
         super().__init__()
@@ -61,25 +61,32 @@ class ScoringModel(nn.Module):
         install_fused_head(lm, impl)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, wanted: Wanted = Wanted(),
-                per_token_loss: PerTokenLoss | None = None):
-        body = self.lm.get_decoder()
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        has_target = attention_mask[:, 1:].bool()
-        return self.lm.get_output_embeddings()(hidden[:, :-1][has_target], input_ids[:, 1:][has_target],
+                per_token_loss: PerTokenLoss | None = None, scored: Tensor | None = None):
+        """Statistics of the tokens marked in `scored` ([B, T] aligned with input_ids; default: every
+        token that has a predecessor), flat in row-major order. The head runs on those tokens only."""
+        scored = targets_of(attention_mask) if scored is None else scored.bool()
+        hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.lm.get_output_embeddings()(hidden[:, :-1][scored[:, 1:]], input_ids[:, 1:][scored[:, 1:]],
                                                wanted, per_token_loss)
 
     def stats(self, input_ids: Tensor, attention_mask: Tensor, wanted: Wanted = Wanted()) -> HeadStats:
         return HeadStats(*self(input_ids, attention_mask, wanted))
 
 
-def grid(flat: Tensor, attention_mask: Tensor) -> Tensor:
-    """Flat per-target values -> [B, T] aligned with input_ids: entry t belongs to token t; entry 0 and
-    padding are 0."""
-    out = torch.zeros(attention_mask.shape, dtype=flat.dtype, device=flat.device)
-    out[:, 1:][attention_mask[:, 1:].bool()] = flat
+def targets_of(attention_mask: Tensor) -> Tensor:
+    """[B, T] bool: the tokens that have a predecessor to predict them (not position 0, not padding)."""
+    scored = attention_mask.bool().clone()
+    scored[:, 0] = False
+    return scored
+
+
+def grid(flat: Tensor, scored: Tensor) -> Tensor:
+    """Flat per-token values -> [B, T] aligned with input_ids (0 where not scored)."""
+    out = torch.zeros(scored.shape, dtype=flat.dtype, device=flat.device)
+    out[scored.bool()] = flat
     return out
 
 
-def flat(values: Tensor, attention_mask: Tensor) -> Tensor:
-    """The inverse of `grid`: [B, T] -> the entries of tokens that have a target, in scoring order."""
-    return values[:, 1:][attention_mask[:, 1:].bool()]
+def flat(values: Tensor, scored: Tensor) -> Tensor:
+    """The inverse of `grid`: [B, T] -> the scored entries, in scoring order."""
+    return values[scored.bool()]

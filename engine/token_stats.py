@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.logprobs import HeadStats, Wanted
-from engine.scoring import grid
+from engine.scoring import grid, targets_of
 
 ALL_STATS = Wanted(entropy=True, mean_logit=True, top2=True)
 
@@ -29,7 +29,7 @@ class TokenStats:
     self_certainty: Tensor  # KL(Uniform || p) = logsumexp(z) - mean(z) - log V
 
     @staticmethod
-    def from_head(stats: HeadStats, attention_mask: Tensor, vocab_size: int) -> "TokenStats":
+    def from_head(stats: HeadStats, scored: Tensor, vocab_size: int) -> "TokenStats":
         values = {
             "logprob": stats.logprob,
             "p_top1": torch.exp(stats.top1_logit - stats.logsumexp),
@@ -37,7 +37,7 @@ class TokenStats:
             "entropy": stats.entropy,
             "self_certainty": stats.logsumexp - stats.mean_logit - math.log(vocab_size),
         }
-        return TokenStats(**{k: grid(v.detach().float(), attention_mask) for k, v in values.items()})
+        return TokenStats(**{k: grid(v.detach().float(), scored) for k, v in values.items()})
 
     @staticmethod
     def cat(parts: list["TokenStats"]) -> "TokenStats":
@@ -52,6 +52,6 @@ def token_stats(scorer, input_ids: Tensor, attention_mask: Tensor, micro_batch: 
     parts = []
     for start in range(0, input_ids.shape[0], micro_batch):
         ids, mask = input_ids[start:start + micro_batch], attention_mask[start:start + micro_batch]
-        part = TokenStats.from_head(HeadStats(*scorer(ids, mask, ALL_STATS)), mask, vocab_size)
+        part = TokenStats.from_head(HeadStats(*scorer(ids, mask, ALL_STATS)), targets_of(mask), vocab_size)
         parts.append(TokenStats(**{f.name: getattr(part, f.name).cpu() for f in fields(TokenStats)}))
     return TokenStats.cat(parts)

@@ -167,3 +167,13 @@ def test_self_certainty_from_logsumexp_and_mean():
     sc = stats.logsumexp - stats.mean_logit - math.log(weight.shape[0])
     assert sc.abs().max().item() < 1e-6
     assert torch.allclose(stats.entropy, torch.full_like(stats.entropy, math.log(weight.shape[0])), atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["naive", "chunked"])
+def test_no_tokens_is_not_an_error(impl):
+    """A micro-batch whose episodes sampled nothing scores zero tokens: an empty result and a zero loss."""
+    hidden, weight, _, targets = make_inputs(n=0)
+    h, w = hidden.requires_grad_(), weight.requires_grad_()
+    loss, stats = head_loss(h, w, targets, lambda lp, ent, rows: -lp, impl=impl)
+    loss.backward()
+    assert stats.logprob.shape == (0,) and loss.item() == 0.0 and w.grad.abs().sum().item() == 0.0

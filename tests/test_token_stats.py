@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from engine.logprobs import head_stats
+from engine.scoring import targets_of
 from engine.token_stats import ALL_STATS, TokenStats
 
 
@@ -15,7 +16,7 @@ def stats_from_logits(logits, ids, impl="chunked"):
     b, t, v = logits.shape
     mask = torch.ones(b, t, dtype=torch.long)
     flat = head_stats(logits[:, :-1].reshape(-1, v), torch.eye(v), ids[:, 1:].reshape(-1), wanted=ALL_STATS, impl=impl)
-    return TokenStats.from_head(flat, mask, v)
+    return TokenStats.from_head(flat, targets_of(mask), v)
 
 
 @pytest.mark.parametrize("impl", ["naive", "chunked"])

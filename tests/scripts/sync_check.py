@@ -21,7 +21,7 @@ def main() -> None:
     from engine.batch import collate
     from engine.distributed import init_distributed
     from engine.learner import Learner
-    from engine.scoring import grid
+    from engine.scoring import grid, targets_of
     from rollout.data import load_problems
     from rollout.episodes import sample_episodes
     from rollout.vllm_engine import RolloutEngine
@@ -56,7 +56,7 @@ def main() -> None:
             top2_diff = max(top2_diff, (vllm_top - mine).abs().max().item())
     # How far the weights moved: the base (reference) model's log-probs on the last batch.
     with torch.no_grad():
-        ref_lp = grid(learner.reference(batch.input_ids, batch.attention_mask)[0], batch.attention_mask)
+        ref_lp = grid(learner.reference(batch.input_ids, batch.attention_mask)[0], targets_of(batch.attention_mask))
     sampled = (batch.turn1_mask + batch.turn2_mask) > 0
     drift = (ref_lp - batch.rollout_logprobs).abs()[sampled].max().item()
     tied = learner.policy.config.tie_word_embeddings
