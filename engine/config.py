@@ -85,6 +85,12 @@ class GuardConfig:
 
 
 @dataclass
+class LogConfig:
+    text_every: int = 20  # TensorBoard text summary of a few episodes every N steps; 0 = never
+    text_episodes: int = 3  # episodes in each text summary
+
+
+@dataclass
 class LearnerConfig:
     logprob_impl: str = "auto"  # fused log-prob head: auto (triton on a GPU, else chunked) | naive | chunked | triton
 
@@ -104,6 +110,7 @@ class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     guard: GuardConfig = field(default_factory=GuardConfig)
 
@@ -122,7 +129,7 @@ POSITIVE = ("train.steps", "rollout.n", "rollout.prompts_per_step", "rollout.max
             "train.micro_batch_size", "rollout.max_model_len", "rollout.kv_cache_gib")
 NON_NEGATIVE = ("eval.every", "train.save_every", "algo.stage1_steps", "algo.beta1", "algo.beta2", "algo.alpha",
                 "train.lr", "rollout.temperature", "eval.temperature", "train.grad_clip", "eval.samples_logged",
-                "guard.min_entropy", "guard.patience", "reward.probe_tokens")
+                "guard.min_entropy", "guard.patience", "reward.probe_tokens", "log.text_every", "log.text_episodes")
 
 
 class ConfigError(UserError):

@@ -1,14 +1,26 @@
-"""Held-out evaluation: one two-turn episode per problem, scored against gold answers."""
+"""Held-out evaluation: one two-turn episode per problem, scored against gold answers.
+
+The trainer's before/after/periodic evaluations call `evaluate`; so does the command line, which scores
+any model folder (the base model or a policy the trainer saved):
+
+    python -m engine.evaluate [config.yaml ...] [key=value ...] [--json PATH]
+
+It reads the same config as training (model.path, data.eval, eval.*, rollout.max_tokens, ...), prints
+a table and writes the metrics as JSON.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from engine.batch import collate
 from engine.distributed import gather_objects
-from engine.metrics import calibration_metrics, correction_metrics
+from engine.metrics import calibration_metrics, correction_metrics, edit_distance_ratio, turn_shape_metrics
 from rewards import RewardInputs, turn_correctness
 from rewards.self_rewards import answer_probability
 from rollout.data import Problem
@@ -17,19 +29,103 @@ from rollout.vllm_engine import RolloutEngine
 
 
 def evaluate(engine: RolloutEngine, tokenizer, problems: Sequence[Problem], rank: int, world: int,
-             max_tokens: int, temperature: float, instruction: str, score=None) -> dict[str, float]:
+             max_tokens: int, temperature: float, instruction: str, score=None,
+             progress: bool = False) -> dict[str, float]:
     """Each rank answers its shard of `problems`; the metrics cover all of them. With `score` (the
     learner's scoring pass) calibration is measured too: ECE of p(answer) against gold correctness."""
     shard = list(problems[rank::world])
     episodes = sample_episodes(engine, tokenizer, shard, n=1, max_tokens=max_tokens, temperature=temperature,
-                               instruction=instruction)
-    columns = list(turn_correctness(episodes))
+                               instruction=instruction, progress=progress and rank == 0)
+    correct1, correct2 = turn_correctness(episodes)
+    columns = [correct1, correct2,
+               torch.tensor([len(e.turn1.token_ids) for e in episodes]),
+               torch.tensor([len(e.turn2.token_ids) for e in episodes]),
+               torch.tensor([edit_distance_ratio(e.turn1.token_ids, e.turn2.token_ids) for e in episodes])]
     if score is not None:
         stats = score(collate(episodes, tokenizer.pad_token_id))
         columns += list(answer_probability(RewardInputs(episodes, tokenizer, None, stats)))
     gathered = gather_objects([c.tolist() for c in columns])
     merged = [torch.tensor([x for part in gathered for x in part[i]]) for i in range(len(columns))]
     metrics = correction_metrics(merged[0], merged[1])
+    metrics.update(turn_shape_metrics(merged[2], merged[3], merged[4]))
     if score is not None:
-        metrics.update(calibration_metrics(merged[2], merged[3], merged[0], merged[1]))
+        metrics.update(calibration_metrics(merged[5], merged[6], merged[0], merged[1]))
     return metrics
+
+
+TABLE_ROWS = [("Acc@t1", "acc_t1"), ("Acc@t2", "acc_t2"), ("Δ(t1,t2)", "delta"), ("Δ i→c", "delta_i2c"),
+              ("Δ c→i", "delta_c2i"), ("ECE t1", "ece_t1"), ("ECE t2", "ece_t2"), ("length t1 (tokens)", "len_t1"),
+              ("length t2 (tokens)", "len_t2"), ("edit ratio t1→t2", "edit_ratio")]
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    """A markdown table of the metrics with their standard errors."""
+    lines = [f"| metric (n={metrics['n']}) | value | ± se |", "|---|---|---|"]
+    for label, key in TABLE_ROWS:
+        if key in metrics:
+            lines.append(f"| {label} | {metrics[key]:.3f} | {metrics.get('se_' + key, float('nan')):.3f} |")
+    return "\n".join(lines)
+
+
+def split_json_flag(argv: list[str]) -> tuple[list[str], str | None]:
+    """`... --json PATH ...` -> (the other arguments, PATH)."""
+    if "--json" not in argv:
+        return argv, None
+    at = argv.index("--json")
+    if at + 1 >= len(argv):
+        raise ValueError("--json needs a path")
+    return argv[:at] + argv[at + 2:], argv[at + 1]
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.config import load_config, main_args
+    from engine.distributed import init_distributed
+    from engine.errors import UserError
+    from engine.models import resolve_model_path
+    from engine.scoring import ScoringModel
+    from engine.token_stats import token_stats
+    from rollout.data import load_problems, require_answers
+
+    try:
+        args, json_path = split_json_flag(main_args(argv))
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    cfg = load_config(args)
+    problems = load_problems(cfg.data.eval)
+    require_answers(problems, cfg.data.eval, "evaluation (data.eval)")
+    problems = problems[: cfg.eval.problems]
+    rank, world = init_distributed()
+    model_path = resolve_model_path(cfg.model.path, is_builder=rank == 0)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    engine = RolloutEngine(model_path, max_model_len=cfg.rollout.max_model_len, seed=cfg.train.seed + rank,
+                           dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib)
+    lm = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, cfg.model.dtype))
+    scorer = ScoringModel(lm, cfg.learner.logprob_impl).eval()
+    vocab = lm.get_output_embeddings().out_features
+
+    def score(batch):
+        return token_stats(scorer, batch.input_ids, batch.attention_mask, cfg.train.micro_batch_size, vocab)
+
+    metrics = evaluate(engine, tokenizer, problems, rank, world, cfg.rollout.max_tokens, cfg.eval.temperature,
+                       cfg.rollout.correction_instruction, score=score, progress=True)
+    if rank == 0:
+        print(f"model {cfg.model.path}, data {cfg.data.eval}, T={cfg.eval.temperature}")
+        print(format_table(metrics))
+        if json_path:
+            Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(json_path).write_text(json.dumps({"model": cfg.model.path, "data": cfg.data.eval, **metrics},
+                                                  indent=2) + "\n")
+            print(f"wrote {json_path}")
+    return metrics
+
+
+if __name__ == "__main__":
+    from engine.errors import UserError
+
+    try:
+        main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)

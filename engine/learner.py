@@ -26,6 +26,8 @@ class UpdateStats:
     kl_turn1: float  # mean per-token KL(policy || reference) on turn-1 tokens
     kl_turn2: float
     logprob_mismatch: float  # max |vLLM log-prob - learner log-prob| over sampled tokens
+    grad_norm: float  # global gradient norm before clipping
+    lr: float
 
 
 def deepspeed_config(zero_stage: int, micro_batch: int, grad_accum: int, lr: float, grad_clip: float,
@@ -77,6 +79,7 @@ class Learner:
         pg_coef, kl_coef = token_coefficients(batch.turn1_mask, batch.turn2_mask, turn1_adv.to(self.device),
                                               turn2_adv.to(self.device), weights, tokens1, tokens2)
         loss_sum = kl1_sum = kl2_sum = mismatch = 0.0
+        grad_norm = None
         for start in range(0, len(batch), self.micro_batch):
             end = start + self.micro_batch
             mb = batch.slice(start, end)
@@ -93,6 +96,8 @@ class Learner:
             loss, lp, *_ = self.engine(mb.input_ids, mask, per_token_loss=per_token_loss, scored=sampled)
             # Our loss is already a token mean over the whole batch: no extra 1/grad_accum scaling.
             self.engine.backward(loss * scale, scale_wrt_gas=False)
+            if self.engine.is_gradient_accumulation_boundary():
+                grad_norm = self._grad_norm_before_step()
             self.engine.step()
             lp = grid(lp.float(), sampled)
             kl_tokens = kl_per_token(lp, grid(ref_lp.float(), sampled), kl_estimator)
@@ -101,8 +106,18 @@ class Learner:
             loss_sum += loss.item() * scale
             kl1_sum += (kl_tokens * mb.turn1_mask).sum().item()
             kl2_sum += (kl_tokens * mb.turn2_mask).sum().item()
+        if grad_norm is None:  # ZeRO 1-3 shard the gradients; their optimizer computes the global norm
+            grad_norm = self.engine.get_global_grad_norm()
         return UpdateStats(loss=loss_sum, kl_turn1=kl1_sum / max(tokens1, 1), kl_turn2=kl2_sum / max(tokens2, 1),
-                           logprob_mismatch=mismatch)
+                           logprob_mismatch=mismatch, grad_norm=float("nan") if grad_norm is None else float(grad_norm),
+                           lr=self.engine.get_lr()[0])
+
+    def _grad_norm_before_step(self) -> float | None:
+        """At ZeRO 0 every rank holds the full, already averaged gradients."""
+        if self.zero_stage != 0:
+            return None
+        grads = [p.grad.float().norm() for p in self.engine.module.parameters() if p.grad is not None]
+        return torch.stack(grads).norm().item() if grads else 0.0
 
     def score(self, batch: TrainBatch) -> TokenStats:
         """The current policy's per-token statistics over the batch (no gradient), on the CPU."""

@@ -30,7 +30,38 @@ def correction_metrics(correct1: Tensor, correct2: Tensor) -> dict[str, float]:
         "se_acc_t1": math.sqrt(acc1 * (1 - acc1) / n),
         "se_acc_t2": math.sqrt(acc2 * (1 - acc2) / n),
         "se_delta": diff.std(unbiased=False).item() / math.sqrt(n),
+        "se_delta_i2c": _binomial_se(((1 - c1) * c2).mean().item(), n),
+        "se_delta_c2i": _binomial_se((c1 * (1 - c2)).mean().item(), n),
     }
+
+
+def _binomial_se(rate: float, n: int) -> float:
+    return math.sqrt(rate * (1 - rate) / max(n, 1))
+
+
+def edit_distance_ratio(first: list[int], second: list[int]) -> float:
+    """Levenshtein distance between two token sequences over the longer one's length: 0 when the
+    second turn copies the first, 1 when nothing is kept."""
+    if not first and not second:
+        return 0.0
+    previous = list(range(len(second) + 1))
+    for i, a in enumerate(first, 1):
+        current = [i]
+        for j, b in enumerate(second, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a != b)))
+        previous = current
+    return previous[-1] / max(len(first), len(second))
+
+
+def turn_shape_metrics(lengths1: Tensor, lengths2: Tensor, edit_ratios: Tensor) -> dict[str, float]:
+    """Mean response lengths (tokens) and edit-distance ratio between the turns, with standard errors.
+    A ratio falling towards 0 over training is the collapse to "copy the first answer"."""
+    out = {}
+    for name, values in (("len_t1", lengths1), ("len_t2", lengths2), ("edit_ratio", edit_ratios)):
+        values = values.float()
+        out[name] = values.mean().item()
+        out[f"se_{name}"] = values.std(unbiased=False).item() / math.sqrt(max(values.numel(), 1))
+    return out
 
 
 def expected_calibration_error(confidence: Tensor, correct: Tensor, bins: int = 10) -> float:
@@ -87,6 +118,43 @@ class RunLogger:
                     "turn1": ep.turn1.text, "turn2": ep.turn2.text, "reward_t1": r1, "reward_t2": r2,
                 }) + "\n")
 
+    def episodes_text(self, step: int, episodes, rewards1: Tensor, rewards2: Tensor, limit: int) -> None:
+        """A few episodes as a TensorBoard text summary (prompt, both answers, both rewards)."""
+        if self.writer is None or limit <= 0:
+            return
+        blocks = []
+        for ep, r1, r2 in list(zip(episodes, rewards1.tolist(), rewards2.tolist()))[:limit]:
+            blocks.append(f"**prompt** {ep.problem.prompt}  \n**y1** (r1 {r1:.3f}) `{ep.turn1.text}`  \n"
+                          f"**y2** (r2 {r2:.3f}) `{ep.turn2.text}`")
+        self.writer.add_text("episodes", "\n\n---\n\n".join(blocks), step)
+        self.writer.flush()
+
+    def hparams(self, config: dict, final_metrics: dict[str, float]) -> None:
+        """The run's config and final evaluation for TensorBoard's HParams dashboard, in the run's own
+        event file so the runs of a sweep line up side by side."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        metrics = {f"hparams/{k}": float(v) for k, v in final_metrics.items() if not k.startswith("se_")}
+        experiment, start, end = hparams(hparam_values(config), metrics)
+        for summary in (experiment, start, end):
+            self.writer.file_writer.add_summary(summary)
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value)
+        self.writer.flush()
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def hparam_values(config: dict, prefix: str = "") -> dict[str, float | int | str | bool]:
+    """A nested config as flat `section.key` scalars (anything else as its string)."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(hparam_values(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out

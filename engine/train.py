@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # `deepspeed engine/train.py` runs this file as a
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoTokenizer
 
 from engine import algorithms as algo
@@ -56,6 +56,10 @@ class Run:
     rollout: RolloutEngine
     learner: Learner
     logger: RunLogger
+
+    @property
+    def train_has_answers(self) -> bool:
+        return all(p.answer is not None for p in self.train_problems)
 
     @property
     def is_main(self) -> bool:
@@ -147,12 +151,14 @@ def step_prompts(run: Run, step: int) -> list[Problem]:
 def train_step(run: Run, step: int) -> dict[str, float]:
     cfg = run.cfg
     stage = algo.scores_stage(step, cfg.algo.stage1_steps)
+    clock = [time.perf_counter()]
 
     # 1. Rollout: turn-1 answers (rollout.n per prompt) and one correction each, from vLLM.
     episodes = sample_episodes(run.rollout, run.tokenizer, step_prompts(run, step), n=cfg.rollout.n,
                                max_tokens=cfg.rollout.max_tokens, temperature=cfg.rollout.temperature,
                                instruction=cfg.rollout.correction_instruction)
     probe_answer_spans(run.rollout, run.tokenizer, episodes, cfg.reward.probe_prompt, cfg.reward.probe_tokens)
+    clock.append(time.perf_counter())
 
     # 2. Rewards (self-rewards read the policy's token statistics, scored once per step; the entropy
     #    is logged whatever the reward) -> per-turn returns -> advantages against each prompt's group.
@@ -165,21 +171,32 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     estimator = algo.ADVANTAGE_ESTIMATORS[cfg.algo.advantage]
     adv1 = estimator(ret1.view(-1, cfg.rollout.n)).flatten()
     adv2 = estimator(ret2.view(-1, cfg.rollout.n)).flatten()
+    clock.append(time.perf_counter())
 
     # 3. One learner update, then the new weights into vLLM.
     update = run.learner.update(batch, adv1, adv2,
                                 algo.turn_weights(stage, cfg.algo.beta1, cfg.algo.beta2), cfg.algo.kl_estimator)
+    clock.append(time.perf_counter())
     run.rollout.load_weights(run.learner.full_state_dict().items())
+    clock.append(time.perf_counter())
 
-    acc1, acc2 = turn_correctness(episodes)
     run.logger.samples(step + 1, episodes, r1, r2, cfg.eval.samples_logged)
-    stats = reduce_mean({
-        "reward_t1": r1.mean().item(), "reward_t2": r2.mean().item(), "acc_t1": acc1.mean().item(),
-        "acc_t2": acc2.mean().item(), "kl_t1": update.kl_turn1, "kl_t2": update.kl_turn2, "loss": update.loss,
-        "stage": float(stage), "no_answer_frac": 1 - (has1.mean().item() + has2.mean().item()) / 2,
-        "entropy": response_mean(token_stats.entropy, batch),
-    })
-    return {**stats, "logprob_mismatch": reduce_max(update.logprob_mismatch)}
+    if cfg.log.text_every and (step + 1) % cfg.log.text_every == 0:
+        run.logger.episodes_text(step + 1, episodes, r1, r2, cfg.log.text_episodes)
+    stats = {
+        "reward_t1": r1.mean().item(), "reward_t2": r2.mean().item(), "kl_t1": update.kl_turn1,
+        "kl_t2": update.kl_turn2, "loss": update.loss, "stage": float(stage),
+        "no_answer_frac": 1 - (has1.mean().item() + has2.mean().item()) / 2,
+        "entropy": response_mean(token_stats.entropy, batch), "grad_norm": update.grad_norm, "lr": update.lr,
+        "rollout_s": clock[1] - clock[0], "score_s": clock[2] - clock[1], "update_s": clock[3] - clock[2],
+        "sync_s": clock[4] - clock[3], "tokens": (batch.turn1_mask.sum() + batch.turn2_mask.sum()).item(),
+    }
+    if run.train_has_answers:  # gold accuracy of the training samples, whatever the reward
+        acc1, acc2 = turn_correctness(episodes)
+        stats.update(acc_t1=acc1.mean().item(), acc_t2=acc2.mean().item())
+    if cfg.train.grad_clip > 0:
+        stats["grad_clipped"] = float(update.grad_norm > cfg.train.grad_clip)
+    return {**reduce_mean(stats), "logprob_mismatch": reduce_max(update.logprob_mismatch)}
 
 
 def response_mean(per_token: torch.Tensor, batch) -> float:
@@ -191,7 +208,8 @@ def response_mean(per_token: torch.Tensor, batch) -> float:
 def run_eval(run: Run, step: int) -> dict[str, float]:
     cfg = run.cfg
     metrics = evaluate(run.rollout, run.tokenizer, run.eval_problems, run.rank, run.world, cfg.rollout.max_tokens,
-                       cfg.eval.temperature, cfg.rollout.correction_instruction, score=run.learner.score)
+                       cfg.eval.temperature, cfg.rollout.correction_instruction, score=run.learner.score,
+                       progress=True)
     run.logger.scalars("eval", {k: v for k, v in metrics.items() if k != "n"}, step)
     run.log(f"[eval] step {step}: acc_t1 {metrics['acc_t1']:.3f} acc_t2 {metrics['acc_t2']:.3f} "
             f"delta {metrics['delta']:+.3f} (i2c {metrics['delta_i2c']:.3f}, c2i {metrics['delta_c2i']:.3f}) "
@@ -199,15 +217,21 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
     return metrics
 
 
-def log_step(run: Run, step: int, stats: dict[str, float]) -> None:
-    run.logger.scalars("train", {k: v for k, v in stats.items() if k not in ("logprob_mismatch", "step_seconds")},
-                       step + 1)
+PERF_KEYS = ("rollout_s", "score_s", "update_s", "sync_s", "step_seconds")
+
+
+def log_step(run: Run, step: int, stats: dict[str, float], seconds_so_far: float) -> None:
+    """TensorBoard scalars (rank 0) and one compact progress line."""
+    run.logger.scalars("train", {k: v for k, v in stats.items()
+                                 if k not in PERF_KEYS and k not in ("logprob_mismatch", "tokens")}, step + 1)
     run.logger.scalars("rollout", {"logprob_mismatch": stats["logprob_mismatch"]}, step + 1)
-    run.logger.scalars("perf", {"step_seconds": stats["step_seconds"]}, step + 1)
-    run.log(f"[train] step {step + 1}/{run.cfg.train.steps} stage {int(stats['stage'])} "
-            f"reward_t1 {stats['reward_t1']:.3f} reward_t2 {stats['reward_t2']:.3f} entropy {stats['entropy']:.3f} "
-            f"kl_t1 {stats['kl_t1']:.4f} loss {stats['loss']:+.4f} mismatch {stats['logprob_mismatch']:.1e} "
-            f"{stats['step_seconds']:.1f}s")
+    tokens_per_s = stats["tokens"] * run.world / max(stats["step_seconds"], 1e-9)
+    run.logger.scalars("perf", {**{k: stats[k] for k in PERF_KEYS}, "tokens_per_s": tokens_per_s}, step + 1)
+    eta = seconds_so_far / (step + 1) * (run.cfg.train.steps - step - 1)
+    acc = f"acc {stats['acc_t1']:.2f}/{stats['acc_t2']:.2f} | " if "acc_t1" in stats else ""
+    run.log(f"[step {step + 1}/{run.cfg.train.steps}] stage {int(stats['stage'])} | "
+            f"reward {stats['reward_t1']:.3f}/{stats['reward_t2']:.3f} | {acc}kl {stats['kl_t1']:.4f}/"
+            f"{stats['kl_t2']:.4f} | {stats['step_seconds']:.1f}s | eta {int(eta // 60)}m{int(eta % 60):02d}s")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -225,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         stats = train_step(run, step)
         stats["step_seconds"] = time.time() - step_started
         history.append(stats)
-        log_step(run, step, stats)
+        log_step(run, step, stats, sum(s["step_seconds"] for s in history))
         alarm = guard.check_entropy(stats["entropy"])
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.steps:
             metrics = run_eval(run, step + 1)
@@ -253,6 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "eval": {"before": before, "after": after},
     }
+    run.logger.hparams(OmegaConf.to_container(cfg, resolve=True), after)
     if run.is_main:
         (Path(cfg.train.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
         run.log(f"[done] run directory: {cfg.train.output_dir}")

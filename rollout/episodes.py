@@ -75,16 +75,17 @@ def episode_token_budget(tokenizer, prompts: Sequence[str], max_tokens: int, ins
 
 
 def sample_episodes(engine: RolloutEngine, tokenizer, problems: Sequence[Problem], n: int, max_tokens: int,
-                    temperature: float, instruction: str) -> list[Episode]:
-    """Turn 1: n samples per problem. Turn 2: one correction per turn-1 sample."""
+                    temperature: float, instruction: str, progress: bool = False) -> list[Episode]:
+    """Turn 1: n samples per problem. Turn 2: one correction per turn-1 sample. `progress` shows
+    vLLM's progress bar for each turn."""
     prompt_ids = [encode_prompt(tokenizer, p.prompt) for p in problems]
-    first = engine.generate(prompt_ids, n=n, max_tokens=max_tokens, temperature=temperature)
+    first = engine.generate(prompt_ids, n=n, max_tokens=max_tokens, temperature=temperature, progress=progress)
     flat = [(g, c) for g, comps in enumerate(first) for c in comps]
     turn2_prompts = [
         prompt_ids[g] + c.token_ids + correction_request_ids(tokenizer, problems[g].prompt, c, instruction)
         for g, c in flat
     ]
-    second = engine.generate(turn2_prompts, n=1, max_tokens=max_tokens, temperature=temperature)
+    second = engine.generate(turn2_prompts, n=1, max_tokens=max_tokens, temperature=temperature, progress=progress)
     return [
         Episode(problems[g], g, prompt_ids[g], c, t2p, out[0])
         for (g, c), t2p, out in zip(flat, turn2_prompts, second)

@@ -50,7 +50,7 @@ class RolloutEngine:
         self.max_model_len = max_model_len
 
     def generate(self, prompts: Sequence[list[int]], n: int, max_tokens: int, temperature: float,
-                 top_k_logprobs: int = 0) -> list[list[Completion]]:
+                 top_k_logprobs: int = 0, progress: bool = False) -> list[list[Completion]]:
         """`n` completions for each prompt (token ids). Randomness comes from the engine's seed: vLLM's
         CPU sampler rejects per-request seeds ("CPU Generator does not use offset")."""
         from vllm import SamplingParams
@@ -64,7 +64,7 @@ class RolloutEngine:
                 f"shorten the prompts."
             )
         params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, logprobs=top_k_logprobs)
-        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=progress)
         return [[_to_completion(c, top_k_logprobs) for c in out.outputs] for out in outputs]
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -1,6 +1,7 @@
 """End-to-end: real vLLM rollouts, a real DeepSpeed learner, weight sync, and short training runs."""
 
 import json
+import math
 import re
 import sys
 
@@ -11,11 +12,16 @@ from tests.conftest import run_script
 pytestmark = pytest.mark.slow
 
 TB_SCALARS = [
-    "train/reward_t1", "train/reward_t2", "train/acc_t1", "train/acc_t2", "train/kl_t1", "train/kl_t2",
-    "train/loss", "rollout/logprob_mismatch", "perf/step_seconds", "eval/acc_t1", "eval/acc_t2", "eval/delta",
-    "eval/delta_i2c", "eval/delta_c2i", "eval/ece_t1", "eval/ece_t2", "train/entropy", "train/no_answer_frac",
+    "train/reward_t1", "train/reward_t2", "train/kl_t1", "train/kl_t2", "train/loss", "train/entropy",
+    "train/no_answer_frac", "train/grad_norm", "train/lr", "train/grad_clipped", "rollout/logprob_mismatch",
+    "perf/step_seconds", "perf/rollout_s", "perf/score_s", "perf/update_s", "perf/sync_s", "perf/tokens_per_s",
+    "eval/acc_t1", "eval/acc_t2", "eval/delta", "eval/delta_i2c", "eval/delta_c2i", "eval/ece_t1", "eval/ece_t2",
+    "eval/len_t1", "eval/len_t2", "eval/edit_ratio", "eval/se_acc_t2", "hparams/acc_t2", "hparams/delta",
 ]
-EVAL_KEYS = {"acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "n", "ece_t1", "ece_t2", "se_ece_t1"}
+RATES = ("train/acc_t1", "train/acc_t2", "train/no_answer_frac", "train/grad_clipped", "eval/acc_t1", "eval/acc_t2",
+         "eval/delta_i2c", "eval/delta_c2i", "eval/ece_t1", "eval/ece_t2", "eval/edit_ratio", "hparams/acc_t2")
+EVAL_KEYS = {"acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "n", "ece_t1", "ece_t2", "se_ece_t1",
+             "se_delta_i2c", "len_t1", "len_t2", "edit_ratio", "se_edit_ratio"}
 
 
 def _sync_result(proc) -> dict:
@@ -38,19 +44,28 @@ def test_weight_sync_keeps_vllm_and_learner_in_step(tiny_model_dir, zero_stage, 
     assert result["top2_max_diff"] <= 1e-3, result
 
 
-def _read_scalars(tb_dir):
+def _read_events(tb_dir):
+    """TensorBoard's own reader over the run's event files: scalars, and the tags of text and hparams."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(tb_dir))
+    acc = EventAccumulator(str(tb_dir), size_guidance={"tensors": 0, "scalars": 0})
     acc.Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    scalars = {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    texts = {tag: [e.tensor_proto.string_val[0].decode() for e in acc.Tensors(tag)] for tag in acc.Tags()["tensors"]
+             if acc.SummaryMetadata(tag).plugin_data.plugin_name == "text"}
+    return scalars, texts, set(acc.PluginTagToContent("hparams"))
 
 
 def _check_run_dir(run_dir, steps):
     assert (run_dir / "config.yaml").is_file()
-    scalars = _read_scalars(run_dir / "tb")
+    scalars, _, hparam_tags = _read_events(run_dir / "tb")
     missing = [t for t in TB_SCALARS if t not in scalars]
     assert not missing, missing
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= hparam_tags
+    assert all(math.isfinite(v) for values in scalars.values() for v in values)
+    assert all(0.0 <= v <= 1.0 for tag in RATES if tag in scalars for v in scalars[tag]), "a rate outside [0, 1]"
+    assert all(v > 0 for tag in ("perf/rollout_s", "perf/update_s", "perf/tokens_per_s", "train/lr")
+               for v in scalars[tag])
     assert len(scalars["train/loss"]) == steps
     samples = [json.loads(l) for l in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert samples and {"prompt", "turn1", "turn2", "reward_t1", "reward_t2"} <= samples[0].keys()
@@ -66,13 +81,18 @@ def test_two_step_training_run(tiny_model_dir, tmp_path):
     proc = run_script([
         sys.executable, "engine/train.py", "configs/default.yaml", f"model.path={tiny_model_dir}",
         "train.steps=2", "algo.stage1_steps=1", "eval.problems=24", "rollout.prompts_per_step=4",
-        f"train.output_dir={run_dir}",
+        "log.text_every=1", "log.text_episodes=2", f"train.output_dir={run_dir}",
     ], timeout=600)
     scalars, summary = _check_run_dir(run_dir, steps=2)
     assert summary["eval"]["before"]["n"] == 24
     assert scalars["train/stage"] == [1.0, 2.0]
+    assert len(scalars["train/acc_t1"]) == 2  # the data has answers
     assert max(scalars["rollout/logprob_mismatch"]) <= 1e-3
-    assert re.search(r"\[train\] step 2/2 stage 2", proc.stdout)
+    _, texts, _ = _read_events(run_dir / "tb")
+    assert len(texts["episodes/text_summary"]) == 2 and "**y2** (r2 " in texts["episodes/text_summary"][0]
+    # the progress line: step, stage, rewards, gold accuracy, KL, step time, ETA
+    assert re.search(r"\[step 2/2\] stage 2 \| reward [\d.]+/[\d.]+ \| acc [\d.]+/[\d.]+ \| kl [\d.]+/[\d.]+ \| "
+                     r"[\d.]+s \| eta 0m00s", proc.stdout), proc.stdout[-2000:]
 
 
 def test_self_reward_trains_on_prompts_without_answers(tiny_model_dir, tmp_path):
@@ -87,6 +107,7 @@ def test_self_reward_trains_on_prompts_without_answers(tiny_model_dir, tmp_path)
     assert len(summary["train"]["guard_alarms"]) == 2 and "guard.min_entropy=100" in summary["train"]["guard_alarms"][0]
     assert len(scalars["train/entropy"]) == 2 and all(e > 0 for e in scalars["train/entropy"])
     assert all(0.0 <= f <= 1.0 for f in scalars["train/no_answer_frac"])
+    assert "train/acc_t1" not in scalars  # no answers in the data: no gold accuracy to show
 
 
 def test_two_ranks_zero3(tiny_model_dir, tmp_path):

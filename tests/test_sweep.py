@@ -1,0 +1,56 @@
+"""Sweeps: grid parsing and naming, and a real two-run sweep (one run fails at start-up) that is then
+run again: the finished run is skipped, the failed one tried again, and the summary lists both."""
+
+import csv
+import sys
+
+import pytest
+
+from engine.errors import UserError
+from engine.sweep import grid_runs, parse_grid, run_name
+from tests.conftest import ROOT
+
+
+def test_grid_parsing_and_names():
+    assert parse_grid("train.lr=1e-4, 3e-4") == ("train.lr", ["1e-4", "3e-4"])
+    runs = grid_runs([("algo.alpha", ["1", "2"]), ("reward.kind", ["gold", "majority"])])
+    assert [r.name for r in runs] == ["algo.alpha=1_reward.kind=gold", "algo.alpha=1_reward.kind=majority",
+                                      "algo.alpha=2_reward.kind=gold", "algo.alpha=2_reward.kind=majority"]
+    assert run_name(["data.train=a/b c.jsonl"]) == "data.train=a-b-c.jsonl"
+    for bad in ("train.lr", "train.lr=", "=1,2"):
+        with pytest.raises(UserError, match="expected key=value1,value2"):
+            parse_grid(bad)
+    with pytest.raises(UserError, match="twice"):
+        grid_runs([("train.lr", ["1"]), ("train.lr", ["2"])])
+
+
+def test_sweep_rejects_a_bad_key_before_running(tmp_path):
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "engine.sweep", "configs/default.yaml", "--grid", "train.stepz=1,2",
+                           "--out", str(tmp_path / "sweep")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Did you mean 'train.steps'" in proc.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.slow
+def test_sweep_runs_records_failure_skips_finished_and_retries(tiny_model_dir, tmp_path):
+    import subprocess
+
+    out = tmp_path / "sweep"
+    command = [sys.executable, "-m", "engine.sweep", "configs/gold.yaml", "--grid",
+               "data.train=builtin:arith,tests/data/missing.jsonl", f"model.path={tiny_model_dir}", "train.steps=1",
+               "eval.problems=8", "rollout.prompts_per_step=2", "rollout.n=2", "rollout.max_tokens=24",
+               "--out", str(out)]
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 1, first.stdout + first.stderr  # one run failed; the sweep went on
+    rows = {r["run"]: r for r in csv.DictReader((out / "sweep_summary.csv").open())}
+    good, bad = rows["data.train=builtin-arith"], rows["data.train=tests-data-missing.jsonl"]
+    assert good["status"] == "finished" and 0 <= float(good["acc_t2"]) <= 1
+    assert bad["status"] == "failed" and "not found" in bad["detail"]
+    assert "| data.train=builtin-arith | finished | builtin:arith |" in (out / "sweep_summary.md").read_text()
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert "data.train=builtin-arith: skipped" in second.stdout
+    assert "moved to data.train=tests-data-missing.jsonl.incomplete-1" in second.stdout  # failed: tried again
+    rows = {r["run"]: r for r in csv.DictReader((out / "sweep_summary.csv").open())}
+    assert rows["data.train=builtin-arith"]["acc_t2"] == good["acc_t2"]
