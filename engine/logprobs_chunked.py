@@ -143,8 +143,9 @@ class ChunkedLoss(torch.autograd.Function):
             grads.add_chunk(rows, dz, hidden[rows], weight)
             parts.append(stats)
         out = _stack(parts, hidden)
-        ctx.save_for_backward(*(g for g in grads.result(weight, bias) if g is not None))
-        ctx.present = [g is not None for g in grads.result(weight, bias)]
+        result = grads.result(weight, bias)
+        ctx.save_for_backward(*(g for g in result if g is not None))
+        ctx.present = [g is not None for g in result]
         ctx.mark_non_differentiable(*out)
         return (loss, *out)
 

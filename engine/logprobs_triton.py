@@ -38,8 +38,10 @@ def _logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, row_ok, col_ok, H, stride_h, s
     for k0 in range(0, H, BLOCK_H):
         ks = k0 + tl.arange(0, BLOCK_H)
         k_ok = ks < H
-        a = tl.load(h_ptr + rows[:, None] * stride_h + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        b = tl.load(w_ptr + cols[:, None] * stride_w + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+        a = tl.load(h_ptr + rows[:, None].to(tl.int64) * stride_h + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                    other=0.0)
+        b = tl.load(w_ptr + cols[:, None].to(tl.int64) * stride_w + ks[None, :], mask=col_ok[:, None] & k_ok[None, :],
+                    other=0.0)
         if UPCAST:
             a, b = a.to(tl.float32), b.to(tl.float32)
         acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
@@ -50,7 +52,7 @@ def _logits_tile(h_ptr, w_ptr, b_ptr, rows, cols, row_ok, col_ok, H, stride_h, s
 
 @triton.jit
 def _forward_kernel(h_ptr, w_ptr, b_ptr, t_ptr, part_ptr, N, V, H, v_per_split, stride_h, stride_w, scale,
-                    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+                    STAT_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
                     PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     pid_n, pid_s = tl.program_id(0), tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -86,7 +88,7 @@ def _forward_kernel(h_ptr, w_ptr, b_ptr, t_ptr, part_ptr, N, V, H, v_per_split, 
         tile2 = tl.max(tl.where(lane[None, :] == arg1[:, None], float("-inf"), z), 1)
         top2 = tl.maximum(tl.minimum(top1, tile1), tl.maximum(top2, tile2))
         top1 = tl.maximum(top1, tile1)
-    base = part_ptr + pid_s * STAT_ROWS * N + rows
+    base = part_ptr + (pid_s * STAT_ROWS * N + rows).to(tl.int64)
     tl.store(base + 0 * N, m, mask=row_ok)
     tl.store(base + 1 * N, sum_exp, mask=row_ok)
     tl.store(base + 2 * N, sum_exp_z, mask=row_ok)
@@ -128,19 +130,22 @@ def _backward_kernel(h_ptr, w_ptr, b_ptr, t_ptr, lse_ptr, ent_ptr, glp_ptr, gent
         ks = k0 + tl.arange(0, BLOCK_H)
         k_ok = ks < H
         if GRAD_H:
-            w = tl.load(w_ptr + cols[:, None] * stride_w + ks[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
+            w = tl.load(w_ptr + cols[:, None].to(tl.int64) * stride_w + ks[None, :],
+                        mask=col_ok[:, None] & k_ok[None, :], other=0.0)
             if UPCAST:
                 w = w.to(tl.float32)
-            tl.atomic_add(gh_ptr + rows[:, None] * H + ks[None, :], tl.dot(dz_w, w, input_precision=PRECISION),
-                          mask=row_ok[:, None] & k_ok[None, :])
+            tl.atomic_add(gh_ptr + rows[:, None].to(tl.int64) * H + ks[None, :],
+                          tl.dot(dz_w, w, input_precision=PRECISION), mask=row_ok[:, None] & k_ok[None, :], sem="relaxed")
         if GRAD_W:
-            h = tl.load(h_ptr + rows[:, None] * stride_h + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            h = tl.load(h_ptr + rows[:, None].to(tl.int64) * stride_h + ks[None, :],
+                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             if UPCAST:
                 h = h.to(tl.float32)
-            tl.atomic_add(gw_ptr + (cols - v_offset)[:, None] * H + ks[None, :],
-                          tl.dot(tl.trans(dz_w), h, input_precision=PRECISION), mask=col_ok[:, None] & k_ok[None, :])
+            tl.atomic_add(gw_ptr + (cols - v_offset)[:, None].to(tl.int64) * H + ks[None, :],
+                          tl.dot(tl.trans(dz_w), h, input_precision=PRECISION), mask=col_ok[:, None] & k_ok[None, :],
+                          sem="relaxed")
     if GRAD_B:
-        tl.atomic_add(gb_ptr + cols, tl.sum(dz, 0), mask=col_ok)
+        tl.atomic_add(gb_ptr + cols, tl.sum(dz, 0), mask=col_ok, sem="relaxed")
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -164,7 +169,7 @@ def _forward(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tenso
     part = torch.empty(splits, STAT_ROWS, n, dtype=torch.float32, device=hidden.device)
     _forward_kernel[(n_blocks, splits)](
         hidden, weight, hidden if bias is None else bias, targets, part, n, v, h, v_per_split,
-        hidden.stride(0), weight.stride(0), float(scale), HAS_BIAS=bias is not None,
+        hidden.stride(0), weight.stride(0), float(scale), STAT_ROWS=STAT_ROWS, HAS_BIAS=bias is not None,
         BLOCK_N=BLOCK_N, BLOCK_V=BLOCK_V, BLOCK_H=BLOCK_H, **_dot_options(hidden.dtype))
     m, sum_exp, sum_exp_z, sum_z, target_z, top1, top2 = part.unbind(1)  # each [splits, N]
     m_all = m.max(0).values

@@ -132,7 +132,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", help="sweep directory (default runs/sweep-<config name>)")
     parser.add_argument("--launcher", choices=("python", "deepspeed"), default="python")
     parser.add_argument("--num_gpus", type=int, default=1, help="ranks per run with --launcher deepspeed")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the --grid flags
     if not args.grid:
         parser.error("give at least one --grid key=v1,v2")
     bad = [o for o in args.overrides if "=" not in o]

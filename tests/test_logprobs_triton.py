@@ -21,6 +21,29 @@ if os.environ.get("TRITON_INTERPRET") != "1":
         assert child.returncode == 0, child.stdout[-4000:] + child.stderr[-4000:]
         assert " passed" in child.stdout and "failed" not in child.stdout and "skipped" not in child.stdout
 
+    @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+    def test_kernels_compile_for_hopper(dtype):
+        """Triton's real compiler (not the interpreter) builds both kernels for sm_90 on this CPU machine,
+        so code the interpreter accepts but a GPU would reject (a non-constexpr global, say) fails here."""
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+
+        import engine.logprobs_triton as lt
+
+        options = {"STAT_ROWS": lt.STAT_ROWS, "HAS_BIAS": True, "HAS_ENT": True, "GRAD_H": True, "GRAD_W": True,
+                   "GRAD_B": True, "BLOCK_N": lt.BLOCK_N, "BLOCK_V": lt.BLOCK_V, "BLOCK_H": lt.BLOCK_H,
+                   "PRECISION": "ieee" if dtype == "fp32" else None, "UPCAST": False}
+        for kernel in (lt._forward_kernel, lt._backward_kernel):
+            names = kernel.arg_names
+            constexprs = {names[i]: options[names[i]] for i in kernel.constexprs}
+            signature = {n: "constexpr" if n in constexprs else
+                         ("*i64" if n == "t_ptr" else f"*{dtype}" if n in ("h_ptr", "w_ptr", "b_ptr") else "*fp32")
+                         if n.endswith("_ptr") else "fp32" if n == "scale" else "i32" for n in names}
+            compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+                                      target=GPUTarget("cuda", 90, 32))
+            assert compiled.metadata.shared <= 227 * 1024  # fits an H100's shared memory
+
     if torch.cuda.is_available():  # compiled kernels at the GPU tile sizes (bench/gpu.sh runs these)
         from engine.logprobs import head_stats
         from tests.test_logprobs import ALL, TOL, _assert_grads_match, coefficients, make_inputs, reference, rel_err
