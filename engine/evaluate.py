@@ -68,7 +68,10 @@ def format_table(metrics: dict[str, float]) -> str:
 
 
 def split_json_flag(argv: list[str]) -> tuple[list[str], str | None]:
-    """`... --json PATH ...` -> (the other arguments, PATH)."""
+    """`... --json PATH ...` or `--json=PATH` -> (the other arguments, PATH)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--json="):
+            return argv[:i] + argv[i + 1:], arg.split("=", 1)[1]
     if "--json" not in argv:
         return argv, None
     at = argv.index("--json")
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from engine.config import load_config, main_args
     from engine.distributed import init_distributed
     from engine.errors import UserError
+    from engine.logprobs import resolve_impl
     from engine.models import resolve_model_path
     from engine.scoring import ScoringModel
     from engine.token_stats import token_stats
@@ -96,17 +100,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     problems = load_problems(cfg.data.eval)
     require_answers(problems, cfg.data.eval, "evaluation (data.eval)")
     problems = problems[: cfg.eval.problems]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolve_impl(cfg.learner.logprob_impl, device)
+    except ValueError as err:
+        raise UserError(f"learner.logprob_impl={cfg.learner.logprob_impl}: {err}.") from None
     rank, world = init_distributed()
     model_path = resolve_model_path(cfg.model.path, is_builder=rank == 0)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     engine = RolloutEngine(model_path, max_model_len=cfg.rollout.max_model_len, seed=cfg.train.seed + rank,
                            dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib)
-    lm = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, cfg.model.dtype))
+    lm = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, cfg.model.dtype)).to(device)
     scorer = ScoringModel(lm, cfg.learner.logprob_impl).eval()
     vocab = lm.get_output_embeddings().out_features
 
     def score(batch):
-        return token_stats(scorer, batch.input_ids, batch.attention_mask, cfg.train.micro_batch_size, vocab)
+        return token_stats(scorer, batch.input_ids.to(device), batch.attention_mask.to(device),
+                           cfg.train.micro_batch_size, vocab)
 
     metrics = evaluate(engine, tokenizer, problems, rank, world, cfg.rollout.max_tokens, cfg.eval.temperature,
                        cfg.rollout.correction_instruction, score=score, progress=True)

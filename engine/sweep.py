@@ -74,6 +74,21 @@ def train_command(args, overrides: list[str], run_dir: Path) -> list[str]:
     return [sys.executable, *script]
 
 
+def identity(args, run: SweepRun) -> dict:
+    """What makes a run directory's results this combination's: the recipe and every override."""
+    return {"config": args.config, "overrides": [*args.overrides, *run.overrides], "launcher": args.launcher,
+            "num_gpus": args.num_gpus}
+
+
+def check_identity(run_dir: Path, expected: dict) -> None:
+    """A run directory left by a different sweep (other shared overrides, or a name that two values map
+    to) must not be skipped as if it were this combination's."""
+    recorded = run_dir / "sweep_run.json"
+    if recorded.is_file() and json.loads(recorded.read_text()) != expected:
+        raise UserError(f"{run_dir} holds a run of a different sweep ({recorded.read_text().strip()}). "
+                        f"Hint: give this sweep its own --out.")
+
+
 def execute(args, run: SweepRun, out: Path) -> None:
     """Run one combination to the end; record finished or failed with the reason."""
     run_dir = out / run.name
@@ -87,6 +102,7 @@ def execute(args, run: SweepRun, out: Path) -> None:
         shutil.move(str(run_dir), aside)
         print(f"[sweep] {run.name}: unfinished earlier; moved to {aside.name} and restarting", flush=True)
     run_dir.mkdir(parents=True)
+    (run_dir / "sweep_run.json").write_text(json.dumps(identity(args, run)) + "\n")
     print(f"[sweep] {run.name}: running (log: {run_dir / 'train.log'})", flush=True)
     started = time.time()
     with (run_dir / "train.log").open("w") as log:
@@ -145,9 +161,12 @@ def main(argv: list[str] | None = None) -> list[SweepRun]:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     grids = [parse_grid(g) for g in args.grid]
     runs = grid_runs(grids)
-    out = Path(args.out or f"runs/sweep-{Path(args.config).stem}")
+    # Runs start from the repository root: paths given relative to the caller's directory are resolved first.
+    out = Path(args.out or f"runs/sweep-{Path(args.config).stem}").resolve()
+    args.config = str(Path(args.config).resolve())
     for run in runs:  # every combination's config must be valid before the first run starts
         load_config([args.config, *args.overrides, *run.overrides, f"train.output_dir={out / run.name}"])
+        check_identity(out / run.name, identity(args, run))
     out.mkdir(parents=True, exist_ok=True)
     print(f"[sweep] {len(runs)} runs into {out}", flush=True)
     for i, run in enumerate(runs, 1):

@@ -244,12 +244,13 @@ def main(argv: list[str] | None = None) -> dict:
     before = run_eval(run, 0)
     history: list[dict[str, float]] = []
     alarms: list[str] = []
+    loop_started = time.time()
     for step in range(cfg.train.steps):
         step_started = time.time()
         stats = train_step(run, step)
         stats["step_seconds"] = time.time() - step_started
         history.append(stats)
-        log_step(run, step, stats, sum(s["step_seconds"] for s in history))
+        log_step(run, step, stats, time.time() - loop_started)  # the ETA counts evaluations too
         alarm = guard.check_entropy(stats["entropy"])
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.steps:
             metrics = run_eval(run, step + 1)

@@ -54,3 +54,12 @@ def test_sweep_runs_records_failure_skips_finished_and_retries(tiny_model_dir, t
     assert "moved to data.train=tests-data-missing.jsonl.incomplete-1" in second.stdout  # failed: tried again
     rows = {r["run"]: r for r in csv.DictReader((out / "sweep_summary.csv").open())}
     assert rows["data.train=builtin-arith"]["acc_t2"] == good["acc_t2"]
+
+
+def test_a_run_directory_of_another_sweep_is_not_reused(tmp_path):
+    from engine.sweep import check_identity
+
+    (tmp_path / "sweep_run.json").write_text('{"config": "a.yaml", "overrides": ["x=a/b"]}')
+    check_identity(tmp_path, {"config": "a.yaml", "overrides": ["x=a/b"]})  # the same run: fine
+    with pytest.raises(UserError, match="different sweep"):
+        check_identity(tmp_path, {"config": "a.yaml", "overrides": ["x=a b"]})  # same directory name, other value
