@@ -15,6 +15,7 @@ import argparse
 import csv
 import itertools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -107,12 +108,20 @@ def execute(args, run: SweepRun, out: Path) -> None:
     started = time.time()
     with (run_dir / "train.log").open("w") as log:
         code = subprocess.run(train_command(args, run.overrides, run_dir), cwd=ROOT, stdout=log,
-                              stderr=subprocess.STDOUT).returncode
+                              stderr=subprocess.STDOUT, env=job_env()).returncode
     minutes = (time.time() - started) / 60
     if code == 0 and (run_dir / "summary.json").is_file():
         run.status, run.metrics, run.detail = "finished", final_metrics(run_dir), f"{minutes:.1f} min"
     else:
         run.status, run.detail = "failed", f"exit {code}: {last_error(run_dir / 'train.log')}"
+
+
+RENDEZVOUS_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def job_env() -> dict[str, str]:
+    """Each run is its own job: it must not join (or collide with) a process group this process inherited."""
+    return {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_VARS}
 
 
 def final_metrics(run_dir: Path) -> dict[str, float]:

@@ -2,6 +2,7 @@
 run again: the finished run is skipped, the failed one tried again, and the summary lists both."""
 
 import csv
+import socket
 import sys
 
 import pytest
@@ -34,8 +35,16 @@ def test_sweep_rejects_a_bad_key_before_running(tmp_path):
 
 
 @pytest.mark.slow
-def test_sweep_runs_records_failure_skips_finished_and_retries(tiny_model_dir, tmp_path):
+def test_sweep_runs_records_failure_skips_finished_and_retries(tiny_model_dir, tmp_path, monkeypatch):
     import subprocess
+
+    # A rendezvous inherited from a launcher or an earlier process group, its port taken: each run must
+    # still start a process group of its own.
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(busy.getsockname()[1]))
 
     out = tmp_path / "sweep"
     command = [sys.executable, "-m", "engine.sweep", "configs/gold.yaml", "--grid",
@@ -46,7 +55,7 @@ def test_sweep_runs_records_failure_skips_finished_and_retries(tiny_model_dir, t
     assert first.returncode == 1, first.stdout + first.stderr  # one run failed; the sweep went on
     rows = {r["run"]: r for r in csv.DictReader((out / "sweep_summary.csv").open())}
     good, bad = rows["data.train=builtin-arith"], rows["data.train=tests-data-missing.jsonl"]
-    assert good["status"] == "finished" and 0 <= float(good["acc_t2"]) <= 1
+    assert good["status"] == "finished" and 0 <= float(good["acc_t2"]) <= 1, good["detail"]
     assert bad["status"] == "failed" and "not found" in bad["detail"]
     assert "| data.train=builtin-arith | finished | builtin:arith |" in (out / "sweep_summary.md").read_text()
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
