@@ -34,7 +34,9 @@ class TrainConfig:
     seed: int = 0
     lr: float = 1e-4
     output_dir: str = "runs/default"
-    save_every: int = 0  # checkpoints arrive with the checkpoint issue; 0 = never
+    save_every: int = 40  # checkpoint every N steps and at the end; 0 = never
+    keep_checkpoints: int = 2  # the newest N complete checkpoints are kept
+    resume: str = "auto"  # auto: continue from the latest complete checkpoint in output_dir | never
     grad_clip: float = 1.0
     micro_batch_size: int = 64  # sequences per forward/backward on one rank
 
@@ -123,9 +125,10 @@ CHOICES = {
     "reward.metric": ("disparity", "prob", "neg_entropy"),
     "guard.action": ("warn", "stop"),
     "learner.logprob_impl": ("auto", "naive", "chunked", "triton"),
+    "train.resume": ("auto", "never"),
 }
 OPEN_SECTIONS = ("reward.weights",)  # user-named keys live here
-POSITIVE = ("train.steps", "rollout.n", "rollout.prompts_per_step", "rollout.max_tokens", "eval.problems",
+POSITIVE = ("train.keep_checkpoints", "train.steps", "rollout.n", "rollout.prompts_per_step", "rollout.max_tokens", "eval.problems",
             "train.micro_batch_size", "rollout.max_model_len", "rollout.kv_cache_gib")
 NON_NEGATIVE = ("eval.every", "train.save_every", "algo.stage1_steps", "algo.beta1", "algo.beta2", "algo.alpha",
                 "train.lr", "rollout.temperature", "eval.temperature", "train.grad_clip", "eval.samples_logged",

@@ -101,6 +101,23 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(log_dir=str(run_dir / "tb"))
 
+    def rewind(self, step: int) -> None:
+        """After a resume from `step` (or -1 for a fresh start in a used directory): drop what an
+        interrupted run logged beyond it (TensorBoard events and sample lines), so the logs read as one
+        uninterrupted run."""
+        has_logs = self.samples_path.is_file() or any(Path(self.writer.log_dir).glob("events.*")) \
+            if self.enabled else False
+        if not has_logs:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        log_dir = self.writer.log_dir
+        self.writer.close()
+        self.writer = SummaryWriter(log_dir=log_dir, purge_step=step + 1)
+        if self.samples_path.is_file():
+            kept = [line for line in self.samples_path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            self.samples_path.write_text("".join(line + "\n" for line in kept))
+
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         if self.writer is None:
             return

@@ -4,7 +4,7 @@
                            [--launcher python|deepspeed] [--num_gpus N]
 
 Runs are sequential. Running the same command again skips finished runs (those with a summary.json)
-and runs the unfinished and failed ones again. A failed run is recorded as failed and the sweep goes
+and runs the unfinished and failed ones again in place, where each resumes from its last checkpoint. A failed run is recorded as failed and the sweep goes
 on. `sweep_summary.csv` and `sweep_summary.md` get one row per run (its overrides and final eval
 metrics) and are rewritten after every run.
 """
@@ -17,7 +17,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -97,12 +96,10 @@ def execute(args, run: SweepRun, out: Path) -> None:
         run.status, run.metrics = "skipped", final_metrics(run_dir)
         run.detail = "finished earlier"
         return
-    if run_dir.exists():  # unfinished: without checkpoints (a later issue) it restarts from step 0
-        aside = next(out / f"{run.name}.incomplete-{k}" for k in itertools.count(1)
-                     if not (out / f"{run.name}.incomplete-{k}").exists())
-        shutil.move(str(run_dir), aside)
-        print(f"[sweep] {run.name}: unfinished earlier; moved to {aside.name} and restarting", flush=True)
-    run_dir.mkdir(parents=True)
+    if run_dir.exists():  # unfinished or failed: the same command resumes from its last checkpoint
+        print(f"[sweep] {run.name}: unfinished earlier; running it again (it resumes from its last checkpoint)",
+              flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "sweep_run.json").write_text(json.dumps(identity(args, run)) + "\n")
     print(f"[sweep] {run.name}: running (log: {run_dir / 'train.log'})", flush=True)
     started = time.time()

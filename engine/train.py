@@ -25,6 +25,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from engine import algorithms as algo
 from engine.batch import collate
+from engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from engine.config import load_config, main_args, save_config
 from engine.distributed import barrier, init_distributed, reduce_max, reduce_mean
 from engine.errors import UserError
@@ -88,6 +89,10 @@ def load_inputs(cfg: DictConfig, rank: int, world: int) -> tuple[list[Problem], 
               f"evaluating on all {len(eval_problems)}.", flush=True)
     if not cfg.model.path.startswith("builtin:"):
         resolve_model_path(cfg.model.path, is_builder=False)  # a bad folder fails here, not after set-up
+    if cfg.train.resume == "never" and latest_checkpoint(cfg.train.output_dir) is not None:
+        raise UserError(f"train.output_dir={cfg.train.output_dir} holds checkpoints of an earlier run and "
+                        f"train.resume=never would mix a new run into them. Hint: train.resume=auto continues "
+                        f"it; or give another train.output_dir.")
     try:
         resolve_impl(cfg.learner.logprob_impl, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     except ValueError as e:
@@ -234,23 +239,40 @@ def log_step(run: Run, step: int, stats: dict[str, float], seconds_so_far: float
             f"{stats['kl_t2']:.4f} | {stats['step_seconds']:.1f}s | eta {int(eta // 60)}m{int(eta % 60):02d}s")
 
 
+def resume_or_start(run: Run, guard: CollapseGuard) -> dict:
+    """With train.resume=auto, continue from the latest complete checkpoint; else evaluate the base model
+    and start at step 0. Returns the loop state: step, before, history, alarms."""
+    path = latest_checkpoint(run.cfg.train.output_dir) if run.cfg.train.resume == "auto" else None
+    if path is None:
+        run.logger.rewind(-1)  # a fresh start: nothing an earlier, unfinished run logged here is kept
+        return {"step": 0, "before": run_eval(run, 0), "history": [], "alarms": []}
+    state = load_checkpoint(run, path)
+    guard.history = [tuple(h) for h in state.pop("guard_history")]
+    run.logger.rewind(state["step"])
+    run.log(f"[resume] continuing from {path} (step {state['step']}/{run.cfg.train.steps})")
+    return state
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(main_args(argv))
+    done = Path(cfg.train.output_dir) / "summary.json"
+    if cfg.train.resume == "auto" and done.is_file():
+        print(f"[resume] {cfg.train.output_dir} already finished ({done} exists): nothing to do", flush=True)
+        return json.loads(done.read_text())
     rank, world = init_distributed()
     run = build_run(cfg, rank, world)
     guard = CollapseGuard(cfg.guard.min_entropy, cfg.guard.patience)
     started = time.time()
 
-    before = run_eval(run, 0)
-    history: list[dict[str, float]] = []
-    alarms: list[str] = []
+    state = resume_or_start(run, guard)
+    before, history, alarms = state["before"], state["history"], state["alarms"]
     loop_started = time.time()
-    for step in range(cfg.train.steps):
+    for step in range(state["step"], cfg.train.steps):
         step_started = time.time()
         stats = train_step(run, step)
         stats["step_seconds"] = time.time() - step_started
         history.append(stats)
-        log_step(run, step, stats, time.time() - loop_started)  # the ETA counts evaluations too
+        log_step(run, step, stats, (time.time() - loop_started) * (step + 1) / (step + 1 - state["step"]))
         alarm = guard.check_entropy(stats["entropy"])
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.steps:
             metrics = run_eval(run, step + 1)
@@ -265,12 +287,18 @@ def main(argv: list[str] | None = None) -> dict:
                 run.learner.save_weights(folder, run.tokenizer, run.is_main)
                 run.log(f"[guard] policy weights saved to {folder}")
                 break
+        if cfg.train.save_every and ((step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps):
+            meta = {"step": step + 1, "before": before, "history": history, "alarms": alarms,
+                    "guard_history": guard.history, "config": OmegaConf.to_container(cfg, resolve=True)}
+            path = save_checkpoint(run, step + 1, meta, cfg.train.keep_checkpoints)
+            run.log(f"[checkpoint] step {step + 1} saved to {path}")
     after = run_eval(run, len(history))
 
     summary = {
         "train": {
             "steps": len(history),
             "last_step": history[-1] if history else {},
+            "history": history,
             "logprob_mismatch_per_step": [s["logprob_mismatch"] for s in history],
             "mean_step_seconds": sum(s["step_seconds"] for s in history) / max(len(history), 1),
             "wall_seconds": time.time() - started,
@@ -280,7 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     run.logger.hparams(OmegaConf.to_container(cfg, resolve=True), after)
     if run.is_main:
-        (Path(cfg.train.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+        done.write_text(json.dumps(summary, indent=2))
         run.log(f"[done] run directory: {cfg.train.output_dir}")
     run.logger.close()
     barrier()

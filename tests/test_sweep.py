@@ -60,7 +60,7 @@ def test_sweep_runs_records_failure_skips_finished_and_retries(tiny_model_dir, t
     assert "| data.train=builtin-arith | finished | builtin:arith |" in (out / "sweep_summary.md").read_text()
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert "data.train=builtin-arith: skipped" in second.stdout
-    assert "moved to data.train=tests-data-missing.jsonl.incomplete-1" in second.stdout  # failed: tried again
+    assert "data.train=tests-data-missing.jsonl: unfinished earlier; running it again" in second.stdout
     rows = {r["run"]: r for r in csv.DictReader((out / "sweep_summary.csv").open())}
     assert rows["data.train=builtin-arith"]["acc_t2"] == good["acc_t2"]
 

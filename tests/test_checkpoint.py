@@ -1,0 +1,87 @@
+"""Checkpoints and exact resume: a run killed with SIGKILL mid-way and started again with the same
+command continues from its last complete checkpoint and reproduces the uninterrupted run's per-step
+losses and rewards; starting a finished run again does nothing."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT, run_script
+
+
+
+
+def _command(model_dir, run_dir, save_every):
+    return [sys.executable, "engine/train.py", "configs/default.yaml", f"model.path={model_dir}", "train.steps=5",
+            "algo.stage1_steps=3", "eval.problems=8", "eval.every=2", "rollout.prompts_per_step=4",
+            f"train.save_every={save_every}", "train.keep_checkpoints=2", f"train.output_dir={run_dir}"]
+
+
+def _history(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())["train"]["history"]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_exactly(tiny_model_dir, tmp_path):
+    straight = tmp_path / "straight"
+    run_script(_command(tiny_model_dir, straight, save_every=0), timeout=600)
+    assert not (straight / "checkpoints").exists()
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_command(tiny_model_dir, killed, save_every=1), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while not (killed / "checkpoints" / "step-000002" / "meta.json").is_file():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+
+    resumed = run_script(_command(tiny_model_dir, killed, save_every=1), timeout=600)
+    assert "[resume] continuing from" in resumed.stdout
+    want, got = _history(straight), _history(killed)
+    assert len(got) == len(want) == 5
+    for step, (a, b) in enumerate(zip(want, got), 1):
+        for key in ("loss", "reward_t1", "reward_t2", "kl_t1", "kl_t2", "entropy", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), (step, key)
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["eval"]["after"] == json.loads((straight / "summary.json").read_text())["eval"]["after"]
+    kept = sorted(p.name for p in (killed / "checkpoints").iterdir())
+    assert kept == ["step-000004", "step-000005"]  # keep_checkpoints=2, no temporary directories left
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(killed / "checkpoints" / "step-000005" / "model") is not None
+    samples = [json.loads(l)["step"] for l in (killed / "samples.jsonl").read_text().splitlines()]
+    assert samples == sorted(samples) and len(set(samples)) == 5  # the killed run's extra lines were dropped
+
+    again = run_script(_command(tiny_model_dir, killed, save_every=1), timeout=120)
+    assert "already finished" in again.stdout
+
+
+@pytest.mark.parametrize("resume", ["never"])
+def test_resume_never_refuses_a_directory_with_checkpoints(tmp_path, resume):
+    step = tmp_path / "run" / "checkpoints" / "step-000003"
+    step.mkdir(parents=True)
+    (step / "meta.json").write_text("{}")
+    proc = subprocess.run([sys.executable, "engine/train.py", f"train.output_dir={tmp_path / 'run'}",
+                           f"train.resume={resume}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "holds checkpoints of an earlier run" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_latest_checkpoint_ignores_incomplete_and_temporary_directories(tmp_path):
+    from engine.checkpoint import latest_checkpoint
+
+    root = tmp_path / "checkpoints"
+    for name, complete in (("step-000002", True), ("step-000010", False), (".tmp-step-000012", True),
+                           ("guard-stop-step11", True), ("step-000009", True)):
+        (root / name).mkdir(parents=True)
+        if complete:
+            (root / name / "meta.json").write_text("{}")
+    assert latest_checkpoint(tmp_path).name == "step-000009"  # step 10 has no meta.json: a crash mid-write
+    assert latest_checkpoint(tmp_path / "elsewhere") is None
