@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -239,6 +240,28 @@ def log_step(run: Run, step: int, stats: dict[str, float], seconds_so_far: float
             f"{stats['kl_t2']:.4f} | {stats['step_seconds']:.1f}s | eta {int(eta // 60)}m{int(eta % 60):02d}s")
 
 
+class StopSignals:
+    """SIGINT/SIGTERM do not kill a step half-way: the loop finishes the step, writes a checkpoint and
+    exits with 128 + the signal number."""
+
+    def __init__(self):
+        self.received = 0
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._note)
+
+    def _note(self, signum, _frame) -> None:
+        if self.received:  # a second signal: stop now, the way the signal normally does
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        self.received = signum
+        print(f"[signal] {signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
+              f"(send it again to stop at once)", flush=True)
+
+    def requested(self) -> int:
+        """The signal any rank received (0: none); every rank agrees, so all of them stop together."""
+        return int(reduce_max(float(self.received)))
+
+
 def resume_or_start(run: Run, guard: CollapseGuard) -> dict:
     """With train.resume=auto, continue from the latest complete checkpoint; else evaluate the base model
     and start at step 0. Returns the loop state: step, before, history, alarms."""
@@ -264,6 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
     guard = CollapseGuard(cfg.guard.min_entropy, cfg.guard.patience)
     started = time.time()
 
+    signals = StopSignals()
     state = resume_or_start(run, guard)
     before, history, alarms = state["before"], state["history"], state["alarms"]
     loop_started = time.time()
@@ -287,11 +311,16 @@ def main(argv: list[str] | None = None) -> dict:
                 run.learner.save_weights(folder, run.tokenizer, run.is_main)
                 run.log(f"[guard] policy weights saved to {folder}")
                 break
-        if cfg.train.save_every and ((step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps):
+        stop = signals.requested()
+        if stop or (cfg.train.save_every and ((step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps)):
             meta = {"step": step + 1, "before": before, "history": history, "alarms": alarms,
                     "guard_history": guard.history, "config": OmegaConf.to_container(cfg, resolve=True)}
             path = save_checkpoint(run, step + 1, meta, cfg.train.keep_checkpoints)
             run.log(f"[checkpoint] step {step + 1} saved to {path}")
+        if stop:
+            run.log(f"[signal] {signal.Signals(stop).name}: stopped after step {step + 1}; the same command resumes")
+            run.logger.close()
+            sys.exit(128 + stop)
     after = run_eval(run, len(history))
 
     summary = {

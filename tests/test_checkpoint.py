@@ -85,3 +85,23 @@ def test_latest_checkpoint_ignores_incomplete_and_temporary_directories(tmp_path
             (root / name / "meta.json").write_text("{}")
     assert latest_checkpoint(tmp_path).name == "step-000009"  # step 10 has no meta.json: a crash mid-write
     assert latest_checkpoint(tmp_path / "elsewhere") is None
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_checkpoint_then_the_run_resumes(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    command = _command(tiny_model_dir, run_dir, save_every=0)  # no periodic checkpoints: only the signal's
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while not (run_dir / "samples.jsonl").is_file():  # the first step has finished
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert "[signal] SIGTERM: stopped after step" in out and "Traceback" not in out
+    saved = sorted((run_dir / "checkpoints").glob("step-*"))
+    assert len(saved) == 1 and (saved[0] / "meta.json").is_file()
+    resumed = run_script(command, timeout=600)
+    assert f"[resume] continuing from {saved[0]}" in resumed.stdout
+    assert len(_history(run_dir)) == 5
