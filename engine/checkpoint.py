@@ -58,7 +58,7 @@ def save_checkpoint(run, step: int, meta: dict, keep: int) -> Path:
             shutil.rmtree(final)
         os.replace(tmp, final)
         for old in sorted((p for p in root.glob("step-*") if STEP_DIR.match(p.name)),
-                          key=lambda p: int(STEP_DIR.match(p.name).group(1)))[:-keep or None]:
+                          key=lambda p: int(STEP_DIR.match(p.name).group(1)))[:-keep]:  # keep >= 1
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final

@@ -9,6 +9,10 @@ import torch
 import torch.distributed as dist
 
 
+# What a launcher (or init_distributed, for a world of one) sets to rendezvous a process group.
+RENDEZVOUS_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

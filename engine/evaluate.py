@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from engine.config import load_config, main_args
     from engine.distributed import init_distributed
     from engine.errors import UserError
-    from engine.logprobs import resolve_impl
+    from engine.logprobs import impl_for_this_machine
     from engine.models import resolve_model_path
     from engine.scoring import ScoringModel
     from engine.token_stats import token_stats
@@ -100,11 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     problems = load_problems(cfg.data.eval)
     require_answers(problems, cfg.data.eval, "evaluation (data.eval)")
     problems = problems[: cfg.eval.problems]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolve_impl(cfg.learner.logprob_impl, device)
-    except ValueError as err:
-        raise UserError(f"learner.logprob_impl={cfg.learner.logprob_impl}: {err}.") from None
+    device = impl_for_this_machine(cfg.learner.logprob_impl)
     rank, world = init_distributed()
     model_path = resolve_model_path(cfg.model.path, is_builder=rank == 0)
     tokenizer = AutoTokenizer.from_pretrained(model_path)

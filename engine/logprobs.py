@@ -47,6 +47,11 @@ class HeadStats:
     top1_logit: Tensor | None = None
     top2_logit: Tensor | None = None
 
+    def as_tuple(self) -> tuple[Tensor | None, ...]:
+        """The fields in order, the tensors themselves (dataclasses.astuple deep-copies them, which
+        breaks autograd)."""
+        return tuple(vars(self).values())
+
     @staticmethod
     def from_tuple(values: tuple[Tensor, ...]) -> "HeadStats":
         """Kernels return (logprob, logsumexp, entropy, mean_logit, top1, top2); empty = not computed."""
@@ -63,6 +68,18 @@ def resolve_impl(impl: str, device: torch.device) -> str:
         raise ValueError("logprob impl 'triton' needs a CUDA device (or TRITON_INTERPRET=1 to run it on the CPU, "
                          "slowly, for tests); use 'chunked' on the CPU")
     return impl
+
+
+def impl_for_this_machine(impl: str) -> torch.device:
+    """The device scoring runs on, after checking `learner.logprob_impl` can run there (a UserError if not)."""
+    from engine.errors import UserError
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolve_impl(impl, device)
+    except ValueError as err:
+        raise UserError(f"learner.logprob_impl={impl}: {err}.") from None
+    return device
 
 
 def triton_available() -> bool:
@@ -107,7 +124,7 @@ def head_loss(hidden: Tensor, weight: Tensor, targets: Tensor, per_token_loss: P
 
 
 def detached(stats: HeadStats) -> HeadStats:
-    return HeadStats(*(None if v is None else v.detach() for v in vars(stats).values()))
+    return HeadStats(*(None if v is None else v.detach() for v in stats.as_tuple()))
 
 
 def naive_head_stats(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None, scale: float,

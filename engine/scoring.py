@@ -8,12 +8,10 @@ forward and again for the backward, exactly as for a plain `nn.Linear` call.
 
 from __future__ import annotations
 
-from dataclasses import astuple
-
 import torch
 from torch import Tensor, nn
 
-from engine.logprobs import HeadStats, PerTokenLoss, Wanted, head_loss, head_stats
+from engine.logprobs import PerTokenLoss, Wanted, head_loss, head_stats
 
 
 class FusedHead(nn.Linear):
@@ -26,9 +24,9 @@ class FusedHead(nn.Linear):
         if targets is None:  # the plain head, for anything else that calls it (the model scales after it)
             return super().forward(hidden)
         if per_token_loss is None:
-            return astuple(head_stats(hidden, self.weight, targets, self.bias, self.scale, wanted, self.impl))
+            return head_stats(hidden, self.weight, targets, self.bias, self.scale, wanted, self.impl).as_tuple()
         loss, stats = head_loss(hidden, self.weight, targets, per_token_loss, self.bias, self.scale, wanted, self.impl)
-        return (loss, *astuple(stats))
+        return (loss, *stats.as_tuple())
 
 
 def logit_scale(config) -> float:
@@ -68,9 +66,6 @@ class ScoringModel(nn.Module):
         hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.lm.get_output_embeddings()(hidden[:, :-1][scored[:, 1:]], input_ids[:, 1:][scored[:, 1:]],
                                                wanted, per_token_loss)
-
-    def stats(self, input_ids: Tensor, attention_mask: Tensor, wanted: Wanted = Wanted()) -> HeadStats:
-        return HeadStats(*self(input_ids, attention_mask, wanted))
 
 
 def targets_of(attention_mask: Tensor) -> Tensor:

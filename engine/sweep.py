@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.config import load_config
+from engine.distributed import RENDEZVOUS_VARS
 from engine.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,9 +112,6 @@ def execute(args, run: SweepRun, out: Path) -> None:
         run.status, run.metrics, run.detail = "finished", final_metrics(run_dir), f"{minutes:.1f} min"
     else:
         run.status, run.detail = "failed", f"exit {code}: {last_error(run_dir / 'train.log')}"
-
-
-RENDEZVOUS_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def job_env() -> dict[str, str]:

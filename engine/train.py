@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 if __package__ in (None, ""):  # `deepspeed engine/train.py` runs this file as a script
@@ -33,7 +34,7 @@ from engine.errors import UserError
 from engine.evaluate import evaluate
 from engine.guard import CollapseGuard
 from engine.learner import Learner
-from engine.logprobs import resolve_impl
+from engine.logprobs import impl_for_this_machine
 from engine.metrics import RunLogger
 from engine.models import resolve_model_path
 from rewards import RewardInputs, turn_correctness, turn_has_answer
@@ -59,7 +60,7 @@ class Run:
     learner: Learner
     logger: RunLogger
 
-    @property
+    @cached_property
     def train_has_answers(self) -> bool:
         return all(p.answer is not None for p in self.train_problems)
 
@@ -94,10 +95,7 @@ def load_inputs(cfg: DictConfig, rank: int, world: int) -> tuple[list[Problem], 
         raise UserError(f"train.output_dir={cfg.train.output_dir} holds checkpoints of an earlier run and "
                         f"train.resume=never would mix a new run into them. Hint: train.resume=auto continues "
                         f"it; or give another train.output_dir.")
-    try:
-        resolve_impl(cfg.learner.logprob_impl, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    except ValueError as e:
-        raise UserError(f"learner.logprob_impl={cfg.learner.logprob_impl}: {e}.") from None
+    impl_for_this_machine(cfg.learner.logprob_impl)
     return train_problems, eval_problems[: cfg.eval.problems]
 
 
@@ -226,14 +224,14 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
 PERF_KEYS = ("rollout_s", "score_s", "update_s", "sync_s", "step_seconds")
 
 
-def log_step(run: Run, step: int, stats: dict[str, float], seconds_so_far: float) -> None:
+def log_step(run: Run, step: int, stats: dict[str, float], seconds_per_step: float) -> None:
     """TensorBoard scalars (rank 0) and one compact progress line."""
     run.logger.scalars("train", {k: v for k, v in stats.items()
                                  if k not in PERF_KEYS and k not in ("logprob_mismatch", "tokens")}, step + 1)
     run.logger.scalars("rollout", {"logprob_mismatch": stats["logprob_mismatch"]}, step + 1)
     tokens_per_s = stats["tokens"] * run.world / max(stats["step_seconds"], 1e-9)
     run.logger.scalars("perf", {**{k: stats[k] for k in PERF_KEYS}, "tokens_per_s": tokens_per_s}, step + 1)
-    eta = seconds_so_far / (step + 1) * (run.cfg.train.steps - step - 1)
+    eta = seconds_per_step * (run.cfg.train.steps - step - 1)
     acc = f"acc {stats['acc_t1']:.2f}/{stats['acc_t2']:.2f} | " if "acc_t1" in stats else ""
     run.log(f"[step {step + 1}/{run.cfg.train.steps}] stage {int(stats['stage'])} | "
             f"reward {stats['reward_t1']:.3f}/{stats['reward_t2']:.3f} | {acc}kl {stats['kl_t1']:.4f}/"
@@ -296,7 +294,8 @@ def main(argv: list[str] | None = None) -> dict:
         stats = train_step(run, step)
         stats["step_seconds"] = time.time() - step_started
         history.append(stats)
-        log_step(run, step, stats, (time.time() - loop_started) * (step + 1) / (step + 1 - state["step"]))
+        # Wall time per step of this process, evaluations and checkpoints included, for the ETA.
+        log_step(run, step, stats, (time.time() - loop_started) / (step + 1 - state["step"]))
         alarm = guard.check_entropy(stats["entropy"])
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.steps:
             metrics = run_eval(run, step + 1)

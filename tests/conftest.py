@@ -9,6 +9,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+@pytest.fixture(autouse=True)
+def _no_rendezvous_leak():
+    """A test that starts a process group in this process (init_distributed sets MASTER_PORT and friends
+    for a world of one) must not hand that rendezvous to the processes later tests start."""
+    from engine.distributed import RENDEZVOUS_VARS
+
+    before = {k: os.environ.get(k) for k in RENDEZVOUS_VARS}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A briefly pre-trained builtin:tiny-arith (tied embeddings), small enough to build in seconds."""

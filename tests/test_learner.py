@@ -71,3 +71,25 @@ def test_fused_head_matches_naive_logits_in_the_learner(tiny_model_dir, zero_sta
     assert seen["chunked"][0] == pytest.approx(seen["naive"][0], rel=1e-5, abs=1e-7)
     assert seen["chunked"][1] == pytest.approx(seen["naive"][1], rel=1e-5)
     assert seen["chunked"][2] == pytest.approx(seen["naive"][2], abs=1e-5)
+
+
+def test_scoring_model_keeps_the_autograd_path(tiny_model_dir):
+    """Statistics from the model's fused head stay differentiable (they are the head's own outputs, not
+    copies) and match the full-logits head; the gradient reaches the tied embedding."""
+    from transformers import AutoModelForCausalLM
+
+    from engine.logprobs import HeadStats, Wanted
+    from engine.scoring import ScoringModel
+
+    ids = torch.tensor([[257, 40, 41, 42, 43], [257, 44, 45, 256, 256]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    results = {}
+    for impl in ("naive", "chunked"):
+        model = ScoringModel(AutoModelForCausalLM.from_pretrained(tiny_model_dir), impl)
+        stats = HeadStats(*model(ids, mask, Wanted(entropy=True)))
+        (stats.logprob.sum() + stats.entropy.sum()).backward()
+        grad = model.lm.get_input_embeddings().weight.grad
+        results[impl] = (stats.logprob.detach(), grad.norm().item())
+    assert results["chunked"][0].shape == (6,)  # 4 + 2 tokens have a predecessor
+    assert torch.allclose(results["chunked"][0], results["naive"][0], atol=1e-5)
+    assert results["chunked"][1] == pytest.approx(results["naive"][1], rel=1e-5) and results["naive"][1] > 0
