@@ -112,3 +112,13 @@ def token_loss(logprobs: Tensor, ref_logprobs: Tensor, pg_coef: Tensor, kl_coef:
     -A * grad log pi. Elementwise, so the fused head can take its gradient chunk by chunk."""
     ratio = torch.exp(logprobs - logprobs.detach())
     return -pg_coef * ratio + kl_coef * kl_per_token(logprobs, ref_logprobs, kl_estimator)
+
+
+def fill_skipped(rewards: Tensor, skipped: Tensor, n: int) -> Tensor:
+    """Rewards [B] with each skipped episode's value replaced by the mean of the kept ones in its group
+    of n (0 if none is kept), so a skipped episode moves no other episode's baseline much. The caller
+    also zeroes the skipped episodes' advantages."""
+    kept = (~skipped).view(-1, n)
+    grouped = torch.where(kept, rewards.view(-1, n), torch.zeros(()))
+    mean = grouped.sum(-1, keepdim=True) / kept.sum(-1, keepdim=True).clamp(min=1)
+    return torch.where(kept, grouped, mean).flatten()

@@ -5,7 +5,8 @@
         model/            the policy as a Hugging Face folder (safetensors, tokenizer, config.json)
         rng-rank<r>.pt    that rank's torch RNG state (vLLM's CPU sampler draws from it)
         rng-rank<r>.json  that rank's python and numpy RNG states
-        meta.json         the step, the metrics so far, the guard's history, the config
+        meta.json         the step, stage and data position, the run's identity, the metrics so far,
+                          the guard's history, the config
 
 A checkpoint is written under `.tmp-step-...` and renamed into place once complete, so a crash while
 writing leaves the previous one intact; directories without meta.json are never resumed from.
@@ -23,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.distributed import barrier
+from engine.distributed import barrier, reduce_max
+from engine.errors import UserError
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -40,20 +42,40 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return max(done, key=lambda p: int(STEP_DIR.match(p.name).group(1)), default=None)
 
 
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (a full disk, a quota); the previous one is left as it was."""
+
+
+def run_identity(output_dir: str | Path) -> dict:
+    """Which run a checkpoint belongs to: its directory and, for a sweep's run, the sweep's record of it."""
+    record = Path(output_dir) / "sweep_run.json"
+    return {"output_dir": str(Path(output_dir).resolve()),
+            "sweep": json.loads(record.read_text()) if record.is_file() else None}
+
+
 def save_checkpoint(run, step: int, meta: dict, keep: int) -> Path:
-    """Every rank calls this (ZeRO shards and RNG states are per rank); rank 0 commits and prunes."""
+    """Every rank calls this (ZeRO shards and RNG states are per rank); rank 0 commits and prunes.
+    If any rank fails to write, every rank raises CheckpointWriteError and the partial directory is removed."""
     root = checkpoint_root(run.cfg.train.output_dir)
     final, tmp = root / f"step-{step:06d}", root / f".tmp-step-{step:06d}"
+    error = None
+    try:
+        if run.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier()
+        run.learner.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state", save_latest=False)
+        run.learner.save_weights(tmp / "model", run.tokenizer, run.is_main)
+        save_rng(tmp, run.rank)
+        if run.is_main:
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
+        error = err
+    if reduce_max(float(error is not None)):  # all ranks agree, so none waits for a commit that never comes
+        if run.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError(_write_failure(run, step, tmp, error))
     if run.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    barrier()
-    run.learner.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state", save_latest=False)
-    run.learner.save_weights(tmp / "model", run.tokenizer, run.is_main)
-    save_rng(tmp, run.rank)
-    barrier()
-    if run.is_main:
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if final.exists():  # the same step saved again (a resumed run's last step)
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -62,6 +84,21 @@ def save_checkpoint(run, step: int, meta: dict, keep: int) -> Path:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
+
+
+def _write_failure(run, step: int, tmp: Path, error: BaseException | None) -> str:
+    cause = f"{type(error).__name__}: {error}" if error is not None else "another rank failed to write its part"
+    root = checkpoint_root(run.cfg.train.output_dir)
+    previous = latest_checkpoint(run.cfg.train.output_dir)
+    kept = f"the previous checkpoint {previous} is intact" if previous else "there is no earlier checkpoint"
+    # torch.save reports a full disk as "unexpected pos ...": say how much room there is.
+    space = f"{shutil.disk_usage(root).free / 2**20:.1f} MiB free there"
+    if previous:
+        size = sum(f.stat().st_size for f in previous.rglob("*") if f.is_file())
+        space += f" and a checkpoint takes {size / 2**20:.1f} MiB"
+    return (f"could not write the step-{step} checkpoint to {tmp} ({cause}); the partial directory was removed "
+            f"and {kept}. {space}. Hint: free space under {root} (or lower train.keep_checkpoints="
+            f"{run.cfg.train.keep_checkpoints}), then run the same command to resume.")
 
 
 def load_checkpoint(run, path: Path) -> dict:

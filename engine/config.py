@@ -20,12 +20,14 @@ from engine.errors import UserError
 class ModelConfig:
     path: str = "builtin:tiny-arith"  # or a local Hugging Face causal-LM folder
     dtype: str = "float32"
+    trust_remote_code: bool = False  # run Python code shipped in the model folder (config.json auto_map)
 
 
 @dataclass
 class DataConfig:
     train: str = "builtin:arith"  # or a JSONL file with `prompt` and optional `answer`
     eval: str = "builtin:arith-eval"
+    overlong: str = "error"  # a prompt whose two-turn episode cannot fit rollout.max_model_len: error | skip (counted)
 
 
 @dataclass
@@ -77,6 +79,7 @@ class RewardConfig:
     weights: dict[str, float] = field(default_factory=dict)  # for kind=mix: {reward kind: weight}
     probe_prompt: str = " So the answer is"  # RLSF fallback for turns with no answer format
     probe_tokens: int = 8  # greedy tokens of the fallback probe; 0 = no fallback
+    nonfinite: str = "error"  # a NaN/inf reward: error | skip (the episode gets no policy gradient; counted)
 
 
 @dataclass
@@ -126,6 +129,8 @@ CHOICES = {
     "guard.action": ("warn", "stop"),
     "learner.logprob_impl": ("auto", "naive", "chunked", "triton"),
     "train.resume": ("auto", "never"),
+    "data.overlong": ("error", "skip"),
+    "reward.nonfinite": ("error", "skip"),
 }
 OPEN_SECTIONS = ("reward.weights",)  # user-named keys live here
 POSITIVE = ("train.keep_checkpoints", "train.steps", "rollout.n", "rollout.prompts_per_step", "rollout.max_tokens", "eval.problems",
@@ -172,7 +177,18 @@ def _merge_checked(base: DictConfig, extra: DictConfig, source: str) -> DictConf
     except (ConfigKeyError, ConfigAttributeError) as err:
         raise _unknown_key_error(str(err.full_key), source) from None
     except OmegaConfBaseException as err:
-        raise ConfigError(f"bad value for '{err.full_key}' ({source}): {str(err.msg).splitlines()[0]}") from None
+        raise ConfigError(f"bad value for '{err.full_key}' ({source}): {str(err.msg).splitlines()[0]}."
+                          f"{_default_hint(str(err.full_key))}") from None
+
+
+def _default_hint(key: str, typed: bool = True) -> str:
+    """' Hint: train.steps takes int values, e.g. the default train.steps=160.' for a known key."""
+    default = OmegaConf.select(OmegaConf.structured(Config), key, default=None)
+    if default is None or isinstance(default, DictConfig):
+        return ""
+    if not typed:
+        return f" Hint: the default is {key}={default}."
+    return f" Hint: {key} takes {type(default).__name__} values, e.g. the default {key}={default}."
 
 
 def _validate(cfg: DictConfig) -> None:
@@ -182,10 +198,10 @@ def _validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}.")
     for key in POSITIVE:
         if OmegaConf.select(cfg, key) <= 0:
-            raise ConfigError(f"{key} must be > 0, got {OmegaConf.select(cfg, key)}.")
+            raise ConfigError(f"{key} must be > 0, got {OmegaConf.select(cfg, key)}.{_default_hint(key, typed=False)}")
     for key in NON_NEGATIVE:
         if OmegaConf.select(cfg, key) < 0:
-            raise ConfigError(f"{key} must be >= 0, got {OmegaConf.select(cfg, key)}.")
+            raise ConfigError(f"{key} must be >= 0, got {OmegaConf.select(cfg, key)}.{_default_hint(key, typed=False)}")
     if cfg.algo.advantage in ("rloo", "grpo") and cfg.rollout.n < 2:
         raise ConfigError(
             f"algo.advantage={cfg.algo.advantage} needs a group baseline: set rollout.n >= 2 "

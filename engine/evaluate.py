@@ -81,13 +81,14 @@ def split_json_flag(argv: list[str]) -> tuple[list[str], str | None]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from engine.config import load_config, main_args
     from engine.distributed import init_distributed
     from engine.errors import UserError
     from engine.logprobs import impl_for_this_machine
-    from engine.models import resolve_model_path
+    from engine.inputs import require_chat_template
+    from engine.models import load_tokenizer_and_config, resolve_model_path
     from engine.scoring import ScoringModel
     from engine.token_stats import token_stats
     from rollout.data import load_problems, require_answers
@@ -103,10 +104,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     device = impl_for_this_machine(cfg.learner.logprob_impl)
     rank, world = init_distributed()
     model_path = resolve_model_path(cfg.model.path, is_builder=rank == 0)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer, _ = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
+    require_chat_template(cfg.model.path, tokenizer)
     engine = RolloutEngine(model_path, max_model_len=cfg.rollout.max_model_len, seed=cfg.train.seed + rank,
-                           dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib)
-    lm = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, cfg.model.dtype)).to(device)
+                           dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib,
+                           trust_remote_code=cfg.model.trust_remote_code)
+    lm = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, cfg.model.dtype),
+                                              trust_remote_code=cfg.model.trust_remote_code).to(device)
     scorer = ScoringModel(lm, cfg.learner.logprob_impl).eval()
     vocab = lm.get_output_embeddings().out_features
 

@@ -52,11 +52,14 @@ class Learner:
     scoring pass: the policy's loss, the reference's log-probs and the self-reward statistics."""
 
     def __init__(self, model_path: str, zero_stage: int, lr: float, grad_clip: float, episodes_per_rank: int,
-                 micro_batch_size: int, dtype: str = "float32", logprob_impl: str = "auto"):
-        torch_dtype = DTYPES[dtype]
-        policy = ScoringModel(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype), logprob_impl)
-        self.reference = ScoringModel(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype),
-                                      logprob_impl).eval()
+                 micro_batch_size: int, dtype: str = "float32", logprob_impl: str = "auto",
+                 trust_remote_code: bool = False):
+        def load():
+            return AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[dtype],
+                                                        trust_remote_code=trust_remote_code)
+
+        policy = ScoringModel(load(), logprob_impl)
+        self.reference = ScoringModel(load(), logprob_impl).eval()
         self.reference.requires_grad_(False)
         self.vocab_size = policy.lm.get_output_embeddings().out_features
         self.micro_batch = min(micro_batch_size, episodes_per_rank)

@@ -25,3 +25,20 @@ def resolve_model_path(spec: str, is_builder: bool, log=print) -> str:
             f"causal-LM folder (models cannot be downloaded here) or builtin:tiny-arith."
         )
     return str(path)
+
+
+def load_tokenizer_and_config(model_path: str, trust_remote_code: bool):
+    """The tokenizer and the model config. A folder whose classes live in its own Python files
+    (config.json `auto_map`) is refused unless model.trust_remote_code=true: that code would run here."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise UserError(f"model.path={model_path} needs the Python code shipped in the folder (config.json "
+                        f"'auto_map'), which runs only with model.trust_remote_code=true. Hint: read that code "
+                        f"first; then set model.trust_remote_code=true.") from None
+    return tokenizer, config

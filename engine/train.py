@@ -23,25 +23,25 @@ if __package__ in (None, ""):  # `deepspeed engine/train.py` runs this file as a
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoConfig, AutoTokenizer
 
 from engine import algorithms as algo
 from engine.batch import collate
-from engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from engine.checkpoint import latest_checkpoint, load_checkpoint, run_identity, save_checkpoint
 from engine.config import load_config, main_args, save_config
 from engine.distributed import barrier, init_distributed, reduce_max, reduce_mean
 from engine.errors import UserError
 from engine.evaluate import evaluate
 from engine.guard import CollapseGuard
 from engine.learner import Learner
-from engine.logprobs import impl_for_this_machine
+from engine.inputs import check_inputs, fit_to_model
 from engine.metrics import RunLogger
-from engine.models import resolve_model_path
+from engine.models import load_tokenizer_and_config, resolve_model_path
 from rewards import RewardInputs, turn_correctness, turn_has_answer
+from rewards.checked import checked_rewards
 from rewards.registry import RewardSpec, reward_needs
-from rollout.data import Problem, load_problems, require_answers
+from rollout.data import Problem
 from rollout.answer_probe import probe_answer_spans
-from rollout.episodes import episode_token_budget, sample_episodes
+from rollout.episodes import sample_episodes
 from rollout.vllm_engine import RolloutEngine
 
 
@@ -55,6 +55,7 @@ class Run:
     tokenizer: object
     train_problems: list[Problem]
     eval_problems: list[Problem]
+    skipped_problems: dict[str, int]  # data set -> problems dropped by data.overlong=skip
     reward: RewardSpec
     rollout: RolloutEngine
     learner: Learner
@@ -73,75 +74,33 @@ class Run:
             print(message, flush=True)
 
 
-def load_inputs(cfg: DictConfig, rank: int, world: int) -> tuple[list[Problem], list[Problem]]:
-    """Data and every other user-fixable input, checked before the (possibly minutes-long) model build."""
-    if cfg.rollout.prompts_per_step % world:
-        raise UserError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the "
-                        f"number of ranks ({world}).")
-    reward = reward_needs(cfg.reward.kind, cfg.reward)
-    train_problems, eval_problems = load_problems(cfg.data.train), load_problems(cfg.data.eval)
-    require_answers(eval_problems, cfg.data.eval, "evaluation (data.eval)")
-    if reward.needs_gold:
-        require_answers(train_problems, cfg.data.train, f"reward.kind={cfg.reward.kind}")
-    if len(train_problems) < cfg.rollout.prompts_per_step:
-        raise UserError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} is more than the "
-                        f"{len(train_problems)} problems in {cfg.data.train}.")
-    if rank == 0 and len(eval_problems) < cfg.eval.problems:
-        print(f"[warn] eval.problems={cfg.eval.problems} but {cfg.data.eval} has {len(eval_problems)}; "
-              f"evaluating on all {len(eval_problems)}.", flush=True)
-    if not cfg.model.path.startswith("builtin:"):
-        resolve_model_path(cfg.model.path, is_builder=False)  # a bad folder fails here, not after set-up
-    if cfg.train.resume == "never" and latest_checkpoint(cfg.train.output_dir) is not None:
-        raise UserError(f"train.output_dir={cfg.train.output_dir} holds checkpoints of an earlier run and "
-                        f"train.resume=never would mix a new run into them. Hint: train.resume=auto continues "
-                        f"it; or give another train.output_dir.")
-    impl_for_this_machine(cfg.learner.logprob_impl)
-    return train_problems, eval_problems[: cfg.eval.problems]
-
-
 def build_run(cfg: DictConfig, rank: int, world: int) -> Run:
-    train_problems, eval_problems = load_inputs(cfg, rank, world)
-    run_dir = Path(cfg.train.output_dir)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    inputs = check_inputs(cfg, rank, world)
     torch.manual_seed(cfg.train.seed)
     # Rank 0 builds the embedded model on first use; the others wait, then find it cached.
     model_path = resolve_model_path(cfg.model.path, is_builder=True) if rank == 0 else None
     barrier()
     model_path = model_path or resolve_model_path(cfg.model.path, is_builder=False)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    check_context(cfg, AutoConfig.from_pretrained(model_path), tokenizer, train_problems + eval_problems)
+    tokenizer, model_config = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
+    inputs = fit_to_model(cfg, inputs, tokenizer, model_config, log=print if rank == 0 else lambda _: None)
+    run_dir = Path(cfg.train.output_dir)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
     prompts_per_rank = cfg.rollout.prompts_per_step // world
     return Run(
         cfg=cfg, rank=rank, world=world, tokenizer=tokenizer,
-        train_problems=train_problems, eval_problems=eval_problems,
+        train_problems=inputs.train, eval_problems=inputs.eval, skipped_problems=inputs.skipped,
         reward=reward_needs(cfg.reward.kind, cfg.reward),
         rollout=RolloutEngine(model_path, max_model_len=cfg.rollout.max_model_len, seed=cfg.train.seed + rank,
-                              dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib),
+                              dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib,
+                              trust_remote_code=cfg.model.trust_remote_code),
         learner=Learner(model_path, zero_stage=cfg.deepspeed.zero_stage, lr=cfg.train.lr,
                         grad_clip=cfg.train.grad_clip, episodes_per_rank=prompts_per_rank * cfg.rollout.n,
                         micro_batch_size=cfg.train.micro_batch_size, dtype=cfg.model.dtype,
-                        logprob_impl=cfg.learner.logprob_impl),
+                        logprob_impl=cfg.learner.logprob_impl, trust_remote_code=cfg.model.trust_remote_code),
         logger=RunLogger(run_dir, enabled=rank == 0),
     )
-
-
-def check_context(cfg: DictConfig, model_config, tokenizer, problems: list[Problem]) -> None:
-    """Fail before training if an episode could outgrow vLLM's context or the model's positions."""
-    positions = getattr(model_config, "max_position_embeddings", None)
-    if positions is not None and cfg.rollout.max_model_len > positions:
-        raise UserError(f"rollout.max_model_len={cfg.rollout.max_model_len} exceeds the model's "
-                        f"max_position_embeddings={positions}. Hint: lower rollout.max_model_len.")
-    need = episode_token_budget(tokenizer, [p.prompt for p in problems], cfg.rollout.max_tokens,
-                                cfg.rollout.correction_instruction)
-    if cfg.reward.probe_tokens:  # RLSF's answer probe extends a turn-2 response
-        need += len(tokenizer(cfg.reward.probe_prompt, add_special_tokens=False).input_ids) + cfg.reward.probe_tokens
-    if need > cfg.rollout.max_model_len:
-        raise UserError(f"a two-turn episode can take {need} tokens (longest prompt + 2 x rollout.max_tokens="
-                        f"{cfg.rollout.max_tokens} + the correction request + the answer probe), more than "
-                        f"rollout.max_model_len="
-                        f"{cfg.rollout.max_model_len}. Hint: raise rollout.max_model_len or lower rollout.max_tokens.")
 
 
 def step_prompts(run: Run, step: int) -> list[Problem]:
@@ -168,13 +127,17 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     #    is logged whatever the reward) -> per-turn returns -> advantages against each prompt's group.
     batch = collate(episodes, run.tokenizer.pad_token_id)
     token_stats = run.learner.score(batch)
-    r1, r2 = run.reward.fn(RewardInputs(episodes, run.tokenizer, cfg.reward, token_stats))
+    r1, r2, skipped = checked_rewards(cfg.reward.kind, run.reward.fn,
+                                      RewardInputs(episodes, run.tokenizer, cfg.reward, token_stats),
+                                      step + 1, cfg.reward.nonfinite)
+    # A skipped (NaN/inf) episode takes its group's mean reward, then no policy gradient.
+    r1, r2 = algo.fill_skipped(r1, skipped, cfg.rollout.n), algo.fill_skipped(r2, skipped, cfg.rollout.n)
     has1, has2 = turn_has_answer(episodes, run.tokenizer)
     r1, r2 = r1 * has1, r2 * has2  # a turn without a locatable answer earns nothing
     ret1, ret2 = algo.turn_returns(r1, r2, stage, cfg.algo.alpha)
     estimator = algo.ADVANTAGE_ESTIMATORS[cfg.algo.advantage]
-    adv1 = estimator(ret1.view(-1, cfg.rollout.n)).flatten()
-    adv2 = estimator(ret2.view(-1, cfg.rollout.n)).flatten()
+    adv1 = estimator(ret1.view(-1, cfg.rollout.n)).flatten().masked_fill(skipped, 0.0)
+    adv2 = estimator(ret2.view(-1, cfg.rollout.n)).flatten().masked_fill(skipped, 0.0)
     clock.append(time.perf_counter())
 
     # 3. One learner update, then the new weights into vLLM.
@@ -194,6 +157,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         "entropy": response_mean(token_stats.entropy, batch), "grad_norm": update.grad_norm, "lr": update.lr,
         "rollout_s": clock[1] - clock[0], "score_s": clock[2] - clock[1], "update_s": clock[3] - clock[2],
         "sync_s": clock[4] - clock[3], "tokens": (batch.turn1_mask.sum() + batch.turn2_mask.sum()).item(),
+        "skipped_episodes": float(skipped.sum()) * run.world,  # the mean over ranks is then the total
     }
     if run.train_has_answers:  # gold accuracy of the training samples, whatever the reward
         acc1, acc2 = turn_correctness(episodes)
@@ -231,6 +195,9 @@ def log_step(run: Run, step: int, stats: dict[str, float], seconds_per_step: flo
     run.logger.scalars("rollout", {"logprob_mismatch": stats["logprob_mismatch"]}, step + 1)
     tokens_per_s = stats["tokens"] * run.world / max(stats["step_seconds"], 1e-9)
     run.logger.scalars("perf", {**{k: stats[k] for k in PERF_KEYS}, "tokens_per_s": tokens_per_s}, step + 1)
+    if stats["skipped_episodes"]:
+        run.log(f"[reward] step {step + 1}: {int(stats['skipped_episodes'])} episodes with a NaN/inf reward skipped "
+                f"(reward.nonfinite=skip)")
     eta = seconds_per_step * (run.cfg.train.steps - step - 1)
     acc = f"acc {stats['acc_t1']:.2f}/{stats['acc_t2']:.2f} | " if "acc_t1" in stats else ""
     run.log(f"[step {step + 1}/{run.cfg.train.steps}] stage {int(stats['stage'])} | "
@@ -312,16 +279,32 @@ def main(argv: list[str] | None = None) -> dict:
                 break
         stop = signals.requested()
         if stop or (cfg.train.save_every and ((step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps)):
-            meta = {"step": step + 1, "before": before, "history": history, "alarms": alarms,
-                    "guard_history": guard.history, "config": OmegaConf.to_container(cfg, resolve=True)}
-            path = save_checkpoint(run, step + 1, meta, cfg.train.keep_checkpoints)
-            run.log(f"[checkpoint] step {step + 1} saved to {path}")
+            write_checkpoint(run, step + 1, before, history, alarms, guard)
         if stop:
             run.log(f"[signal] {signal.Signals(stop).name}: stopped after step {step + 1}; the same command resumes")
             run.logger.close()
             sys.exit(128 + stop)
-    after = run_eval(run, len(history))
+    return finish(run, before, history, alarms, started)
 
+
+def write_checkpoint(run: Run, steps_done: int, before: dict, history: list, alarms: list,
+                     guard: CollapseGuard) -> None:
+    cfg = run.cfg
+    meta = {"step": steps_done,
+            "stage": algo.scores_stage(steps_done, cfg.algo.stage1_steps),  # the stage of the next step
+            # The data position: step k's prompts are drawn with (train.seed, k), see step_prompts.
+            "data_position": {"next_step": steps_done, "seed": cfg.train.seed},
+            "run": run_identity(cfg.train.output_dir),
+            "before": before, "history": history, "alarms": alarms, "guard_history": guard.history,
+            "config": OmegaConf.to_container(cfg, resolve=True)}
+    path = save_checkpoint(run, steps_done, meta, cfg.train.keep_checkpoints)
+    run.log(f"[checkpoint] step {steps_done} saved to {path}")
+
+
+def finish(run: Run, before: dict, history: list, alarms: list, started: float) -> dict:
+    """The final evaluation, the HParams summary and summary.json (whose presence marks the run done)."""
+    cfg = run.cfg
+    after = run_eval(run, len(history))
     summary = {
         "train": {
             "steps": len(history),
@@ -331,21 +314,28 @@ def main(argv: list[str] | None = None) -> dict:
             "mean_step_seconds": sum(s["step_seconds"] for s in history) / max(len(history), 1),
             "wall_seconds": time.time() - started,
             "guard_alarms": alarms,
+            "skipped_episodes": sum(s.get("skipped_episodes", 0.0) for s in history),
         },
+        "data": {"skipped_problems": run.skipped_problems},
         "eval": {"before": before, "after": after},
     }
     run.logger.hparams(OmegaConf.to_container(cfg, resolve=True), after)
     if run.is_main:
-        done.write_text(json.dumps(summary, indent=2))
+        (Path(cfg.train.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
         run.log(f"[done] run directory: {cfg.train.output_dir}")
     run.logger.close()
     barrier()
     return summary
 
 
-if __name__ == "__main__":  # vLLM may spawn helpers; the guard keeps them from re-running training
+def cli(argv: list[str] | None = None) -> None:
+    """The command line: a user's mistake is one `error:` line and exit code 2, never a traceback."""
     try:
-        main()
+        main(argv)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":  # vLLM may spawn helpers; the guard keeps them from re-running training
+    cli()

@@ -10,6 +10,7 @@ from engine.errors import UserError
 from rollout.arith import arith_problems
 
 BUILTIN = {"builtin:arith": "train", "builtin:arith-eval": "eval"}
+EXAMPLE = '{"prompt": "What is 47+85?", "answer": "132"}'
 
 
 @dataclass(frozen=True)
@@ -42,17 +43,21 @@ def _load_jsonl(path: Path) -> list[Problem]:
                 continue
             where = f"{path}:{lineno}"
             try:
-                row = json.loads(line)
+                row = json.loads(line.rstrip())
             except json.JSONDecodeError as err:
-                raise DataError(f"{where}: not valid JSON ({err.msg}).") from None
+                raise DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno}). Hint: each line is one "
+                                f"JSON object, e.g. {EXAMPLE}.") from None
             if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-                raise DataError(f"{where}: each line needs a non-empty string field 'prompt'.")
+                got = sorted(row) if isinstance(row, dict) else type(row).__name__
+                raise DataError(f"{where}: each line needs a non-empty string field 'prompt' (got {got}). "
+                                f"Hint: e.g. {EXAMPLE}.")
             answer = row.get("answer")
             if answer is not None and not isinstance(answer, (str, int, float)):
                 raise DataError(f"{where}: 'answer' must be a string or a number, got {type(answer).__name__}.")
             problems.append(Problem(row["prompt"], None if answer is None else str(answer), lineno))
     if not problems:
-        raise DataError(f"{path}: no problems found (the file is empty).")
+        raise DataError(f"{path}: no problems found (the file is empty or all blank lines). Hint: one JSON "
+                        f"object per line, e.g. {EXAMPLE}.")
     return problems
 
 

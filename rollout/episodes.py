@@ -66,12 +66,11 @@ def correction_request_ids(tokenizer, prompt: str, turn1: Completion, instructio
     return ids
 
 
-def episode_token_budget(tokenizer, prompts: Sequence[str], max_tokens: int, instruction: str) -> int:
-    """The most tokens a two-turn episode can take: the longest prompt, two full turns and the
-    correction request. Building the request once also checks the chat template up front."""
-    longest = max(len(encode_prompt(tokenizer, p)) for p in prompts)
+def turn_overhead(tokenizer, prompt: str, max_tokens: int, instruction: str) -> int:
+    """The tokens an episode adds to its rendered prompt at most: two full turns and the correction
+    request. Building the request also checks the chat template up front."""
     truncated = Completion(token_ids=[], logprobs=[], text="", finished=False)
-    return longest + 2 * max_tokens + len(correction_request_ids(tokenizer, prompts[0], truncated, instruction))
+    return 2 * max_tokens + len(correction_request_ids(tokenizer, prompt, truncated, instruction))
 
 
 def sample_episodes(engine: RolloutEngine, tokenizer, problems: Sequence[Problem], n: int, max_tokens: int,

@@ -27,26 +27,40 @@ class Completion:
 def _configure_vllm_env(kv_cache_gib: int) -> None:
     # In-process engine: weights can be swapped in place (see shared/ENVIRONMENT.md).
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)  # rollout.kv_cache_gib is the one source of truth
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+class RolloutStartError(UserError):
+    """vLLM could not build its engine; the message carries vLLM's own reason."""
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    while err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 class RolloutEngine:
     """A thin wrapper over `vllm.LLM`: token ids in, completions with log-probs out."""
 
     def __init__(self, model_path: str, max_model_len: int, seed: int, dtype: str = "float32",
-                 kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.3):
+                 kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.3, trust_remote_code: bool = False):
         _configure_vllm_env(kv_cache_gib)
         from vllm import LLM
 
-        self.llm = LLM(
-            model=model_path,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            enforce_eager=True,
-            seed=seed,
-            gpu_memory_utilization=gpu_memory_utilization,
-        )
+        try:
+            self.llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=seed,
+                           gpu_memory_utilization=gpu_memory_utilization, trust_remote_code=trust_remote_code)
+        except Exception as err:  # vLLM raises many types; the user needs its reason, not its stack
+            cause = _root_cause(err)
+            reason = f"{type(err).__name__}: {str(err).rstrip('.')}"
+            if cause is not err:
+                reason += f" (caused by {type(cause).__name__}: {str(cause).rstrip('.')})"
+            raise RolloutStartError(
+                f"vLLM could not start the rollout engine for {model_path}: {reason}. Hint: the settings it used "
+                f"are rollout.max_model_len={max_model_len}, rollout.kv_cache_gib={kv_cache_gib}, "
+                f"model.dtype={dtype}; vLLM's log above may say more.") from err
         self.max_model_len = max_model_len
 
     def generate(self, prompts: Sequence[list[int]], n: int, max_tokens: int, temperature: float,

@@ -111,3 +111,14 @@ def test_token_coefficients_mix_turns_by_their_own_token_counts():
     # turn 1: A=3 over 4 tokens -> 0.75; turn 2: A=-1 over 2 tokens -> -0.5
     assert torch.allclose(pg, torch.tensor([[0.75, 0.75, -0.5, 0.0]]))
     assert torch.allclose(kl, torch.tensor([[0.125, 0.125, 0.05, 0.0]]))
+
+
+def test_fill_skipped_uses_the_group_mean_of_kept_rewards():
+    from engine.algorithms import fill_skipped
+
+    rewards = torch.tensor([1.0, float("nan"), 0.0, 0.5, float("inf"), float("nan"), 3.0, 2.0])
+    skipped = torch.tensor([False, True, False, False, True, True, False, False])
+    # groups of 4: [1, -, 0, 0.5] -> mean of kept 0.5; [-, -, 3, 2] -> 2.5
+    assert fill_skipped(rewards, skipped, 4).tolist() == [1.0, 0.5, 0.0, 0.5, 2.5, 2.5, 3.0, 2.0]
+    all_skipped = torch.tensor([True, True])
+    assert fill_skipped(torch.tensor([float("nan"), 1.0]), all_skipped, 2).tolist() == [0.0, 0.0]

@@ -1,0 +1,115 @@
+"""Every user-fixable input, checked before the run sets anything up: the data, the options that
+depend on the number of ranks, the output directory, and (once the model folder is known) whether
+each episode fits the context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig
+
+from engine.checkpoint import latest_checkpoint
+from engine.errors import UserError
+from engine.logprobs import impl_for_this_machine
+from engine.models import resolve_model_path
+from rewards.registry import reward_needs
+from rollout.data import Problem, load_problems, require_answers
+from rollout.episodes import encode_prompt, turn_overhead
+
+
+@dataclass
+class Inputs:
+    train: list[Problem]
+    eval: list[Problem]
+    skipped: dict[str, int] = field(default_factory=dict)  # data set -> problems dropped by data.overlong=skip
+
+
+def check_inputs(cfg: DictConfig, rank: int, world: int) -> Inputs:
+    """Data and every other check that needs no model, before the (possibly minutes-long) model build."""
+    if cfg.rollout.prompts_per_step % world:
+        raise UserError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the "
+                        f"number of ranks ({world}).")
+    reward = reward_needs(cfg.reward.kind, cfg.reward)
+    train_problems, eval_problems = load_problems(cfg.data.train), load_problems(cfg.data.eval)
+    require_answers(eval_problems, cfg.data.eval, "evaluation (data.eval)")
+    if reward.needs_gold:
+        require_answers(train_problems, cfg.data.train, f"reward.kind={cfg.reward.kind}")
+    if rank == 0 and len(eval_problems) < cfg.eval.problems:
+        print(f"[warn] eval.problems={cfg.eval.problems} but {cfg.data.eval} has {len(eval_problems)}; "
+              f"evaluating on all {len(eval_problems)}.", flush=True)
+    if not cfg.model.path.startswith("builtin:"):
+        resolve_model_path(cfg.model.path, is_builder=False)  # a bad folder fails here, not after set-up
+    if cfg.train.resume == "never" and latest_checkpoint(cfg.train.output_dir) is not None:
+        raise UserError(f"train.output_dir={cfg.train.output_dir} holds checkpoints of an earlier run and "
+                        f"train.resume=never would mix a new run into them. Hint: train.resume=auto continues "
+                        f"it; or give another train.output_dir.")
+    impl_for_this_machine(cfg.learner.logprob_impl)
+    inputs = Inputs(train_problems, eval_problems[: cfg.eval.problems])
+    _check_enough_prompts(cfg, inputs)
+    return inputs
+
+
+def fit_to_model(cfg: DictConfig, inputs: Inputs, tokenizer, model_config, log=print) -> Inputs:
+    """Check the context settings against the model, then drop (data.overlong=skip, counted) or refuse
+    (data.overlong=error) problems whose two-turn episode could outgrow rollout.max_model_len."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if positions is not None and cfg.rollout.max_model_len > positions:
+        raise UserError(f"rollout.max_model_len={cfg.rollout.max_model_len} exceeds the model's "
+                        f"max_position_embeddings={positions}. Hint: lower rollout.max_model_len.")
+    require_chat_template(cfg.model.path, tokenizer)
+    overhead = turn_overhead(tokenizer, inputs.train[0].prompt, cfg.rollout.max_tokens,
+                             cfg.rollout.correction_instruction)
+    if cfg.reward.probe_tokens:  # RLSF's answer probe extends a turn-2 response
+        overhead += len(tokenizer(cfg.reward.probe_prompt, add_special_tokens=False).input_ids) + cfg.reward.probe_tokens
+    if overhead >= cfg.rollout.max_model_len:
+        raise UserError(f"two turns of rollout.max_tokens={cfg.rollout.max_tokens}, the correction request and "
+                        f"the answer probe take {overhead} tokens, leaving no room for a prompt in "
+                        f"rollout.max_model_len={cfg.rollout.max_model_len}. Hint: raise rollout.max_model_len "
+                        f"or lower rollout.max_tokens.")
+    skipped = {}
+    kept = {}
+    for role, source, problems in (("train", cfg.data.train, inputs.train), ("eval", cfg.data.eval, inputs.eval)):
+        kept[role], skipped[source] = _fit(cfg, source, problems, tokenizer, overhead, log)
+    fitted = Inputs(kept["train"], kept["eval"], {k: v for k, v in skipped.items() if v})
+    _check_enough_prompts(cfg, fitted)
+    return fitted
+
+
+def _fit(cfg: DictConfig, source: str, problems: list[Problem], tokenizer, overhead: int, log) -> tuple[list, int]:
+    room = cfg.rollout.max_model_len - overhead
+    lengths = [len(encode_prompt(tokenizer, p.prompt)) for p in problems]
+    over = [i for i, n in enumerate(lengths) if n > room]
+    if not over:
+        return problems, 0
+    first = problems[over[0]]
+    where = f"{source}:{first.line}" if first.line is not None else f"{source} (problem {over[0]})"
+    if cfg.data.overlong == "error":
+        raise UserError(f"{where}: the prompt takes {lengths[over[0]]} tokens and its episode "
+                        f"{lengths[over[0]] + overhead} (two turns of rollout.max_tokens={cfg.rollout.max_tokens}, "
+                        f"the correction request, the answer probe), more than rollout.max_model_len="
+                        f"{cfg.rollout.max_model_len}; {len(over)} of {len(problems)} problems are too long. "
+                        f"Hint: data.overlong=skip drops them (and counts them); or raise rollout.max_model_len or "
+                        f"lower rollout.max_tokens.")
+    too_long = set(over)
+    kept = [p for i, p in enumerate(problems) if i not in too_long]
+    log(f"[data] {source}: skipped {len(over)} of {len(problems)} problems whose episode would exceed "
+        f"rollout.max_model_len={cfg.rollout.max_model_len} (data.overlong=skip; first: {where})")
+    if not kept:
+        raise UserError(f"{source}: every problem is too long for rollout.max_model_len={cfg.rollout.max_model_len}"
+                        f" (data.overlong=skip left none). Hint: raise rollout.max_model_len or lower "
+                        f"rollout.max_tokens.")
+    return kept, len(over)
+
+
+def require_chat_template(model_spec: str, tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"model.path={model_spec}: the tokenizer has no chat template, and an episode is a chat "
+                        f"(prompt, answer, correction request, answer). Hint: add one to the folder, as "
+                        f"'chat_template' in tokenizer_config.json or a chat_template.jinja file; a base model "
+                        f"can use ChatML (see README, 'Bad input').")
+
+
+def _check_enough_prompts(cfg: DictConfig, inputs: Inputs) -> None:
+    if len(inputs.train) < cfg.rollout.prompts_per_step:
+        raise UserError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} is more than the "
+                        f"{len(inputs.train)} problems in {cfg.data.train}. Hint: lower rollout.prompts_per_step.")

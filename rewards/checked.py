@@ -1,0 +1,83 @@
+"""Calling a reward function safely: an exception names the reward, where it raised and the episode
+that triggers it; a NaN or infinite reward is an error or, with reward.nonfinite=skip, a counted skip."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import traceback
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from engine.errors import UserError
+from rewards.registry import RewardInputs
+
+
+class RewardError(UserError):
+    """A reward function failed or returned something unusable; the message names the reward and episode."""
+
+
+def checked_rewards(kind: str, fn: Callable, inputs: RewardInputs, step: int,
+                    nonfinite: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(r1, r2, skipped): float rewards per episode and a bool mask of episodes whose reward is not
+    finite (all False unless nonfinite='skip'). `step` is 1-based, as in the progress lines."""
+    try:
+        r1, r2 = fn(inputs)
+    except Exception as err:
+        raise RewardError(_raised_message(kind, fn, inputs, step, err)) from err
+    n = len(inputs.episodes)
+    for turn, r in ((1, r1), (2, r2)):
+        if not isinstance(r, Tensor) or tuple(r.shape) != (n,):
+            got = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
+            raise RewardError(f"reward '{kind}' returned {got} as its turn-{turn} rewards at step {step}; expected "
+                              f"a tensor of shape ({n},), one value per episode.")
+    r1, r2 = r1.float(), r2.float()
+    skipped = ~(torch.isfinite(r1) & torch.isfinite(r2))
+    if skipped.any() and nonfinite != "skip":
+        i = int(skipped.nonzero()[0])
+        raise RewardError(
+            f"reward '{kind}' returned a non-finite reward (turn 1: {r1[i].item()}, turn 2: {r2[i].item()}) for "
+            f"{describe_episode(inputs.episodes[i], i, step)}; {int(skipped.sum())} of {n} episodes this step. "
+            f"Hint: reward.nonfinite=skip leaves such episodes out of the policy gradient and counts them "
+            f"(train/skipped_episodes); the same command then resumes from the last checkpoint.")
+    return r1, r2, skipped
+
+
+def describe_episode(episode, index: int, step: int) -> str:
+    line = f", data line {episode.problem.line}" if episode.problem.line is not None else ""
+    return (f"episode {index} of step {step} (prompt {_short(episode.problem.prompt)!r}{line}; turn 1 "
+            f"{_short(episode.turn1.text)!r}; turn 2 {_short(episode.turn2.text)!r})")
+
+
+def _raised_message(kind: str, fn: Callable, inputs: RewardInputs, step: int, err: Exception) -> str:
+    frame = traceback.extract_tb(err.__traceback__)[-1]
+    where = f"{os.path.relpath(frame.filename)}:{frame.lineno} in {frame.name}"
+    culprit = _failing_episode(fn, inputs, err)
+    episode = (describe_episode(inputs.episodes[culprit], culprit, step) if culprit is not None
+               else f"the {len(inputs.episodes)} episodes of step {step} (no single episode fails alone)")
+    return (f"reward '{kind}' raised {type(err).__name__}: {err} (at {where}) on {episode}. Hint: fix the reward "
+            f"function; the same command then resumes from the last checkpoint.")
+
+
+def _failing_episode(fn: Callable, inputs: RewardInputs, err: Exception) -> int | None:
+    """The first episode that, scored alone, raises the same error."""
+    for i in range(len(inputs.episodes)):
+        try:
+            fn(_one_episode(inputs, i))
+        except Exception as again:
+            if type(again) is type(err) and str(again) == str(err):
+                return i
+    return None
+
+
+def _one_episode(inputs: RewardInputs, i: int) -> RewardInputs:
+    stats = inputs.token_stats
+    if stats is not None:  # per-token statistics are rows of the collated batch, in episode order
+        stats = dataclasses.replace(stats, **{f.name: getattr(stats, f.name)[i:i + 1] for f in dataclasses.fields(stats)})
+    return dataclasses.replace(inputs, episodes=[inputs.episodes[i]], token_stats=stats)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,323 @@
+"""The bad-input catalogue (README, 'Bad input'): each mistake stops the run with one `error:` line
+naming the file:line, key or value with a hint, exit code 2 and no traceback; or it is skipped and
+counted where the config says so. Nothing the run already saved is lost."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.config import load_config
+from engine.errors import UserError
+from engine.inputs import Inputs, fit_to_model
+from tests.conftest import ROOT
+
+LONG_PROMPT = "Add these numbers carefully: " + "1+" * 150 + "1=?"
+
+
+def arith_jsonl(path: Path, count: int, extra: dict[int, str] | None = None) -> Path:
+    """`count` built-in training problems as JSONL; `extra` puts a raw line at a 1-based line number."""
+    from rollout.arith import arith_problems
+
+    lines = [json.dumps({"prompt": p.prompt, "answer": p.answer}) for p in arith_problems("train")[:count]]
+    for lineno, raw in sorted((extra or {}).items()):
+        lines.insert(lineno - 1, raw)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def folders(tmp_path, tiny_model_dir):
+    """Bad data files and model folders, built from the tiny model."""
+    no_template = tmp_path / "no-template"
+    shutil.copytree(tiny_model_dir, no_template)
+    (no_template / "chat_template.jinja").unlink()
+    return {
+        "malformed": arith_jsonl(tmp_path / "malformed.jsonl", 20, {2: '{"prompt": "2+2=?", "answer": 4'}),
+        "no_prompt": arith_jsonl(tmp_path / "no_prompt.jsonl", 20, {3: '{"question": "2+2=?", "answer": "4"}'}),
+        "empty": arith_jsonl(tmp_path / "empty.jsonl", 0),
+        "long": arith_jsonl(tmp_path / "long.jsonl", 20, {3: json.dumps({"prompt": LONG_PROMPT})}),
+        "model": tiny_model_dir,
+        "no_template": no_template,
+        "remote": remote_code_folder(tmp_path, tiny_model_dir),
+    }
+
+
+def remote_code_folder(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    """A model folder whose config.json points at its own Python code, which leaves a marker file if run."""
+    folder = tmp_path / "remote"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="sc_remote_test", auto_map={"AutoConfig": "remote_config.RemoteConfig"})
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "remote_config.py").write_text(
+        "from pathlib import Path\n"
+        f"Path({str(tmp_path / 'remote-code-ran')!r}).write_text('ran')\n"
+        "from transformers import PretrainedConfig\n\n\n"
+        "class RemoteConfig(PretrainedConfig):\n    model_type = 'sc_remote_test'\n")
+    return folder
+
+
+# (case, arguments given the fixture's folders, the expected error line)
+CATALOGUE = [
+    ("malformed JSONL line", lambda f: [f"data.train={f['malformed']}"],
+     lambda f: f"{f['malformed']}:2: not valid JSON (Expecting ',' delimiter at column 32). Hint: each line is one JSON object"),
+    ("missing prompt field", lambda f: [f"data.train={f['no_prompt']}"],
+     lambda f: f"{f['no_prompt']}:3: each line needs a non-empty string field 'prompt' (got ['answer', 'question'])"),
+    ("empty dataset", lambda f: [f"data.eval={f['empty']}"],
+     lambda f: f"{f['empty']}: no problems found (the file is empty or all blank lines). Hint:"),
+    ("prompt longer than the context", lambda f: [f"model.path={f['model']}", f"data.train={f['long']}"],
+     lambda f: f"{f['long']}:3: the prompt takes 351 tokens and its episode 531 (two turns of rollout.max_tokens=48"),
+    ("unknown config key", lambda f: ["train.stepz=3"],
+     lambda f: "unknown config key 'train.stepz' (override 'train.stepz'). Did you mean 'train.steps'?"),
+    ("wrong value type", lambda f: ["rollout.n=abc"],
+     lambda f: "bad value for 'rollout.n' (override 'rollout.n'): Value 'abc' of type 'str' could not be converted "
+               "to Integer. Hint: rollout.n takes int values, e.g. the default rollout.n=4."),
+    ("out-of-range value", lambda f: ["rollout.n=-1"],
+     lambda f: "rollout.n must be > 0, got -1. Hint: the default is rollout.n=4."),
+    ("missing model path", lambda f: ["model.path=/nonexistent/model"],
+     lambda f: "model.path='/nonexistent/model' is not a folder with a config.json. Hint:"),
+    ("tokenizer without a chat template", lambda f: [f"model.path={f['no_template']}"],
+     lambda f: f"model.path={f['no_template']}: the tokenizer has no chat template"),
+    ("model code without trust_remote_code", lambda f: [f"model.path={f['remote']}"],
+     lambda f: f"model.path={f['remote']} needs the Python code shipped in the folder (config.json 'auto_map'), "
+               f"which runs only with model.trust_remote_code=true."),
+    ("missing data file", lambda f: ["data.train=missing.jsonl"], lambda f: "data file 'missing.jsonl' not found"),
+    ("unregistered reward", lambda f: ["reward.kind=judge"], lambda f: "reward.kind='judge' is not registered"),
+    ("gold reward on prompts without answers", lambda f: ["data.train=tests/data/prompts_only.jsonl", "reward.kind=gold"],
+     lambda f: "tests/data/prompts_only.jsonl:1: problem has no 'answer', but reward.kind=gold needs gold answers"),
+    ("mix without weights", lambda f: ["reward.kind=mix"], lambda f: "reward.kind=mix needs reward.weights"),
+    ("value not among the choices", lambda f: ["reward.metric=entropy"],
+     lambda f: "reward.metric='entropy' is not one of"),
+    ("triton head without a GPU", lambda f: ["learner.logprob_impl=triton"],
+     lambda f: "learner.logprob_impl=triton: logprob impl 'triton' needs a CUDA device"),
+]
+
+
+@pytest.mark.parametrize("case, args, needle", CATALOGUE, ids=[c[0] for c in CATALOGUE])
+def test_start_up_mistakes_are_one_clear_line(case, args, needle, folders, tmp_path, capsys):
+    """In-process through `engine.train.cli`, the function `python engine/train.py` runs."""
+    from engine.train import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli([*args(folders), f"train.output_dir={tmp_path}/run"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err[-3000:]
+    assert f"error: {needle(folders)}" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # nothing was set up
+    assert not (tmp_path / "remote-code-ran").exists()  # the folder's own code never ran
+
+
+def test_the_real_entry_point_prints_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "engine/train.py", "rollout.n=-1", f"train.output_dir={tmp_path}/run"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "error: rollout.n must be > 0, got -1." in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_trust_remote_code_runs_the_folders_code_only_when_asked(folders, tmp_path):
+    from engine.models import load_tokenizer_and_config
+
+    with pytest.raises(UserError, match="model.trust_remote_code=true"):
+        load_tokenizer_and_config(str(folders["remote"]), trust_remote_code=False)
+    assert not (tmp_path / "remote-code-ran").exists()
+    _, config = load_tokenizer_and_config(str(folders["remote"]), trust_remote_code=True)
+    assert (tmp_path / "remote-code-ran").exists() and config.model_type == "sc_remote_test"
+
+
+def test_every_torch_load_is_weights_only():
+    """Nothing unpickles arbitrary objects: each torch.load in the code passes weights_only=True."""
+    calls = []
+    for path in [*ROOT.glob("engine/*.py"), *ROOT.glob("rollout/*.py"), *ROOT.glob("rewards/*.py"),
+                 *ROOT.glob("bench/*.py"), *ROOT.glob("scripts/*.py")]:
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if "torch.load(" in line:
+                calls.append((f"{path.relative_to(ROOT)}:{lineno}", "weights_only=True" in line))
+    assert calls and all(ok for _, ok in calls), calls
+
+
+def _fit_inputs(tokenizer_dir, overrides, train, log):
+    from engine.models import load_tokenizer_and_config
+
+    cfg = load_config(overrides)
+    tokenizer, model_config = load_tokenizer_and_config(str(tokenizer_dir), False)
+    from rollout.data import load_problems
+
+    return fit_to_model(cfg, Inputs(load_problems(str(train))[:500], load_problems("builtin:arith-eval")[:20]),
+                        tokenizer, model_config, log=log)
+
+
+def test_overlong_prompts_are_skipped_and_counted_when_asked(folders):
+    lines = []
+    fitted = _fit_inputs(folders["model"], [f"data.train={folders['long']}", "data.overlong=skip"], folders["long"],
+                         lines.append)
+    assert len(fitted.train) == 20 and all(p.prompt != LONG_PROMPT for p in fitted.train)
+    assert fitted.skipped == {str(folders["long"]): 1}
+    assert lines == [f"[data] {folders['long']}: skipped 1 of 21 problems whose episode would exceed "
+                     f"rollout.max_model_len=256 (data.overlong=skip; first: {folders['long']}:3)"]
+    with pytest.raises(UserError, match="every problem is too long"):
+        _fit_inputs(folders["model"], ["data.overlong=skip", "rollout.max_model_len=190"], folders["long"], print)
+
+
+def test_context_settings_are_checked_against_the_model(folders):
+    fitted = _fit_inputs(folders["model"], [], "builtin:arith", print)  # the defaults fit
+    assert fitted.skipped == {}
+    with pytest.raises(UserError, match="rollout.max_model_len=512 exceeds the model's max_position_embeddings=256"):
+        _fit_inputs(folders["model"], ["rollout.max_model_len=512"], "builtin:arith", print)
+    with pytest.raises(UserError, match=r"two turns of rollout.max_tokens=128.*leaving no room"):
+        _fit_inputs(folders["model"], ["rollout.max_tokens=128"], "builtin:arith", print)
+
+
+def _episodes(prompts):
+    from rollout.data import Problem
+    from rollout.episodes import Episode
+    from rollout.vllm_engine import Completion
+
+    def turn(text):
+        return Completion(token_ids=[1], logprobs=[0.0], text=text, finished=True)
+
+    return [Episode(Problem(p, None, line), i // 2, [0], turn(f"answer {i}"), [0], turn(f"fixed {i}"))
+            for i, (p, line) in enumerate(prompts)]
+
+
+def _reward_inputs(episodes):
+    from rewards.registry import RewardInputs
+
+    return RewardInputs(episodes, tokenizer=None, options=None)
+
+
+def test_a_reward_that_raises_is_named_with_the_episode():
+    from rewards.checked import RewardError, checked_rewards
+
+    def picky(inputs):
+        r = torch.ones(len(inputs.episodes))
+        for i, episode in enumerate(inputs.episodes):
+            r[i] = 1 / (len(episode.problem.prompt) - 3)  # "1+2" has 3 characters
+        return r, r
+
+    episodes = _episodes([("10+11", 1), ("10+11", 1), ("1+2", 7), ("1+2", 7)])
+    with pytest.raises(RewardError) as err:
+        checked_rewards("picky", picky, _reward_inputs(episodes), step=12, nonfinite="error")
+    message = str(err.value)
+    assert message.startswith("reward 'picky' raised ZeroDivisionError: division by zero (at tests/test_bad_inputs.py:")
+    assert "in picky) on episode 2 of step 12 (prompt '1+2', data line 7; turn 1 'answer 2'; turn 2 'fixed 2')" in message
+    assert "Hint: fix the reward function; the same command then resumes from the last checkpoint." in message
+
+
+def test_nonfinite_rewards_are_an_error_or_a_counted_skip():
+    from rewards.checked import RewardError, checked_rewards
+
+    def half_nan(inputs):
+        return torch.tensor([1.0, float("nan"), 0.0, 1.0]), torch.tensor([1.0, 1.0, float("inf"), 0.0])
+
+    episodes = _episodes([("a", 1), ("a", 1), ("b", 2), ("b", 2)])
+    with pytest.raises(RewardError, match=r"reward 'half_nan' returned a non-finite reward \(turn 1: nan, turn 2: 1.0\) "
+                                          r"for episode 1 of step 3 .*; 2 of 4 episodes this step. Hint: reward.nonfinite=skip"):
+        checked_rewards("half_nan", half_nan, _reward_inputs(episodes), step=3, nonfinite="error")
+    r1, r2, skipped = checked_rewards("half_nan", half_nan, _reward_inputs(episodes), step=3, nonfinite="skip")
+    assert skipped.tolist() == [False, True, True, False] and r1[0] == 1.0
+
+
+def test_a_reward_of_the_wrong_shape_is_named():
+    from rewards.checked import RewardError, checked_rewards
+
+    with pytest.raises(RewardError, match=r"reward 'flat' returned \(\) as its turn-1 rewards at step 1; expected a "
+                                          r"tensor of shape \(2,\)"):
+        checked_rewards("flat", lambda _: (torch.tensor(1.0), torch.ones(2)), _reward_inputs(_episodes([("a", 1)] * 2)),
+                        step=1, nonfinite="error")
+
+
+def _train_command(script, model_dir, run_dir, *extra):
+    return [sys.executable, script, "configs/default.yaml", f"model.path={model_dir}", "eval.problems=8",
+            "eval.every=0", "rollout.prompts_per_step=4", f"train.output_dir={run_dir}", *extra]
+
+
+@pytest.mark.slow
+def test_faulty_reward_and_overlong_prompts_in_a_real_run(tiny_model_dir, tmp_path):
+    """NaN rewards and an overlong prompt are skipped and counted; a reward that raises stops the run with
+    the reward and episode named and the step-1 checkpoint intact; once fixed, the same command resumes."""
+    data = arith_jsonl(tmp_path / "train.jsonl", 40, {3: json.dumps({"prompt": LONG_PROMPT, "answer": "151"})})
+    run_dir = tmp_path / "run"
+    command = _train_command("tests/scripts/train_with_faulty_reward.py", tiny_model_dir, run_dir,
+                             "reward.kind=faulty", "reward.nonfinite=skip", f"data.train={data}",
+                             "data.overlong=skip", "train.steps=3", "train.save_every=1")
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"[data] {data}: skipped 1 of 41 problems" in proc.stdout
+    assert "[reward] step 1: 2 episodes with a NaN/inf reward skipped (reward.nonfinite=skip)" in proc.stdout
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "Traceback" not in proc.stderr
+    assert error[0].startswith("error: reward 'faulty' raised ZeroDivisionError: division by zero (at "
+                               "tests/scripts/train_with_faulty_reward.py:")
+    assert " on episode 4 of step 2 (prompt '" in error[0]  # the group of episode 5 starts at episode 4
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000001"]
+
+    fixed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                           env={**__import__("os").environ, "FAULTY_REWARD_FIXED": "1"})
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert f"[resume] continuing from {run_dir / 'checkpoints' / 'step-000001'}" in fixed.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["train"]["steps"] == 3 and summary["train"]["skipped_episodes"] == 2
+    assert summary["data"]["skipped_problems"] == {str(data): 1}
+
+
+@pytest.mark.slow
+def test_vllm_failing_to_start_shows_its_cause(tiny_model_dir, tmp_path):
+    proc = subprocess.run(_train_command("engine/train.py", tiny_model_dir, tmp_path / "run",
+                                         "rollout.kv_cache_gib=100000"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert (f"error: vLLM could not start the rollout engine for {tiny_model_dir}: ValueError: Available memory on "
+            f"node 0") in proc.stderr
+    assert "is less than requested memory for kv (100000.0 GiB)" in proc.stderr
+    assert "Hint: the settings it used are rollout.max_model_len=256, rollout.kv_cache_gib=100000" in proc.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MiB file system (tmpfs) where one checkpoint of the tiny model (5.5 MB) fits and a second does
+    not. Without mount rights: None, and the test caps the trainer's file size instead once the first
+    checkpoint is written (RLIMIT_FSIZE: the kernel refuses the write, as with a full disk, with EFBIG)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = shutil.which("mount") is not None and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)], capture_output=True).returncode == 0
+    yield mount_point if mounted else None
+    if mounted:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tiny_model_dir, small_disk, tmp_path):
+    import resource
+    import time
+
+    run_dir = (small_disk or tmp_path) / "run"
+    previous = run_dir / "checkpoints" / "step-000001"
+    proc = subprocess.Popen(_train_command("engine/train.py", tiny_model_dir, run_dir, "train.steps=3",
+                                           "train.save_every=1", "train.keep_checkpoints=2"),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if small_disk is None:
+        while not (previous / "meta.json").is_file():
+            assert proc.poll() is None, "the run ended before its first checkpoint"
+            time.sleep(0.02)
+        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (2**20, 2**20))  # Python ignores SIGXFSZ: writes fail
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
+    assert "error: could not write the step-2 checkpoint to" in stderr
+    assert " MiB free there and a checkpoint takes 5.2 MiB." in stderr  # torch.save's own message is cryptic
+    assert f"the partial directory was removed and the previous checkpoint {previous} is intact" in stderr
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000001"]
+    from engine.checkpoint import latest_checkpoint
+
+    assert latest_checkpoint(run_dir) == previous
+    meta = json.loads((previous / "meta.json").read_text())
+    assert meta["step"] == 1 and meta["data_position"] == {"next_step": 1, "seed": 0}
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(previous / "model") is not None
