@@ -10,6 +10,7 @@ strong KL; Stage II: both turns, correction bonus on turn 2); the new weights go
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import sys
@@ -321,7 +322,9 @@ def finish(run: Run, before: dict, history: list, alarms: list, started: float) 
     }
     run.logger.hparams(OmegaConf.to_container(cfg, resolve=True), after)
     if run.is_main:
-        (Path(cfg.train.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+        done = Path(cfg.train.output_dir) / "summary.json"  # its presence marks the run finished: write it whole
+        done.with_suffix(".tmp").write_text(json.dumps(summary, indent=2))
+        os.replace(done.with_suffix(".tmp"), done)
         run.log(f"[done] run directory: {cfg.train.output_dir}")
     run.logger.close()
     barrier()
