@@ -122,3 +122,9 @@ def fill_skipped(rewards: Tensor, skipped: Tensor, n: int) -> Tensor:
     grouped = torch.where(kept, rewards.view(-1, n), torch.zeros(()))
     mean = grouped.sum(-1, keepdim=True) / kept.sum(-1, keepdim=True).clamp(min=1)
     return torch.where(kept, grouped, mean).flatten()
+
+
+def truncated_is_weights(logprobs: Tensor, rollout_logprobs: Tensor, cap: float) -> Tensor:
+    """min(pi(a) / pi_rollout(a), cap) per token: corrects the policy gradient of a token sampled by
+    older weights (asynchronous rollouts); the cap bounds the variance (truncated IS, as in IMPALA's rho-bar)."""
+    return torch.exp(logprobs - rollout_logprobs).clamp(max=cap)

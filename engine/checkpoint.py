@@ -102,11 +102,13 @@ def _write_failure(run, step: int, tmp: Path, error: BaseException | None) -> st
 
 
 def load_checkpoint(run, path: Path) -> dict:
-    """Restore the learner, push its weights into vLLM, restore this rank's RNG states; returns meta."""
+    """Restore the learner, push its weights to the rollout engine(s), restore this rank's RNG states;
+    returns meta. (A dedicated worker's sampler RNG is not saved: such a resume is not bit-exact.)"""
     run.learner.engine.load_checkpoint(str(path / "deepspeed"), tag="state")
-    run.rollout.load_weights(run.learner.full_state_dict().items())
+    meta = json.loads((path / "meta.json").read_text())
+    run.rollouts.push_weights(meta["step"])
     load_rng(path, run.rank)
-    return json.loads((path / "meta.json").read_text())
+    return meta
 
 
 def save_rng(folder: Path, rank: int) -> None:

@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from engine.errors import UserError
@@ -60,6 +60,14 @@ class RolloutConfig:
     max_model_len: int = 256
     kv_cache_gib: int = 1
     correction_instruction: str = "Check your answer and fix any mistake."
+    placement: str = "colocated"  # colocated: a vLLM engine on every rank | dedicated: rollout.workers ranks run only vLLM
+    workers: int = 1  # with placement=dedicated: how many of the launch's ranks (the last ones) are rollout workers
+    # rollout.async (a Python keyword, so added in base_config): with placement=dedicated, workers sample the
+    # next steps' episodes while the learners train, at most max_staleness updates behind the policy.
+    max_staleness: int = 1
+    is_cap: float = 2.0  # truncated importance sampling: weight min(pi/pi_rollout, is_cap) on stale episodes
+    worker_timeout_s: float = 600.0  # learners give up on a silent rollout worker after this long
+    sync_bucket_mb: int = 64  # weights go to dedicated workers in buckets of this size
 
 
 @dataclass
@@ -130,22 +138,37 @@ CHOICES = {
     "learner.logprob_impl": ("auto", "naive", "chunked", "triton"),
     "train.resume": ("auto", "never"),
     "data.overlong": ("error", "skip"),
+    "rollout.placement": ("colocated", "dedicated"),
     "reward.nonfinite": ("error", "skip"),
 }
 OPEN_SECTIONS = ("reward.weights",)  # user-named keys live here
 POSITIVE = ("train.keep_checkpoints", "train.steps", "rollout.n", "rollout.prompts_per_step", "rollout.max_tokens", "eval.problems",
-            "train.micro_batch_size", "rollout.max_model_len", "rollout.kv_cache_gib")
+            "train.micro_batch_size", "rollout.max_model_len", "rollout.kv_cache_gib",
+            "rollout.workers", "rollout.worker_timeout_s", "rollout.sync_bucket_mb", "rollout.is_cap")
 NON_NEGATIVE = ("eval.every", "train.save_every", "algo.stage1_steps", "algo.beta1", "algo.beta2", "algo.alpha",
                 "train.lr", "rollout.temperature", "eval.temperature", "train.grad_clip", "eval.samples_logged",
-                "guard.min_entropy", "guard.patience", "reward.probe_tokens", "log.text_every", "log.text_episodes")
+                "guard.min_entropy", "guard.patience", "reward.probe_tokens", "log.text_every", "log.text_episodes", "rollout.max_staleness")
 
 
 class ConfigError(UserError):
     """A user-facing configuration mistake; the message names the key and gives a hint."""
 
 
+def base_config() -> DictConfig:
+    """The defaults: the dataclasses above plus rollout.async, whose name Python reserves."""
+    cfg = OmegaConf.structured(Config)
+    with open_dict(cfg.rollout):
+        cfg.rollout["async"] = False
+    return cfg
+
+
+def staleness(cfg: DictConfig) -> int:
+    """How many updates a batch may be generated behind the policy that trains on it."""
+    return cfg.rollout.max_staleness if cfg.rollout["async"] else 0
+
+
 def all_keys(node=None, prefix: str = "") -> list[str]:
-    node = OmegaConf.structured(Config) if node is None else node
+    node = base_config() if node is None else node
     keys = []
     for k, v in node.items():
         full = f"{prefix}{k}"
@@ -183,7 +206,7 @@ def _merge_checked(base: DictConfig, extra: DictConfig, source: str) -> DictConf
 
 def _default_hint(key: str, typed: bool = True) -> str:
     """' Hint: train.steps takes int values, e.g. the default train.steps=160.' for a known key."""
-    default = OmegaConf.select(OmegaConf.structured(Config), key, default=None)
+    default = OmegaConf.select(base_config(), key, default=None)
     if default is None or isinstance(default, DictConfig):
         return ""
     if not typed:
@@ -202,6 +225,12 @@ def _validate(cfg: DictConfig) -> None:
     for key in NON_NEGATIVE:
         if OmegaConf.select(cfg, key) < 0:
             raise ConfigError(f"{key} must be >= 0, got {OmegaConf.select(cfg, key)}.{_default_hint(key, typed=False)}")
+    if not isinstance(cfg.rollout["async"], bool):
+        raise ConfigError(f"bad value for 'rollout.async': {cfg.rollout['async']!r} is not a bool. Hint: "
+                          f"rollout.async=true or false (the default).")
+    if cfg.rollout["async"] and cfg.rollout.placement != "dedicated":
+        raise ConfigError("rollout.async=true needs rollout.placement=dedicated: a colocated engine shares its "
+                          "rank with the learner, so there is nothing to overlap.")
     if cfg.algo.advantage in ("rloo", "grpo") and cfg.rollout.n < 2:
         raise ConfigError(
             f"algo.advantage={cfg.algo.advantage} needs a group baseline: set rollout.n >= 2 "
@@ -211,7 +240,7 @@ def _validate(cfg: DictConfig) -> None:
 
 def load_config(argv: list[str]) -> DictConfig:
     """`[file.yaml ...] key=value ...` -> a validated, read-only config."""
-    cfg = OmegaConf.structured(Config)
+    cfg = base_config()
     overrides = []
     for arg in argv:
         if "=" in arg:

@@ -36,6 +36,11 @@ def evaluate(engine: RolloutEngine, tokenizer, problems: Sequence[Problem], rank
     shard = list(problems[rank::world])
     episodes = sample_episodes(engine, tokenizer, shard, n=1, max_tokens=max_tokens, temperature=temperature,
                                instruction=instruction, progress=progress and rank == 0)
+    return eval_metrics(episodes, tokenizer, score)
+
+
+def eval_metrics(episodes: Sequence, tokenizer, score=None) -> dict[str, float]:
+    """Metrics over every rank's evaluation episodes (each rank passes its own)."""
     correct1, correct2 = turn_correctness(episodes)
     columns = [correct1, correct2,
                torch.tensor([len(e.turn1.token_ids) for e in episodes]),

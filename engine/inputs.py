@@ -24,11 +24,13 @@ class Inputs:
     skipped: dict[str, int] = field(default_factory=dict)  # data set -> problems dropped by data.overlong=skip
 
 
-def check_inputs(cfg: DictConfig, rank: int, world: int) -> Inputs:
-    """Data and every other check that needs no model, before the (possibly minutes-long) model build."""
-    if cfg.rollout.prompts_per_step % world:
-        raise UserError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the "
-                        f"number of ranks ({world}).")
+def check_inputs(cfg: DictConfig, rank: int, world: int, workers: int = 0) -> Inputs:
+    """Data and every other check that needs no model, before the (possibly minutes-long) model build.
+    `world` counts the learner ranks; `workers` the dedicated rollout workers."""
+    for count, what in ((world, "learner ranks"), (workers, "rollout workers")):
+        if count and cfg.rollout.prompts_per_step % count:
+            raise UserError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the "
+                            f"number of {what} ({count}).")
     reward = reward_needs(cfg.reward.kind, cfg.reward)
     train_problems, eval_problems = load_problems(cfg.data.train), load_problems(cfg.data.eval)
     require_answers(eval_problems, cfg.data.eval, "evaluation (data.eval)")

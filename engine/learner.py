@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from transformers import AutoModelForCausalLM
 
-from engine.algorithms import TurnWeights, kl_per_token, token_coefficients, token_loss
+from engine.algorithms import TurnWeights, kl_per_token, token_coefficients, token_loss, truncated_is_weights
 from engine.batch import TrainBatch
 from engine.distributed import all_ranks_sum, world_size
 from engine.scoring import ScoringModel, flat, grid
@@ -71,7 +71,7 @@ class Learner:
         self.reference.to(self.device)
 
     def update(self, batch: TrainBatch, turn1_adv: Tensor, turn2_adv: Tensor, weights: TurnWeights,
-               kl_estimator: str) -> UpdateStats:
+               kl_estimator: str, is_cap: float | None = None) -> UpdateStats:
         """One optimizer step over the whole batch, in micro-batches with gradient accumulation."""
         self.engine.train()
         batch = batch.to(self.device)
@@ -92,8 +92,13 @@ class Learner:
                 ref_lp = self.reference(mb.input_ids, mask, scored=sampled)[0]
             pg, kl = flat(pg_coef[start:end], sampled), flat(kl_coef[start:end], sampled)
 
+            rollout_lp = flat(mb.rollout_logprobs, sampled)
+
             def per_token_loss(lp: Tensor, _entropy, rows: slice) -> Tensor:
-                return token_loss(lp, ref_lp[rows], pg[rows], kl[rows], kl_estimator)
+                coef = pg[rows]
+                if is_cap is not None:  # stale episodes (asynchronous rollouts): truncated importance sampling
+                    coef = coef * truncated_is_weights(lp.detach(), rollout_lp[rows].to(lp.dtype), is_cap)
+                return token_loss(lp, ref_lp[rows], coef, kl[rows], kl_estimator)
 
             # The fused head takes the loss's gradient in its forward (no [tokens x vocab] logits).
             loss, lp, *_ = self.engine(mb.input_ids, mask, per_token_loss=per_token_loss, scored=sampled)

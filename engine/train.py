@@ -23,27 +23,29 @@ if __package__ in (None, ""):  # `deepspeed engine/train.py` runs this file as a
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from engine import algorithms as algo
 from engine.batch import collate
 from engine.checkpoint import latest_checkpoint, load_checkpoint, run_identity, save_checkpoint
-from engine.config import load_config, main_args, save_config
+from engine.config import load_config, main_args, save_config, staleness
 from engine.distributed import barrier, init_distributed, reduce_max, reduce_mean
 from engine.errors import UserError
-from engine.evaluate import evaluate
+from engine.evaluate import eval_metrics
 from engine.guard import CollapseGuard
 from engine.learner import Learner
 from engine.inputs import check_inputs, fit_to_model
+from engine.placement import Channels, Placement, launch_rank_and_world, plan_placement, split_default_group
 from engine.metrics import RunLogger
 from engine.models import load_tokenizer_and_config, resolve_model_path
 from rewards import RewardInputs, turn_correctness, turn_has_answer
 from rewards.checked import checked_rewards
 from rewards.registry import RewardSpec, reward_needs
 from rollout.data import Problem
-from rollout.answer_probe import probe_answer_spans
-from rollout.episodes import sample_episodes
+from rollout.service import LocalRollouts, RemoteRollouts, WorkerLost
 from rollout.vllm_engine import RolloutEngine
+from rollout.worker import serve
 
 
 @dataclass
@@ -58,7 +60,7 @@ class Run:
     eval_problems: list[Problem]
     skipped_problems: dict[str, int]  # data set -> problems dropped by data.overlong=skip
     reward: RewardSpec
-    rollout: RolloutEngine
+    rollouts: LocalRollouts | RemoteRollouts  # where episodes come from (rollout.placement)
     learner: Learner
     logger: RunLogger
 
@@ -75,8 +77,10 @@ class Run:
             print(message, flush=True)
 
 
-def build_run(cfg: DictConfig, rank: int, world: int) -> Run:
-    inputs = check_inputs(cfg, rank, world)
+def build_run(cfg: DictConfig, placement: Placement, channels: Channels | None) -> Run:
+    """The learner's side: data, model, rollout engine(s), DeepSpeed learner, logger."""
+    rank, world = dist.get_rank(), dist.get_world_size()  # the learner group
+    inputs = check_inputs(cfg, rank, world, workers=placement.workers)
     torch.manual_seed(cfg.train.seed)
     # Rank 0 builds the embedded model on first use; the others wait, then find it cached.
     model_path = resolve_model_path(cfg.model.path, is_builder=True) if rank == 0 else None
@@ -88,28 +92,41 @@ def build_run(cfg: DictConfig, rank: int, world: int) -> Run:
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    prompts_per_rank = cfg.rollout.prompts_per_step // world
-    return Run(
-        cfg=cfg, rank=rank, world=world, tokenizer=tokenizer,
-        train_problems=inputs.train, eval_problems=inputs.eval, skipped_problems=inputs.skipped,
-        reward=reward_needs(cfg.reward.kind, cfg.reward),
-        rollout=RolloutEngine(model_path, max_model_len=cfg.rollout.max_model_len, seed=cfg.train.seed + rank,
-                              dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib,
-                              trust_remote_code=cfg.model.trust_remote_code),
-        learner=Learner(model_path, zero_stage=cfg.deepspeed.zero_stage, lr=cfg.train.lr,
-                        grad_clip=cfg.train.grad_clip, episodes_per_rank=prompts_per_rank * cfg.rollout.n,
-                        micro_batch_size=cfg.train.micro_batch_size, dtype=cfg.model.dtype,
-                        logprob_impl=cfg.learner.logprob_impl, trust_remote_code=cfg.model.trust_remote_code),
-        logger=RunLogger(run_dir, enabled=rank == 0),
-    )
+        if channels is not None:  # the workers wait for this before starting vLLM
+            channels.store.set("model_path", model_path)
+    learner = Learner(model_path, zero_stage=cfg.deepspeed.zero_stage, lr=cfg.train.lr, grad_clip=cfg.train.grad_clip,
+                      episodes_per_rank=cfg.rollout.prompts_per_step // world * cfg.rollout.n,
+                      micro_batch_size=cfg.train.micro_batch_size, dtype=cfg.model.dtype,
+                      logprob_impl=cfg.learner.logprob_impl, trust_remote_code=cfg.model.trust_remote_code)
+    if channels is None:
+        rollouts = LocalRollouts(start_vllm(cfg, model_path, seed=cfg.train.seed + rank), tokenizer, cfg, learner,
+                                 rank, world)
+    else:
+        rollouts = RemoteRollouts(channels, placement, cfg, learner)
+    return Run(cfg=cfg, rank=rank, world=world, tokenizer=tokenizer, train_problems=inputs.train,
+               eval_problems=inputs.eval, skipped_problems=inputs.skipped,
+               reward=reward_needs(cfg.reward.kind, cfg.reward), rollouts=rollouts, learner=learner,
+               logger=RunLogger(run_dir, enabled=rank == 0))
+
+
+def start_vllm(cfg: DictConfig, model_path: str, seed: int) -> RolloutEngine:
+    return RolloutEngine(model_path, max_model_len=cfg.rollout.max_model_len, seed=seed, dtype=cfg.model.dtype,
+                         kv_cache_gib=cfg.rollout.kv_cache_gib, trust_remote_code=cfg.model.trust_remote_code)
+
+
+def run_worker(cfg: DictConfig, placement: Placement, channels: Channels) -> None:
+    """A dedicated rollout worker: vLLM only, serving learner 0's commands until told to stop."""
+    init_distributed()  # a world of its own, which vLLM joins
+    torch.manual_seed(cfg.train.seed + placement.rank)
+    model_path = channels.store.get("model_path").decode()  # learner 0 has checked and built it
+    tokenizer, _ = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
+    serve(cfg, channels, placement, start_vllm(cfg, model_path, seed=cfg.train.seed + placement.rank), tokenizer)
 
 
 def step_prompts(run: Run, step: int) -> list[Problem]:
-    """This rank's share of the step's prompts; the same on every run with the same seed."""
-    cfg = run.cfg
-    prompts = random.Random(cfg.train.seed * 1_000_003 + step).sample(run.train_problems, cfg.rollout.prompts_per_step)
-    share = cfg.rollout.prompts_per_step // run.world
-    return prompts[run.rank * share:(run.rank + 1) * share]
+    """The step's prompts (all ranks'); the same on every run with the same seed."""
+    return random.Random(run.cfg.train.seed * 1_000_003 + step).sample(run.train_problems,
+                                                                       run.cfg.rollout.prompts_per_step)
 
 
 def train_step(run: Run, step: int) -> dict[str, float]:
@@ -117,11 +134,15 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     stage = algo.scores_stage(step, cfg.algo.stage1_steps)
     clock = [time.perf_counter()]
 
-    # 1. Rollout: turn-1 answers (rollout.n per prompt) and one correction each, from vLLM.
-    episodes = sample_episodes(run.rollout, run.tokenizer, step_prompts(run, step), n=cfg.rollout.n,
-                               max_tokens=cfg.rollout.max_tokens, temperature=cfg.rollout.temperature,
-                               instruction=cfg.rollout.correction_instruction)
-    probe_answer_spans(run.rollout, run.tokenizer, episodes, cfg.reward.probe_prompt, cfg.reward.probe_tokens)
+    # 1. Rollout: the current weights out (version = updates so far), the prompts of the step `staleness`
+    #    ahead in (0: this step's), then this step's turn-1 answers (rollout.n per prompt) and corrections.
+    run.rollouts.push_weights(step)
+    clock.append(time.perf_counter())
+    ahead = step + staleness(cfg)
+    if ahead < cfg.train.steps:
+        run.rollouts.request(ahead, step_prompts(run, ahead))
+    idle_before = run.rollouts.idle_s
+    episodes = run.rollouts.collect(step)
     clock.append(time.perf_counter())
 
     # 2. Rewards (self-rewards read the policy's token statistics, scored once per step; the entropy
@@ -142,10 +163,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     clock.append(time.perf_counter())
 
     # 3. One learner update, then the new weights into vLLM.
-    update = run.learner.update(batch, adv1, adv2,
-                                algo.turn_weights(stage, cfg.algo.beta1, cfg.algo.beta2), cfg.algo.kl_estimator)
-    clock.append(time.perf_counter())
-    run.rollout.load_weights(run.learner.full_state_dict().items())
+    update = run.learner.update(batch, adv1, adv2, algo.turn_weights(stage, cfg.algo.beta1, cfg.algo.beta2),
+                                cfg.algo.kl_estimator, is_cap=cfg.rollout.is_cap if staleness(cfg) else None)
     clock.append(time.perf_counter())
 
     run.logger.samples(step + 1, episodes, r1, r2, cfg.eval.samples_logged)
@@ -156,8 +175,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         "kl_t2": update.kl_turn2, "loss": update.loss, "stage": float(stage),
         "no_answer_frac": 1 - (has1.mean().item() + has2.mean().item()) / 2,
         "entropy": response_mean(token_stats.entropy, batch), "grad_norm": update.grad_norm, "lr": update.lr,
-        "rollout_s": clock[1] - clock[0], "score_s": clock[2] - clock[1], "update_s": clock[3] - clock[2],
-        "sync_s": clock[4] - clock[3], "tokens": (batch.turn1_mask.sum() + batch.turn2_mask.sum()).item(),
+        "sync_s": clock[1] - clock[0], "rollout_s": run.rollouts.last_rollout_s, "score_s": clock[3] - clock[2],
+        "update_s": clock[4] - clock[3], "idle_s": run.rollouts.idle_s - idle_before, "tokens": (batch.turn1_mask.sum() + batch.turn2_mask.sum()).item(),
         "skipped_episodes": float(skipped.sum()) * run.world,  # the mean over ranks is then the total
     }
     if run.train_has_answers:  # gold accuracy of the training samples, whatever the reward
@@ -176,9 +195,8 @@ def response_mean(per_token: torch.Tensor, batch) -> float:
 
 def run_eval(run: Run, step: int) -> dict[str, float]:
     cfg = run.cfg
-    metrics = evaluate(run.rollout, run.tokenizer, run.eval_problems, run.rank, run.world, cfg.rollout.max_tokens,
-                       cfg.eval.temperature, cfg.rollout.correction_instruction, score=run.learner.score,
-                       progress=True)
+    run.rollouts.push_weights(step)  # the policy after `step` updates
+    metrics = eval_metrics(run.rollouts.eval_episodes(run.eval_problems), run.tokenizer, score=run.learner.score)
     run.logger.scalars("eval", {k: v for k, v in metrics.items() if k != "n"}, step)
     run.log(f"[eval] step {step}: acc_t1 {metrics['acc_t1']:.3f} acc_t2 {metrics['acc_t2']:.3f} "
             f"delta {metrics['delta']:+.3f} (i2c {metrics['delta_i2c']:.3f}, c2i {metrics['delta_c2i']:.3f}) "
@@ -186,7 +204,7 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
     return metrics
 
 
-PERF_KEYS = ("rollout_s", "score_s", "update_s", "sync_s", "step_seconds")
+PERF_KEYS = ("rollout_s", "score_s", "update_s", "sync_s", "idle_s", "step_seconds")
 
 
 def log_step(run: Run, step: int, stats: dict[str, float], seconds_per_step: float) -> None:
@@ -242,24 +260,46 @@ def resume_or_start(run: Run, guard: CollapseGuard) -> dict:
     return state
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict | None:
     cfg = load_config(main_args(argv))
     done = Path(cfg.train.output_dir) / "summary.json"
     if cfg.train.resume == "auto" and done.is_file():
         print(f"[resume] {cfg.train.output_dir} already finished ({done} exists): nothing to do", flush=True)
         return json.loads(done.read_text())
-    rank, world = init_distributed()
-    run = build_run(cfg, rank, world)
+    placement = plan_placement(cfg.rollout.placement, cfg.rollout.workers, *launch_rank_and_world())
+    channels = None
+    if placement.kind == "dedicated":  # before the default group is split: the launch's own rendezvous
+        channels = Channels(placement, os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                            cfg.rollout.worker_timeout_s)
+    split_default_group(placement)
+    if placement.is_worker:
+        return run_worker(cfg, placement, channels)
+    init_distributed()
+    run = build_run(cfg, placement, channels)
+    try:
+        return train(run)
+    except WorkerLost:
+        run.rollouts.stop()
+        raise
+
+
+def train(run: Run) -> dict:
+    cfg = run.cfg
     guard = CollapseGuard(cfg.guard.min_entropy, cfg.guard.patience)
     started = time.time()
-
     signals = StopSignals()
     state = resume_or_start(run, guard)
     before, history, alarms = state["before"], state["history"], state["alarms"]
+    for ahead in range(state["step"], min(state["step"] + staleness(cfg), cfg.train.steps)):
+        run.rollouts.request(ahead, step_prompts(run, ahead))  # asynchronous: the first batches, ahead
     loop_started = time.time()
     for step in range(state["step"], cfg.train.steps):
         step_started = time.time()
-        stats = train_step(run, step)
+        try:
+            stats = train_step(run, step)
+        except WorkerLost:  # nothing of this step was applied: the checkpoint is the state after `step` steps
+            write_checkpoint(run, step, before, history, alarms, guard)
+            raise
         stats["step_seconds"] = time.time() - step_started
         history.append(stats)
         # Wall time per step of this process, evaluations and checkpoints included, for the ETA.
@@ -283,6 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
             write_checkpoint(run, step + 1, before, history, alarms, guard)
         if stop:
             run.log(f"[signal] {signal.Signals(stop).name}: stopped after step {step + 1}; the same command resumes")
+            run.rollouts.stop()
             run.logger.close()
             sys.exit(128 + stop)
     return finish(run, before, history, alarms, started)
@@ -320,6 +361,7 @@ def finish(run: Run, before: dict, history: list, alarms: list, started: float) 
         "data": {"skipped_problems": run.skipped_problems},
         "eval": {"before": before, "after": after},
     }
+    run.rollouts.stop()
     run.logger.hparams(OmegaConf.to_container(cfg, resolve=True), after)
     if run.is_main:
         done = Path(cfg.train.output_dir) / "summary.json"  # its presence marks the run finished: write it whole

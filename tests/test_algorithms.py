@@ -122,3 +122,12 @@ def test_fill_skipped_uses_the_group_mean_of_kept_rewards():
     assert fill_skipped(rewards, skipped, 4).tolist() == [1.0, 0.5, 0.0, 0.5, 2.5, 2.5, 3.0, 2.0]
     all_skipped = torch.tensor([True, True])
     assert fill_skipped(torch.tensor([float("nan"), 1.0]), all_skipped, 2).tolist() == [0.0, 0.0]
+
+
+def test_truncated_is_weights():
+    from engine.algorithms import truncated_is_weights
+
+    lp = torch.tensor([math.log(0.5), math.log(0.2), math.log(0.9)])
+    old = torch.tensor([math.log(0.25), math.log(0.4), math.log(0.1)])
+    # ratios 2.0, 0.5, 9.0 -> capped at 3
+    assert truncated_is_weights(lp, old, 3.0).tolist() == pytest.approx([2.0, 0.5, 3.0])
