@@ -3,8 +3,8 @@ colocated, on a dedicated worker, and on a dedicated worker running one batch ah
 
     python -m bench.placement [--steps N] [--json PATH]
 
-Each layout is a real 2-rank launch (`deepspeed --num_gpus 2 engine/train.py ...`) of the default tiny
-model: colocated = 2 ranks, each with vLLM and a learner shard; dedicated = 1 learner + 1 vLLM worker.
+Each layout is a real launch (`deepspeed --num_gpus R engine/train.py ...`) of the default tiny model:
+colocated = every rank with vLLM and a learner shard (1 or 2 ranks); dedicated = 1 learner + 1 vLLM worker.
 The first step (engine warm-up) is left out of every mean. Per step: rollout = sampling the batch (rank 0's
 share when colocated; the worker's time when dedicated), update = the learner's scoring + policy-gradient
 step, sync = the weight push, idle = the learner waiting for the worker's episodes.
@@ -24,20 +24,23 @@ from pathlib import Path
 from bench.logprobs import machine_name
 from engine.distributed import free_port
 
+# layout -> (ranks, overrides)
 LAYOUTS = {
-    "colocated": [],
-    "dedicated": ["rollout.placement=dedicated", "rollout.workers=1"],
-    "dedicated+async": ["rollout.placement=dedicated", "rollout.workers=1", "rollout.async=true",
-                        "rollout.max_staleness=1"],
+    "colocated, 1 rank": (1, []),
+    "colocated": (2, []),
+    "dedicated": (2, ["rollout.placement=dedicated", "rollout.workers=1"]),
+    "dedicated+async": (2, ["rollout.placement=dedicated", "rollout.workers=1", "rollout.async=true",
+                            "rollout.max_staleness=1"]),
 }
 BATCH = ["rollout.prompts_per_step=16", "rollout.n=4"]  # 64 episodes a step, as the default recipe
 
 
 def run_layout(name: str, steps: int, workdir: Path) -> dict:
-    run_dir = workdir / name.replace("+", "-")
-    command = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "engine/train.py",
+    ranks, overrides = LAYOUTS[name]
+    run_dir = workdir / name.replace("+", "-").replace(", ", "-").replace(" ", "-")
+    command = ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port()), "engine/train.py",
                "configs/default.yaml", f"train.steps={steps}", "train.save_every=0", "eval.every=0",
-               "eval.problems=16", f"train.output_dir={run_dir}", *BATCH, *LAYOUTS[name]]
+               "eval.problems=16", f"train.output_dir={run_dir}", *BATCH, *overrides]
     started = time.time()
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -46,7 +49,7 @@ def run_layout(name: str, steps: int, workdir: Path) -> dict:
     mean = {key: statistics.mean(s[key] for s in history)
             for key in ("step_seconds", "rollout_s", "score_s", "update_s", "sync_s", "idle_s")}
     episodes = 16 * 4
-    return {"layout": name, "steps_timed": len(history), "steps_per_s": 1 / mean["step_seconds"],
+    return {"layout": name, "ranks": ranks, "steps_timed": len(history), "steps_per_s": 1 / mean["step_seconds"],
             "episodes_per_s": episodes / mean["step_seconds"], "step_s": mean["step_seconds"],
             "rollout_s": mean["rollout_s"], "update_s": mean["score_s"] + mean["update_s"],
             "sync_s": mean["sync_s"], "idle_s": mean["idle_s"], "launch_wall_s": time.time() - started}
