@@ -6,7 +6,8 @@ Process groups in the dedicated layout:
   - learners: the default group (WORLD_SIZE is rewritten to W-K), which DeepSpeed uses as usual;
   - each worker: a default group of its own (a world of one, as a plain `python` run), which vLLM joins;
   - `bridge`: a gloo group over all W ranks, for episodes (worker -> learners, point to point);
-  - `fanout`: learner 0 + the workers, for commands and weights (broadcast from learner 0).
+  - `fanout`: learner 0 + the workers, for commands and weights (broadcast from learner 0; gloo on the
+    CPU, NCCL when CUDA is present).
 Both extra groups rendezvous on a TCPStore at MASTER_ADDR:MASTER_PORT+1, hosted by rank 0.
 """
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 import datetime
 import os
 import pickle
+import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +81,7 @@ class Channels:
     def __init__(self, placement: Placement, master_addr: str, master_port: int, timeout_s: float):
         self.placement = placement
         timeout = datetime.timedelta(seconds=timeout_s)
+        self.store_address = (master_addr, master_port + BRIDGE_PORT_OFFSET)
         # The store outlives slow starts (the built-in model's first build takes minutes).
         self.store = dist.TCPStore(master_addr, master_port + BRIDGE_PORT_OFFSET, placement.world,
                                    placement.rank == 0, timeout=datetime.timedelta(hours=2))
@@ -85,10 +89,45 @@ class Channels:
                                             placement.world, timeout)
         self.in_flight = []  # (work, buffer) of posted sends
         self.fanout = None
+        self.fanout_device = torch.device("cpu")
         if placement.rank == 0 or placement.is_worker:
             fanout_rank = 0 if placement.rank == 0 else placement.rank - placement.learners + 1
-            self.fanout = dist.ProcessGroupGloo(dist.PrefixStore("fanout", self.store), fanout_rank,
-                                                placement.workers + 1, timeout)
+            fanout_store = dist.PrefixStore("fanout", self.store)
+            if torch.cuda.is_available():  # weights over NCCL (written for, not yet run on, GPUs)
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+                self.fanout_device = torch.device("cuda", torch.cuda.current_device())
+                options = dist.ProcessGroupNCCL.Options()
+                options._timeout = timeout
+                self.fanout = dist.ProcessGroupNCCL(fanout_store, fanout_rank, placement.workers + 1, options)
+            else:
+                self.fanout = dist.ProcessGroupGloo(fanout_store, fanout_rank, placement.workers + 1, timeout)
+
+    # --- liveness: a worker's heartbeat counter, so a failed broadcast can name the dead worker ----
+
+    def start_heartbeat(self, period_s: float = 0.5) -> None:
+        """A worker counts up f"beat/{rank}" from a thread (its own store connection) while it lives."""
+        self.beating = threading.Event()
+        self.beating.set()
+
+        def beat():
+            try:
+                store = dist.TCPStore(*self.store_address, is_master=False, timeout=datetime.timedelta(minutes=5))
+                while self.beating.is_set():
+                    store.add(f"beat/{self.placement.rank}", 1)
+                    time.sleep(period_s)
+            except dist.DistError:  # the store (learner 0) is gone: the run is over either way
+                return
+
+        threading.Thread(target=beat, name="worker-heartbeat", daemon=True).start()
+
+    def stop_heartbeat(self) -> None:
+        self.beating.clear()
+
+    def silent_workers(self, wait_s: float = 3.0) -> list[int]:
+        """The worker ranks whose heartbeat did not move in `wait_s` seconds."""
+        before = {r: self.store.add(f"beat/{r}", 0) for r in self.placement.worker_ranks}
+        time.sleep(wait_s)
+        return [r for r in self.placement.worker_ranks if self.store.add(f"beat/{r}", 0) == before[r]]
 
     # --- objects (pickled into uint8 tensors: a length, then the bytes) -------------------------
 
@@ -122,6 +161,10 @@ class Channels:
         return pickle.loads(data.numpy().tobytes())
 
     def broadcast_tensor(self, tensor: torch.Tensor) -> None:
+        """In place, from learner 0. Over NCCL a CPU tensor is staged through the GPU."""
         options = dist.BroadcastOptions()
         options.rootRank = 0
-        self.fanout.broadcast([tensor], options).wait()
+        staged = tensor.to(self.fanout_device)
+        self.fanout.broadcast([staged], options).wait()
+        if staged is not tensor:
+            tensor.copy_(staged)

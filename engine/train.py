@@ -162,7 +162,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     adv2 = estimator(ret2.view(-1, cfg.rollout.n)).flatten().masked_fill(skipped, 0.0)
     clock.append(time.perf_counter())
 
-    # 3. One learner update, then the new weights into vLLM.
+    # 3. One learner update (its weights go out at the start of the next step, or before an evaluation).
     update = run.learner.update(batch, adv1, adv2, algo.turn_weights(stage, cfg.algo.beta1, cfg.algo.beta2),
                                 cfg.algo.kl_estimator, is_cap=cfg.rollout.is_cap if staleness(cfg) else None)
     clock.append(time.perf_counter())

@@ -83,6 +83,7 @@ class RemoteRollouts:
         self.idle_s = 0.0  # time spent waiting for the workers' episodes
         self.last_rollout_s = 0.0  # the slowest worker's sampling time for the last collected batch
         self.early = {}  # (worker rank, what) -> a message that came before the one being waited for
+        self.lost = False  # a worker stopped answering: nothing more is sent
         spec = weight_spec(learner.policy)
         if self.is_root:
             channels.broadcast_object(spec)
@@ -114,7 +115,7 @@ class RemoteRollouts:
         return self._gather(("eval",))[self.placement.rank::self.placement.learners]
 
     def stop(self) -> None:
-        if self.is_root:
+        if self.is_root and not self.lost:
             try:
                 self._command(("stop",))
             except WorkerLost:
@@ -147,8 +148,11 @@ class RemoteRollouts:
         return episodes
 
     def _lost_message(self, err: RuntimeError, worker: int | None = None) -> str:
-        who = f"rollout worker rank {worker}" if worker is not None else \
-            f"a rollout worker (ranks {self.placement.worker_ranks})"
+        # A failed receive names its sender; a failed broadcast is traced by the workers' heartbeats.
+        self.lost = True
+        silent = [worker] if worker is not None else self.channels.silent_workers()
+        who = (f"rollout worker rank {', '.join(map(str, silent))}" if silent
+               else f"a rollout worker (ranks {self.placement.worker_ranks})")
         cause = str(err).splitlines()[0][:300]
         return (f"{who} stopped answering ({cause}). Hint: its own log says why; rollout.worker_timeout_s="
                 f"{self.cfg.rollout.worker_timeout_s} bounds the wait for a silent one. The same command resumes "

@@ -13,12 +13,14 @@ from rollout.service import sample_eval, sample_step, share
 
 def serve(cfg, channels, placement, engine, tokenizer, log=print) -> None:
     index = placement.rank - placement.learners
+    channels.start_heartbeat()
     spec = channels.broadcast_object()
     bucket_bytes = cfg.rollout.sync_bucket_mb * 2**20
     while True:
         command = channels.broadcast_object()
         kind = command[0]
         if kind == "stop":  # batches still in flight (requested ahead before an early stop) are not wanted
+            channels.stop_heartbeat()
             return
         if kind == "weights":
             engine.load_weights(receive_weights(spec, bucket_bytes, channels.broadcast_tensor))
