@@ -59,17 +59,21 @@ def save_checkpoint(run, step: int, meta: dict, keep: int) -> Path:
     root = checkpoint_root(run.cfg.train.output_dir)
     final, tmp = root / f"step-{step:06d}", root / f".tmp-step-{step:06d}"
     error = None
-    try:
-        if run.is_main:
+    if run.is_main:
+        try:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        barrier()
+        except OSError as err:
+            error = err
+    if reduce_max(float(error is not None)):  # also the barrier before anyone writes into tmp
+        raise CheckpointWriteError(_write_failure(run, step, tmp, error))
+    try:
         run.learner.engine.save_checkpoint(str(tmp / "deepspeed"), tag="state", save_latest=False)
         run.learner.save_weights(tmp / "model", run.tokenizer, run.is_main)
         save_rng(tmp, run.rank)
         if run.is_main:
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
+    except Exception as err:  # a full disk is an OSError, a RuntimeError (torch.save) or a SafetensorError
         error = err
     if reduce_max(float(error is not None)):  # all ranks agree, so none waits for a commit that never comes
         if run.is_main:

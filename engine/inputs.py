@@ -21,7 +21,7 @@ from rollout.episodes import encode_prompt, turn_overhead
 class Inputs:
     train: list[Problem]
     eval: list[Problem]
-    skipped: dict[str, int] = field(default_factory=dict)  # data set -> problems dropped by data.overlong=skip
+    skipped: dict[str, int] = field(default_factory=dict)  # "train"/"eval" -> problems dropped by data.overlong=skip
 
 
 def check_inputs(cfg: DictConfig, rank: int, world: int, workers: int = 0) -> Inputs:
@@ -46,7 +46,7 @@ def check_inputs(cfg: DictConfig, rank: int, world: int, workers: int = 0) -> In
                         f"train.resume=never would mix a new run into them. Hint: train.resume=auto continues "
                         f"it; or give another train.output_dir.")
     impl_for_this_machine(cfg.learner.logprob_impl)
-    inputs = Inputs(train_problems, eval_problems[: cfg.eval.problems])
+    inputs = Inputs(train_problems, eval_problems)  # eval.problems is taken after overlong ones are dropped
     _check_enough_prompts(cfg, inputs)
     return inputs
 
@@ -71,8 +71,8 @@ def fit_to_model(cfg: DictConfig, inputs: Inputs, tokenizer, model_config, log=p
     skipped = {}
     kept = {}
     for role, source, problems in (("train", cfg.data.train, inputs.train), ("eval", cfg.data.eval, inputs.eval)):
-        kept[role], skipped[source] = _fit(cfg, source, problems, tokenizer, overhead, log)
-    fitted = Inputs(kept["train"], kept["eval"], {k: v for k, v in skipped.items() if v})
+        kept[role], skipped[role] = _fit(cfg, source, problems, tokenizer, overhead, log)
+    fitted = Inputs(kept["train"], kept["eval"][: cfg.eval.problems], {k: v for k, v in skipped.items() if v})
     _check_enough_prompts(cfg, fitted)
     return fitted
 

@@ -80,7 +80,9 @@ class Channels:
 
     def __init__(self, placement: Placement, master_addr: str, master_port: int, timeout_s: float):
         self.placement = placement
-        timeout = datetime.timedelta(seconds=timeout_s)
+        # Learners give up on a silent worker after timeout_s; a worker waits as long as the learners take
+        # between commands (model build, evaluation, checkpoints); a dead learner is noticed at once anyway.
+        timeout = datetime.timedelta(seconds=timeout_s) if not placement.is_worker else datetime.timedelta(days=1)
         self.store_address = (master_addr, master_port + BRIDGE_PORT_OFFSET)
         # The store outlives slow starts (the built-in model's first build takes minutes).
         self.store = dist.TCPStore(master_addr, master_port + BRIDGE_PORT_OFFSET, placement.world,

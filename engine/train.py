@@ -40,7 +40,7 @@ from engine.placement import Channels, Placement, launch_rank_and_world, plan_pl
 from engine.metrics import RunLogger
 from engine.models import load_tokenizer_and_config, resolve_model_path
 from rewards import RewardInputs, turn_correctness, turn_has_answer
-from rewards.checked import checked_rewards
+from rewards.checked import RewardError, checked_rewards
 from rewards.registry import RewardSpec, reward_needs
 from rollout.data import Problem
 from rollout.service import LocalRollouts, RemoteRollouts, WorkerLost
@@ -58,7 +58,7 @@ class Run:
     tokenizer: object
     train_problems: list[Problem]
     eval_problems: list[Problem]
-    skipped_problems: dict[str, int]  # data set -> problems dropped by data.overlong=skip
+    skipped_problems: dict[str, int]  # "train"/"eval" -> problems dropped by data.overlong=skip
     reward: RewardSpec
     rollouts: LocalRollouts | RemoteRollouts  # where episodes come from (rollout.placement)
     learner: Learner
@@ -115,12 +115,21 @@ def start_vllm(cfg: DictConfig, model_path: str, seed: int) -> RolloutEngine:
 
 
 def run_worker(cfg: DictConfig, placement: Placement, channels: Channels) -> None:
-    """A dedicated rollout worker: vLLM only, serving learner 0's commands until told to stop."""
+    """A dedicated rollout worker: vLLM only, serving learner 0's commands until told to stop. It ignores
+    SIGINT/SIGTERM: the learners finish their step, checkpoint and then tell it to stop."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     init_distributed()  # a world of its own, which vLLM joins
     torch.manual_seed(cfg.train.seed + placement.rank)
     model_path = channels.store.get("model_path").decode()  # learner 0 has checked and built it
     tokenizer, _ = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
-    serve(cfg, channels, placement, start_vllm(cfg, model_path, seed=cfg.train.seed + placement.rank), tokenizer)
+    engine = start_vllm(cfg, model_path, seed=cfg.train.seed + placement.rank)
+    try:
+        serve(cfg, channels, placement, engine, tokenizer)
+    except dist.DistError as err:  # learner 0 went away (its own error line says why)
+        print(f"[worker {placement.rank}] learner 0 is gone ({str(err).splitlines()[0][:200]}); stopping",
+              file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def step_prompts(run: Run, step: int) -> list[Problem]:
@@ -149,9 +158,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     #    is logged whatever the reward) -> per-turn returns -> advantages against each prompt's group.
     batch = collate(episodes, run.tokenizer.pad_token_id)
     token_stats = run.learner.score(batch)
-    r1, r2, skipped = checked_rewards(cfg.reward.kind, run.reward.fn,
-                                      RewardInputs(episodes, run.tokenizer, cfg.reward, token_stats),
-                                      step + 1, cfg.reward.nonfinite)
+    r1, r2, skipped = rewards_on_every_rank(run, step, RewardInputs(episodes, run.tokenizer, cfg.reward, token_stats))
     # A skipped (NaN/inf) episode takes its group's mean reward, then no policy gradient.
     r1, r2 = algo.fill_skipped(r1, skipped, cfg.rollout.n), algo.fill_skipped(r2, skipped, cfg.rollout.n)
     has1, has2 = turn_has_answer(episodes, run.tokenizer)
@@ -185,6 +192,20 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     if cfg.train.grad_clip > 0:
         stats["grad_clipped"] = float(update.grad_norm > cfg.train.grad_clip)
     return {**reduce_mean(stats), "logprob_mismatch": reduce_max(update.logprob_mismatch)}
+
+
+def rewards_on_every_rank(run: Run, step: int, inputs: RewardInputs):
+    """checked_rewards, with the ranks agreeing on a failure so that all of them stop with an error line
+    (rather than the others dying in the update's collectives)."""
+    try:
+        result, failure = checked_rewards(run.cfg.reward.kind, run.reward.fn, inputs, step + 1,
+                                          run.cfg.reward.nonfinite), None
+    except RewardError as err:
+        result, failure = None, err
+    if reduce_max(float(failure is not None)):
+        raise failure or RewardError(f"reward '{run.cfg.reward.kind}' failed on another rank at step {step + 1}; "
+                                     f"that rank's error line names the episode.")
+    return result
 
 
 def response_mean(per_token: torch.Tensor, batch) -> float:
@@ -292,14 +313,28 @@ def train(run: Run) -> dict:
     before, history, alarms = state["before"], state["history"], state["alarms"]
     for ahead in range(state["step"], min(state["step"] + staleness(cfg), cfg.train.steps)):
         run.rollouts.request(ahead, step_prompts(run, ahead))  # asynchronous: the first batches, ahead
+    try:
+        stopped = train_loop(run, guard, signals, state)
+    except WorkerLost:  # a step is applied whole or not at all: save the state after len(history) steps
+        write_checkpoint(run, len(history), before, history, alarms, guard)
+        raise
+    if stopped:
+        run.log(f"[signal] {signal.Signals(stopped).name}: stopped after step {len(history)}; the same command resumes")
+        run.rollouts.stop()
+        run.logger.close()
+        sys.exit(128 + stopped)
+    return finish(run, before, history, alarms, started)
+
+
+def train_loop(run: Run, guard: CollapseGuard, signals: StopSignals, state: dict) -> int:
+    """Steps from state["step"] on, with periodic evaluations, the guard and checkpoints. Returns the
+    signal that stopped it early (0: none)."""
+    cfg = run.cfg
+    before, history, alarms = state["before"], state["history"], state["alarms"]
     loop_started = time.time()
     for step in range(state["step"], cfg.train.steps):
         step_started = time.time()
-        try:
-            stats = train_step(run, step)
-        except WorkerLost:  # nothing of this step was applied: the checkpoint is the state after `step` steps
-            write_checkpoint(run, step, before, history, alarms, guard)
-            raise
+        stats = train_step(run, step)
         stats["step_seconds"] = time.time() - step_started
         history.append(stats)
         # Wall time per step of this process, evaluations and checkpoints included, for the ETA.
@@ -322,11 +357,8 @@ def train(run: Run) -> dict:
         if stop or (cfg.train.save_every and ((step + 1) % cfg.train.save_every == 0 or step + 1 == cfg.train.steps)):
             write_checkpoint(run, step + 1, before, history, alarms, guard)
         if stop:
-            run.log(f"[signal] {signal.Signals(stop).name}: stopped after step {step + 1}; the same command resumes")
-            run.rollouts.stop()
-            run.logger.close()
-            sys.exit(128 + stop)
-    return finish(run, before, history, alarms, started)
+            return stop
+    return 0
 
 
 def write_checkpoint(run: Run, steps_done: int, before: dict, history: list, alarms: list,

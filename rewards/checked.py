@@ -52,7 +52,10 @@ def describe_episode(episode, index: int, step: int) -> str:
 
 
 def _raised_message(kind: str, fn: Callable, inputs: RewardInputs, step: int, err: Exception) -> str:
-    frame = traceback.extract_tb(err.__traceback__)[-1]
+    frames = traceback.extract_tb(err.__traceback__)
+    # The reward's own line, not the library frame the error came out of.
+    own = [f for f in frames if f.filename == getattr(getattr(fn, "__code__", None), "co_filename", None)]
+    frame = (own or frames)[-1]
     where = f"{os.path.relpath(frame.filename)}:{frame.lineno} in {frame.name}"
     culprit = _failing_episode(fn, inputs, err)
     episode = (describe_episode(inputs.episodes[culprit], culprit, step) if culprit is not None

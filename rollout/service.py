@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from engine.distributed import reduce_max
 from engine.errors import UserError
 from engine.weight_sync import send_weights, weight_spec
 from rollout.answer_probe import probe_answer_spans
@@ -52,6 +53,7 @@ class LocalRollouts:
         self.engine, self.tokenizer, self.cfg, self.learner = engine, tokenizer, cfg, learner
         self.rank, self.world = rank, world
         self.pending = {}
+        self.pushed = 0  # the weight version the engine holds (it starts from the model folder)
         self.idle_s = 0.0  # the learner never waits for a colocated engine
         self.last_rollout_s = 0.0  # seconds the last collected batch took to sample
 
@@ -65,7 +67,9 @@ class LocalRollouts:
         return episodes
 
     def push_weights(self, version: int) -> None:
-        self.engine.load_weights(self.learner.full_state_dict().items())
+        if version != self.pushed:  # every rank calls this (ZeRO-3 gathers the full weights)
+            self.engine.load_weights(self.learner.full_state_dict().items())
+            self.pushed = version
 
     def eval_episodes(self, problems: list) -> list:
         return sample_eval(self.engine, self.tokenizer, self.cfg, list(problems[self.rank::self.world]),
@@ -83,10 +87,14 @@ class RemoteRollouts:
         self.idle_s = 0.0  # time spent waiting for the workers' episodes
         self.last_rollout_s = 0.0  # the slowest worker's sampling time for the last collected batch
         self.early = {}  # (worker rank, what) -> a message that came before the one being waited for
-        self.lost = False  # a worker stopped answering: nothing more is sent
+        self.failure = None  # what this learner saw when a worker stopped answering: nothing more is sent
         spec = weight_spec(learner.policy)
         if self.is_root:
-            channels.broadcast_object(spec)
+            self._command(spec)
+        self._agree()
+
+    # Learners fail together: each records what it saw (`self.failure`), then `_agree` max-reduces over the
+    # learner group before any learner collective, and every learner raises WorkerLost.
 
     def request(self, step: int, prompts: list) -> None:
         if self.is_root:
@@ -94,6 +102,7 @@ class RemoteRollouts:
 
     def collect(self, step: int) -> list:
         episodes = self._gather(("rollout", step))
+        self._agree()
         n = self.cfg.rollout.n
         mine = share(episodes, self.placement.rank, self.placement.learners)
         # Group ids restart on every worker: renumber so each prompt's n samples share one id.
@@ -104,42 +113,53 @@ class RemoteRollouts:
             return
         if self.is_root:
             self._command(("weights", version))
-        broadcast = self.channels.broadcast_tensor if self.is_root else None
-        send_weights(self.learner.policy, self.learner.zero_stage, self.is_root, broadcast,
+        # Learner 0 stops broadcasting after a failure but keeps taking part in the ZeRO-3 gathers.
+        send_weights(self.learner.policy, self.learner.zero_stage, self.is_root, self._broadcast_bucket,
                      self.cfg.rollout.sync_bucket_mb * 2**20)
+        self._agree()
         self.pushed = version
 
     def eval_episodes(self, problems: list) -> list:
         if self.is_root:
             self._command(("eval", list(problems)))
-        return self._gather(("eval",))[self.placement.rank::self.placement.learners]
+        episodes = self._gather(("eval",))
+        self._agree()
+        return episodes[self.placement.rank::self.placement.learners]
 
     def stop(self) -> None:
-        if self.is_root and not self.lost:
-            try:
-                self._command(("stop",))
-            except WorkerLost:
-                pass
+        if self.is_root and self.failure is None:
+            self._command(("stop",))
 
     def _command(self, command: tuple) -> None:
-        try:
-            self.channels.broadcast_object(command)
-        except RuntimeError as err:
-            raise WorkerLost(self._lost_message(err)) from None
+        if self.failure is None:
+            try:
+                self.channels.broadcast_object(command)
+            except RuntimeError as err:
+                self.failure = self._lost_message(err)
+
+    def _broadcast_bucket(self, flat) -> None:
+        if self.failure is None:
+            try:
+                self.channels.broadcast_tensor(flat)
+            except RuntimeError as err:
+                self.failure = self._lost_message(err)
 
     def _gather(self, what: tuple) -> list:
         """Every worker's episodes for `what`, in worker order. A worker answers commands in order, so a
         batch requested ahead can arrive before an evaluation's episodes: it waits in `self.early`."""
         started = time.perf_counter()
         episodes = []
-        seconds = []
+        seconds = [0.0]
         for worker in self.placement.worker_ranks:
-            while (worker, what) not in self.early:
+            while self.failure is None and (worker, what) not in self.early:
                 try:
                     message = self.channels.recv_object(worker)
                 except RuntimeError as err:
-                    raise WorkerLost(self._lost_message(err, worker)) from None
+                    self.failure = self._lost_message(err, worker)
+                    break
                 self.early[(worker, tuple(message["what"]))] = message
+            if self.failure is not None:
+                break
             message = self.early.pop((worker, what))
             episodes += message["episodes"]
             seconds.append(message["seconds"])
@@ -147,13 +167,17 @@ class RemoteRollouts:
         self.last_rollout_s = max(seconds)
         return episodes
 
+    def _agree(self) -> None:
+        if reduce_max(float(self.failure is not None)):
+            raise WorkerLost(self.failure or "a rollout worker stopped answering (another learner saw it; its "
+                                             "error line names the worker).")
+
     def _lost_message(self, err: RuntimeError, worker: int | None = None) -> str:
         # A failed receive names its sender; a failed broadcast is traced by the workers' heartbeats.
-        self.lost = True
         silent = [worker] if worker is not None else self.channels.silent_workers()
         who = (f"rollout worker rank {', '.join(map(str, silent))}" if silent
                else f"a rollout worker (ranks {self.placement.worker_ranks})")
         cause = str(err).splitlines()[0][:300]
         return (f"{who} stopped answering ({cause}). Hint: its own log says why; rollout.worker_timeout_s="
                 f"{self.cfg.rollout.worker_timeout_s} bounds the wait for a silent one. The same command resumes "
-                f"from the checkpoint the learners wrote.")
+                f"from the last checkpoint.")
