@@ -39,6 +39,7 @@ from engine.inputs import check_inputs, fit_to_model
 from engine.placement import Channels, Placement, launch_rank_and_world, plan_placement, split_default_group
 from engine.metrics import RunLogger
 from engine.models import load_tokenizer_and_config, resolve_model_path
+from engine.stop_signals import StopSignals
 from rewards import RewardInputs, turn_correctness, turn_has_answer
 from rewards.checked import RewardError, checked_rewards
 from rewards.registry import RewardSpec, reward_needs
@@ -243,28 +244,6 @@ def log_step(run: Run, step: int, stats: dict[str, float], seconds_per_step: flo
     run.log(f"[step {step + 1}/{run.cfg.train.steps}] stage {int(stats['stage'])} | "
             f"reward {stats['reward_t1']:.3f}/{stats['reward_t2']:.3f} | {acc}kl {stats['kl_t1']:.4f}/"
             f"{stats['kl_t2']:.4f} | {stats['step_seconds']:.1f}s | eta {int(eta // 60)}m{int(eta % 60):02d}s")
-
-
-class StopSignals:
-    """SIGINT/SIGTERM do not kill a step half-way: the loop finishes the step, writes a checkpoint and
-    exits with 128 + the signal number."""
-
-    def __init__(self):
-        self.received = 0
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._note)
-
-    def _note(self, signum, _frame) -> None:
-        if self.received:  # a second signal: stop now, the way the signal normally does
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
-        self.received = signum
-        print(f"[signal] {signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
-              f"(send it again to stop at once)", flush=True)
-
-    def requested(self) -> int:
-        """The signal any rank received (0: none); every rank agrees, so all of them stop together."""
-        return int(reduce_max(float(self.received)))
 
 
 def resume_or_start(run: Run, guard: CollapseGuard) -> dict:
