@@ -142,12 +142,13 @@ CHOICES = {
     "reward.nonfinite": ("error", "skip"),
 }
 OPEN_SECTIONS = ("reward.weights",)  # user-named keys live here
-POSITIVE = ("train.keep_checkpoints", "train.steps", "rollout.n", "rollout.prompts_per_step", "rollout.max_tokens", "eval.problems",
-            "train.micro_batch_size", "rollout.max_model_len", "rollout.kv_cache_gib",
+POSITIVE = ("train.keep_checkpoints", "train.steps", "rollout.n", "rollout.prompts_per_step", "rollout.max_tokens",
+            "eval.problems", "train.micro_batch_size", "rollout.max_model_len", "rollout.kv_cache_gib",
             "rollout.workers", "rollout.worker_timeout_s", "rollout.sync_bucket_mb", "rollout.is_cap")
 NON_NEGATIVE = ("eval.every", "train.save_every", "algo.stage1_steps", "algo.beta1", "algo.beta2", "algo.alpha",
                 "train.lr", "rollout.temperature", "eval.temperature", "train.grad_clip", "eval.samples_logged",
-                "guard.min_entropy", "guard.patience", "reward.probe_tokens", "log.text_every", "log.text_episodes", "rollout.max_staleness")
+                "guard.min_entropy", "guard.patience", "reward.probe_tokens", "log.text_every", "log.text_episodes",
+                "rollout.max_staleness")
 
 
 class ConfigError(UserError):

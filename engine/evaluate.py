@@ -1,6 +1,6 @@
 """Held-out evaluation: one two-turn episode per problem, scored against gold answers.
 
-The trainer's before/after/periodic evaluations call `evaluate`; so does the command line, which scores
+The trainer's before/after/periodic evaluations compute `eval_metrics`; so does the command line, which scores
 any model folder (the base model or a policy the trainer saved):
 
     python -m engine.evaluate [config.yaml ...] [key=value ...] [--json PATH]
@@ -23,20 +23,8 @@ from engine.distributed import gather_objects
 from engine.metrics import calibration_metrics, correction_metrics, edit_distance_ratio, turn_shape_metrics
 from rewards import RewardInputs, turn_correctness
 from rewards.self_rewards import answer_probability
-from rollout.data import Problem
-from rollout.episodes import sample_episodes
+from rollout.service import sample_eval
 from rollout.vllm_engine import RolloutEngine
-
-
-def evaluate(engine: RolloutEngine, tokenizer, problems: Sequence[Problem], rank: int, world: int,
-             max_tokens: int, temperature: float, instruction: str, score=None,
-             progress: bool = False) -> dict[str, float]:
-    """Each rank answers its shard of `problems`; the metrics cover all of them. With `score` (the
-    learner's scoring pass) calibration is measured too: ECE of p(answer) against gold correctness."""
-    shard = list(problems[rank::world])
-    episodes = sample_episodes(engine, tokenizer, shard, n=1, max_tokens=max_tokens, temperature=temperature,
-                               instruction=instruction, progress=progress and rank == 0)
-    return eval_metrics(episodes, tokenizer, score)
 
 
 def eval_metrics(episodes: Sequence, tokenizer, score=None) -> dict[str, float]:
@@ -123,8 +111,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return token_stats(scorer, batch.input_ids.to(device), batch.attention_mask.to(device),
                            cfg.train.micro_batch_size, vocab)
 
-    metrics = evaluate(engine, tokenizer, problems, rank, world, cfg.rollout.max_tokens, cfg.eval.temperature,
-                       cfg.rollout.correction_instruction, score=score, progress=True)
+    episodes = sample_eval(engine, tokenizer, cfg, list(problems[rank::world]), progress=rank == 0)
+    metrics = eval_metrics(episodes, tokenizer, score=score)
     if rank == 0:
         print(f"model {cfg.model.path}, data {cfg.data.eval}, T={cfg.eval.temperature}")
         print(format_table(metrics))

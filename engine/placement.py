@@ -85,8 +85,8 @@ class Channels:
         timeout = datetime.timedelta(seconds=timeout_s) if not placement.is_worker else datetime.timedelta(days=1)
         self.store_address = (master_addr, master_port + BRIDGE_PORT_OFFSET)
         # The store outlives slow starts (the built-in model's first build takes minutes).
-        self.store = dist.TCPStore(master_addr, master_port + BRIDGE_PORT_OFFSET, placement.world,
-                                   placement.rank == 0, timeout=datetime.timedelta(hours=2))
+        self.store = dist.TCPStore(*self.store_address, placement.world, placement.rank == 0,
+                                   timeout=datetime.timedelta(hours=2))
         self.bridge = dist.ProcessGroupGloo(dist.PrefixStore("bridge", self.store), placement.rank,
                                             placement.world, timeout)
         self.in_flight = []  # (work, buffer) of posted sends
@@ -136,7 +136,7 @@ class Channels:
     def send_object(self, obj, dst: int) -> None:
         """Posted, not waited for: the sender goes on (a worker runs ahead of the learner when asynchronous)
         while gloo's I/O thread delivers it. The buffers stay referenced until then."""
-        data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+        data = _encode(obj)
         size = torch.tensor([data.numel()], dtype=torch.int64)
         self.in_flight = [(w, b) for w, b in self.in_flight if not w.is_completed()]
         self.in_flight += [(self.bridge.send([size], dst, 0), size), (self.bridge.send([data], dst, 1), data)]
@@ -147,20 +147,20 @@ class Channels:
         self.bridge.recv([size], src, 0).wait()
         data = torch.empty(int(size.item()), dtype=torch.uint8)
         self.bridge.recv([data], src, 1).wait()
-        return pickle.loads(data.numpy().tobytes())
+        return _decode(data)
 
     def broadcast_object(self, obj=None):
         """From learner 0 to every worker; returns the object on every member."""
         size = torch.zeros(1, dtype=torch.int64)
         data = None
         if self.placement.rank == 0:
-            data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+            data = _encode(obj)
             size[0] = data.numel()
         self.broadcast_tensor(size)
         if data is None:
             data = torch.empty(int(size.item()), dtype=torch.uint8)
         self.broadcast_tensor(data)
-        return pickle.loads(data.numpy().tobytes())
+        return _decode(data)
 
     def broadcast_tensor(self, tensor: torch.Tensor) -> None:
         """In place, from learner 0. Over NCCL a CPU tensor is staged through the GPU."""
@@ -170,3 +170,11 @@ class Channels:
         self.fanout.broadcast([staged], options).wait()
         if staged is not tensor:
             tensor.copy_(staged)
+
+
+def _encode(obj) -> torch.Tensor:
+    return torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+
+
+def _decode(data: torch.Tensor):
+    return pickle.loads(data.numpy().tobytes())

@@ -184,7 +184,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         "no_answer_frac": 1 - (has1.mean().item() + has2.mean().item()) / 2,
         "entropy": response_mean(token_stats.entropy, batch), "grad_norm": update.grad_norm, "lr": update.lr,
         "sync_s": clock[1] - clock[0], "rollout_s": run.rollouts.last_rollout_s, "score_s": clock[3] - clock[2],
-        "update_s": clock[4] - clock[3], "idle_s": run.rollouts.idle_s - idle_before, "tokens": (batch.turn1_mask.sum() + batch.turn2_mask.sum()).item(),
+        "update_s": clock[4] - clock[3], "idle_s": run.rollouts.idle_s - idle_before,
+        "tokens": (batch.turn1_mask.sum() + batch.turn2_mask.sum()).item(),
         "skipped_episodes": float(skipped.sum()) * run.world,  # the mean over ranks is then the total
     }
     if run.train_has_answers:  # gold accuracy of the training samples, whatever the reward
@@ -275,12 +276,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if placement.is_worker:
         return run_worker(cfg, placement, channels)
     init_distributed()
-    run = build_run(cfg, placement, channels)
-    try:
-        return train(run)
-    except WorkerLost:
-        run.rollouts.stop()
-        raise
+    return train(build_run(cfg, placement, channels))
 
 
 def train(run: Run) -> dict:

@@ -169,8 +169,9 @@ class RemoteRollouts:
 
     def _agree(self) -> None:
         if reduce_max(float(self.failure is not None)):
-            raise WorkerLost(self.failure or "a rollout worker stopped answering (another learner saw it; its "
-                                             "error line names the worker).")
+            self.failure = self.failure or ("a rollout worker stopped answering (another learner saw it; its "
+                                            "error line names the worker).")
+            raise WorkerLost(self.failure)
 
     def _lost_message(self, err: RuntimeError, worker: int | None = None) -> str:
         # A failed receive names its sender; a failed broadcast is traced by the workers' heartbeats.

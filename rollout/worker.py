@@ -11,7 +11,7 @@ from engine.weight_sync import receive_weights
 from rollout.service import sample_eval, sample_step, share
 
 
-def serve(cfg, channels, placement, engine, tokenizer, log=print) -> None:
+def serve(cfg, channels, placement, engine, tokenizer) -> None:
     index = placement.rank - placement.learners
     channels.start_heartbeat()
     spec = channels.broadcast_object()
