@@ -69,20 +69,31 @@ class TurnWeights:
     kl_turn2: float
 
 
-def turn_returns(r1: Tensor, r2: Tensor, stage: int, alpha: float) -> tuple[Tensor, Tensor]:
-    """Per-episode returns (turn 1, turn 2). Stage I rewards turn 2 only; Stage II adds the
-    correction bonus alpha * (r2 - r1) to turn 2 alone."""
+def turn_returns(r1: Tensor, r2: Tensor, stage: int, alpha: float, turn1_credit: str = "own") -> tuple[Tensor, Tensor]:
+    """Per-episode returns (turn 1, turn 2). Stage I rewards turn 2 only; Stage II adds the correction
+    bonus alpha * (r2 - r1) to turn 2. Turn 1 is credited with its own reward (`own`: none in Stage I,
+    r1 in Stage II) or, as REINFORCE on the two-turn trajectory would, with the episode's whole return
+    (`trajectory`: r2 in Stage I, r1 + r2 + alpha * (r2 - r1) in Stage II)."""
     if stage == 1:
-        return torch.zeros_like(r1), r2.clone()
-    if stage == 2:
-        return r1.clone(), r2 + alpha * (r2 - r1)
-    raise ValueError(f"stage must be 1 or 2, got {stage}")
+        ret2 = r2.clone()
+        ret1 = torch.zeros_like(r1)
+    elif stage == 2:
+        ret2 = r2 + alpha * (r2 - r1)
+        ret1 = r1.clone()
+    else:
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    if turn1_credit == "trajectory":
+        return ret1 + ret2, ret2
+    if turn1_credit != "own":
+        raise ValueError(f"turn1_credit must be 'own' or 'trajectory', got {turn1_credit!r}")
+    return ret1, ret2
 
 
-def turn_weights(stage: int, beta1: float, beta2: float) -> TurnWeights:
-    """Stage I holds turn 1 near the base model with the strong beta2; Stage II uses beta1 on both turns."""
+def turn_weights(stage: int, beta1: float, beta2: float, turn1_credit: str = "own") -> TurnWeights:
+    """Stage I holds turn 1 near the base model with the strong beta2, and gives it no policy-gradient
+    term unless it is credited with the trajectory's return; Stage II uses beta1 on both turns."""
     if stage == 1:
-        return TurnWeights(pg_turn1=0.0, kl_turn1=beta2, kl_turn2=beta1)
+        return TurnWeights(pg_turn1=float(turn1_credit == "trajectory"), kl_turn1=beta2, kl_turn2=beta1)
     return TurnWeights(pg_turn1=1.0, kl_turn1=beta1, kl_turn2=beta1)
 
 

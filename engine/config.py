@@ -78,12 +78,15 @@ class AlgoConfig:
     beta2: float = 0.5  # strong KL weight on turn 1 in Stage I
     kl_estimator: str = "k2"  # k1 | k2 | k3
     advantage: str = "rloo"  # reinforce | rloo | grpo
+    turn1_credit: str = "own"  # turn 1's return: own (Stage I: none; II: r1) | trajectory (the episode's whole return)
 
 
 @dataclass
 class RewardConfig:
-    kind: str = "confidence"  # gold | confidence | self_certainty | majority | mix
-    metric: str = "disparity"  # confidence metric: disparity | prob | neg_entropy
+    kind: str = "confidence"  # gold | confidence | self_certainty | agreement | majority | mix
+    metric: str = "disparity"  # confidence metric: disparity | prob | neg_entropy | agreement (turn-level)
+    scope: str = "answer"  # confidence over the final-answer tokens | every sampled token of the turn (response)
+    reduction: str = "mean"  # over the scope's tokens: mean | min | geomean (exp of the mean log-confidence)
     weights: dict[str, float] = field(default_factory=dict)  # for kind=mix: {reward kind: weight}
     probe_prompt: str = " So the answer is"  # RLSF fallback for turns with no answer format
     probe_tokens: int = 8  # greedy tokens of the fallback probe; 0 = no fallback
@@ -133,7 +136,10 @@ CHOICES = {
     "algo.advantage": ("reinforce", "rloo", "grpo"),
     "deepspeed.zero_stage": (0, 1, 2, 3),
     "model.dtype": ("float32", "bfloat16"),
-    "reward.metric": ("disparity", "prob", "neg_entropy"),
+    "reward.metric": ("disparity", "prob", "neg_entropy", "agreement"),
+    "reward.scope": ("answer", "response"),
+    "reward.reduction": ("mean", "min", "geomean"),
+    "algo.turn1_credit": ("own", "trajectory"),
     "guard.action": ("warn", "stop"),
     "learner.logprob_impl": ("auto", "naive", "chunked", "triton"),
     "train.resume": ("auto", "never"),

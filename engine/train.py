@@ -164,15 +164,16 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     r1, r2 = algo.fill_skipped(r1, skipped, cfg.rollout.n), algo.fill_skipped(r2, skipped, cfg.rollout.n)
     has1, has2 = turn_has_answer(episodes, run.tokenizer)
     r1, r2 = r1 * has1, r2 * has2  # a turn without a locatable answer earns nothing
-    ret1, ret2 = algo.turn_returns(r1, r2, stage, cfg.algo.alpha)
+    ret1, ret2 = algo.turn_returns(r1, r2, stage, cfg.algo.alpha, cfg.algo.turn1_credit)
     estimator = algo.ADVANTAGE_ESTIMATORS[cfg.algo.advantage]
     adv1 = estimator(ret1.view(-1, cfg.rollout.n)).flatten().masked_fill(skipped, 0.0)
     adv2 = estimator(ret2.view(-1, cfg.rollout.n)).flatten().masked_fill(skipped, 0.0)
     clock.append(time.perf_counter())
 
     # 3. One learner update (its weights go out at the start of the next step, or before an evaluation).
-    update = run.learner.update(batch, adv1, adv2, algo.turn_weights(stage, cfg.algo.beta1, cfg.algo.beta2),
-                                cfg.algo.kl_estimator, is_cap=cfg.rollout.is_cap if staleness(cfg) else None)
+    weights = algo.turn_weights(stage, cfg.algo.beta1, cfg.algo.beta2, cfg.algo.turn1_credit)
+    update = run.learner.update(batch, adv1, adv2, weights, cfg.algo.kl_estimator,
+                                is_cap=cfg.rollout.is_cap if staleness(cfg) else None)
     clock.append(time.perf_counter())
 
     run.logger.samples(step + 1, episodes, r1, r2, cfg.eval.samples_logged)

@@ -1,0 +1,76 @@
+"""Rewards from agreement among a prompt's samples: no gold labels.
+
+- `agreement`: the share of the prompt's samples of a turn whose answer is equivalent to this turn's
+  answer, i.e. the Monte-Carlo estimate of p(answer | prompt) (a soft majority vote).
+- `majority` (TTRL-style): 1 when the turn's answer is the strict plurality among the prompt's samples.
+
+Answers are compared as equivalence classes (rewards.answer.answers_match): plain numbers by value ("12",
+"12.0" and "\\boxed{12}" agree), anything else by math-verify ("\\frac{1}{2}" and "0.5" vote together).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from rewards.answer import answers_match, extract_answer
+from rewards.registry import RewardInputs, register
+
+
+def answer_classes(answers: Sequence[str | None]) -> list[int | None]:
+    """An equivalence-class id per answer (None for no answer): each answer joins the first earlier class
+    whose first member it matches."""
+    representatives: list[str] = []
+    classes: list[int | None] = []
+    for answer in answers:
+        if answer is None:
+            classes.append(None)
+            continue
+        found = next((i for i, rep in enumerate(representatives) if answers_match(answer, rep)), None)
+        if found is None:
+            representatives.append(answer)
+            found = len(representatives) - 1
+        classes.append(found)
+    return classes
+
+
+def agreement_shares(answers: Sequence[str | None]) -> list[float]:
+    """Per answer, the share of all samples (answered or not) whose answer is equivalent to it; 0 for none."""
+    classes = answer_classes(answers)
+    counts = Counter(c for c in classes if c is not None)
+    return [0.0 if c is None else counts[c] / len(answers) for c in classes]
+
+
+def majority_votes(answers: Sequence[str | None]) -> list[float]:
+    """1.0 for answers equivalent to the strict plurality of the non-empty answers; a tie has no majority."""
+    classes = answer_classes(answers)
+    counts = Counter(c for c in classes if c is not None).most_common(2)
+    if not counts or (len(counts) == 2 and counts[0][1] == counts[1][1]):
+        return [0.0] * len(answers)
+    return [float(c == counts[0][0]) for c in classes]
+
+
+def per_group(inputs: RewardInputs, score) -> tuple[Tensor, Tensor]:
+    """`score(answers of one prompt's samples of one turn) -> values`, applied per prompt and per turn."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for row, ep in enumerate(inputs.episodes):
+        groups[ep.group].append(row)
+    out = torch.zeros(2, len(inputs.episodes))
+    for rows in groups.values():
+        for turn in (0, 1):
+            texts = [(inputs.episodes[r].turn1 if turn == 0 else inputs.episodes[r].turn2).text for r in rows]
+            out[turn, rows] = torch.tensor(score([extract_answer(t) for t in texts]))
+    return out[0], out[1]
+
+
+@register("agreement")
+def agreement_reward(inputs: RewardInputs) -> tuple[Tensor, Tensor]:
+    return per_group(inputs, agreement_shares)
+
+
+@register("majority")
+def majority_reward(inputs: RewardInputs) -> tuple[Tensor, Tensor]:
+    return per_group(inputs, majority_votes)

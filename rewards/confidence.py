@@ -1,0 +1,120 @@
+"""Confidence rewards from the policy's own token statistics: no gold labels.
+
+A confidence reward is a per-token metric, a scope and a reduction:
+
+- `reward.metric`: `disparity` p(top1) - p(top2), `prob` p(sampled token), `neg_entropy` -H(p), or
+  `agreement` (a turn-level metric, see rewards/agreement.py: scope and reduction do not apply).
+- `reward.scope`: `answer` (the final-answer tokens, RLSF) or `response` (every sampled token of the turn:
+  on a task whose answer is copied from its working, the uncertainty lives in the working).
+- `reward.reduction`: `mean`, `min` (the weakest token), or `geomean`, the geometric mean in probability
+  space, exp(mean log c): exp(mean log p) for `prob` (the per-token perplexity's inverse), exp(-mean H) for
+  `neg_entropy` (-H is the expected log-probability) and exp(mean log(p1 - p2)) for `disparity`.
+
+`self_certainty` is KL(Uniform || p) averaged over the response. A turn without a locatable answer gets 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rewards.agreement import agreement_reward
+from rewards.answer_span import locate_answer
+from rewards.registry import RewardInputs, register, turn_has_answer
+
+TOKEN_METRICS = ("disparity", "prob", "neg_entropy")
+SCOPES = ("answer", "response")
+REDUCTIONS = ("mean", "min", "geomean")
+LOG_FLOOR = 1e-12  # log(p1 - p2) of a tie would be -inf
+
+
+def confidence_per_token(stats, metric: str) -> Tensor:
+    """[B, T] per-token confidence: disparity p(top1) - p(top2), prob p(chosen), or neg_entropy -H(p)."""
+    if metric == "disparity":
+        return stats.p_top1 - stats.p_top2
+    if metric == "prob":
+        return stats.logprob.exp()
+    if metric == "neg_entropy":
+        return -stats.entropy
+    raise ValueError(f"unknown confidence metric {metric!r}")
+
+
+def log_confidence_per_token(stats, metric: str) -> Tensor:
+    """[B, T] log of the per-token confidence in probability space, for the geometric mean."""
+    if metric == "prob":
+        return stats.logprob
+    if metric == "neg_entropy":
+        return -stats.entropy  # E_p[log p]: the log of the distribution's geometric-mean probability
+    if metric == "disparity":
+        return (stats.p_top1 - stats.p_top2).clamp(min=LOG_FLOOR).log()
+    raise ValueError(f"unknown confidence metric {metric!r}")
+
+
+def reduce_tokens(values: Tensor, reduction: str) -> Tensor:
+    """One number from a turn's per-token values (log-confidences for `geomean`)."""
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "min":
+        return values.min()
+    if reduction == "geomean":
+        return values.mean().exp()
+    if reduction == "sum":
+        return values.sum()
+    raise ValueError(f"unknown reduction {reduction!r}")
+
+
+def _turns(episode):
+    return ((episode.turn1, episode.turn1_span), (episode.turn2, episode.turn2_span))
+
+
+def scope_tokens(tokenizer, completion, turn_span: tuple[int, int], scope: str) -> tuple[int, int] | None:
+    """[start, end) of the scope's tokens in the collated row; None when the turn has no locatable answer."""
+    answer = locate_answer(tokenizer, completion)
+    start, end = turn_span
+    if answer is None or end <= start:
+        return None
+    if scope == "answer":
+        return start + answer[0], start + answer[1]
+    if scope == "response":
+        return start, end
+    raise ValueError(f"unknown scope {scope!r}")
+
+
+def reduce_over_scope(inputs: RewardInputs, per_token: Tensor, scope: str, reduction: str) -> tuple[Tensor, Tensor]:
+    """`reduction` of `per_token` [B, T] over each turn's `scope` tokens; 0 where the turn has no answer."""
+    out = torch.zeros(2, len(inputs.episodes))
+    for row, ep in enumerate(inputs.episodes):
+        for turn, (completion, span) in enumerate(_turns(ep)):
+            tokens = scope_tokens(inputs.tokenizer, completion, span, scope)
+            if tokens is not None and tokens[1] > tokens[0]:
+                out[turn, row] = reduce_tokens(per_token[row, tokens[0]:tokens[1]], reduction)
+    return out[0], out[1]
+
+
+def turn_confidence(inputs: RewardInputs, metric: str, scope: str, reduction: str) -> tuple[Tensor, Tensor]:
+    """Per-turn confidence (r1, r2) of `metric` over `scope`, reduced by `reduction`."""
+    if metric == "agreement":
+        return agreement_reward(inputs)
+    stats = inputs.token_stats
+    if reduction == "geomean":
+        return reduce_over_scope(inputs, log_confidence_per_token(stats, metric), scope, reduction)
+    return reduce_over_scope(inputs, confidence_per_token(stats, metric), scope, reduction)
+
+
+def answer_probability(inputs: RewardInputs) -> tuple[Tensor, Tensor]:
+    """p(answer tokens | context) per turn, the confidence that calibration (ECE) is measured on;
+    0 where the turn has no answer."""
+    s1, s2 = reduce_over_scope(inputs, inputs.token_stats.logprob, "answer", "sum")
+    h1, h2 = turn_has_answer(inputs.episodes, inputs.tokenizer)  # exp(0) = 1 would read as certainty
+    return s1.exp() * h1, s2.exp() * h2
+
+
+@register("confidence", needs_token_stats=True)
+def confidence_reward(inputs: RewardInputs) -> tuple[Tensor, Tensor]:
+    opts = inputs.options
+    return turn_confidence(inputs, opts.metric, opts.get("scope", "answer"), opts.get("reduction", "mean"))
+
+
+@register("self_certainty", needs_token_stats=True)
+def self_certainty_reward(inputs: RewardInputs) -> tuple[Tensor, Tensor]:
+    return reduce_over_scope(inputs, inputs.token_stats.self_certainty, "response", "mean")

@@ -1,0 +1,111 @@
+"""Which label-free rewards can teach? A screen on the base model, before any training.
+
+    python scripts/reward_screen.py [configs/default.yaml] [key=value ...] [--prompts 256] [--json PATH]
+
+Samples `--prompts` training problems (rollout.n answers each, plus one correction per answer) from the
+model, scores the policy's token statistics once, and computes every label-free reward. For each reward
+and turn it reports the within-prompt ranking accuracy: over pairs of samples of the same prompt where
+one is right and the other wrong (by the gold answer, read here only to judge), the share in which the
+right one gets the higher reward (ties count half). Group-baselined advantages (rloo, grpo) only see
+these within-prompt differences, so 0.5 means the reward's advantages carry no signal about correctness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoModelForCausalLM
+
+from engine.batch import collate
+from engine.config import load_config
+from engine.distributed import init_distributed
+from engine.scoring import ScoringModel
+from engine.token_stats import token_stats
+from engine.models import load_tokenizer_and_config, resolve_model_path
+from rewards import REWARDS, RewardInputs, turn_correctness, turn_has_answer
+from rewards.confidence import REDUCTIONS, SCOPES, TOKEN_METRICS
+from rollout.data import load_problems
+from rollout.service import sample_step
+from rollout.vllm_engine import RolloutEngine
+
+
+def candidates() -> list[dict]:
+    """Every label-free reward setting: confidence metric x scope x reduction, then the others."""
+    out = [{"kind": "confidence", "metric": m, "scope": s, "reduction": r}
+           for m, s, r in itertools.product(TOKEN_METRICS, SCOPES, REDUCTIONS)]
+    return out + [{"kind": "self_certainty"}, {"kind": "agreement"}, {"kind": "majority"}]
+
+
+def label(c: dict) -> str:
+    return "/".join(str(c[k]) for k in ("kind", "metric", "scope", "reduction") if k in c)
+
+
+def ranking_accuracy(reward: torch.Tensor, correct: torch.Tensor, groups: list[int]) -> tuple[float, int]:
+    """P(reward of a right sample > reward of a wrong one of the same prompt), ties half; and the pair count."""
+    wins, pairs = 0.0, 0
+    for g in set(groups):
+        rows = [i for i, x in enumerate(groups) if x == g]
+        right = [i for i in rows if correct[i] == 1]
+        wrong = [i for i in rows if correct[i] == 0]
+        for i, j in itertools.product(right, wrong):
+            pairs += 1
+            wins += 1.0 if reward[i] > reward[j] else 0.5 if reward[i] == reward[j] else 0.0
+    return (wins / pairs if pairs else float("nan")), pairs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", nargs="*", default=["configs/default.yaml"])
+    parser.add_argument("--prompts", type=int, default=256)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    init_distributed()  # vLLM joins a process group of one
+    model_path = resolve_model_path(cfg.model.path, is_builder=True)
+    tokenizer, _ = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
+    problems = random.Random(cfg.train.seed).sample(load_problems(cfg.data.train), args.prompts)
+    engine = RolloutEngine(model_path, max_model_len=cfg.rollout.max_model_len, seed=cfg.train.seed,
+                           dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib)
+    episodes = sample_step(engine, tokenizer, cfg, problems, progress=True)
+    for i, ep in enumerate(episodes):
+        ep.group = i // cfg.rollout.n
+    lm = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, cfg.model.dtype))
+    batch = collate(episodes, tokenizer.pad_token_id)
+    stats = token_stats(ScoringModel(lm, cfg.learner.logprob_impl).eval(), batch.input_ids, batch.attention_mask,
+                        cfg.train.micro_batch_size, lm.get_output_embeddings().out_features)
+    c1, c2 = turn_correctness(episodes)
+    has1, has2 = turn_has_answer(episodes, tokenizer)
+    groups = [ep.group for ep in episodes]
+    rows = []
+    for cand in candidates():
+        options = OmegaConf.merge(cfg.reward, {k: v for k, v in cand.items() if k != "kind"})
+        r1, r2 = REWARDS[cand["kind"]].fn(RewardInputs(episodes, tokenizer, options, stats))
+        (a1, n1), (a2, n2) = (ranking_accuracy(r1 * has1, c1, groups), ranking_accuracy(r2 * has2, c2, groups))
+        rows.append({"reward": label(cand), **cand, "rank_acc_t1": a1, "pairs_t1": n1, "rank_acc_t2": a2,
+                     "pairs_t2": n2, "mean_r1": r1.mean().item(), "mean_r2": r2.mean().item()})
+    print(f"\nmodel {cfg.model.path}, {len(problems)} prompts x n={cfg.rollout.n}, seed {cfg.train.seed}; "
+          f"Acc t1 {c1.mean():.3f}, t2 {c2.mean():.3f}")
+    print("| reward | rank acc t1 | rank acc t2 | mean r1 | mean r2 |\n|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: -(r["rank_acc_t1"] + r["rank_acc_t2"])):
+        print(f"| {r['reward']} | {r['rank_acc_t1']:.3f} | {r['rank_acc_t2']:.3f} | {r['mean_r1']:.3f} | "
+              f"{r['mean_r2']:.3f} |")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"prompts": len(problems), "n": cfg.rollout.n, "seed": cfg.train.seed,
+                                               "acc_t1": c1.mean().item(), "acc_t2": c2.mean().item(),
+                                               "rows": rows}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
