@@ -131,3 +131,18 @@ def test_truncated_is_weights():
     old = torch.tensor([math.log(0.25), math.log(0.4), math.log(0.1)])
     # ratios 2.0, 0.5, 9.0 -> capped at 3
     assert truncated_is_weights(lp, old, 3.0).tolist() == pytest.approx([2.0, 0.5, 3.0])
+
+
+def test_trajectory_credit_gives_turn1_the_episodes_whole_return():
+    r1, r2 = torch.tensor([0.0, 1.0, 1.0]), torch.tensor([1.0, 0.0, 1.0])
+    # Stage I: the episode's return is r2 alone, and turn 1 now has a policy-gradient term
+    ret1, ret2 = algo.turn_returns(r1, r2, stage=1, alpha=2.0, turn1_credit="trajectory")
+    assert torch.equal(ret1, r2) and torch.equal(ret2, r2)
+    assert algo.turn_weights(1, beta1=0.01, beta2=0.5, turn1_credit="trajectory").pg_turn1 == 1.0
+    assert algo.turn_weights(1, beta1=0.01, beta2=0.5, turn1_credit="own").pg_turn1 == 0.0
+    # Stage II: shaped r2 = [3, -2, 1]; turn 1 gets r1 + shaped r2 = [3, -1, 2]
+    ret1, ret2 = algo.turn_returns(r1, r2, stage=2, alpha=2.0, turn1_credit="trajectory")
+    assert torch.equal(ret2, torch.tensor([3.0, -2.0, 1.0]))
+    assert torch.equal(ret1, torch.tensor([3.0, -1.0, 2.0]))
+    with pytest.raises(ValueError, match="turn1_credit"):
+        algo.turn_returns(r1, r2, stage=2, alpha=2.0, turn1_credit="both")
