@@ -90,3 +90,13 @@ def test_agreement_is_the_share_of_the_prompts_samples():
 def test_majority_votes_over_equivalence_classes():
     assert majority_votes(["5", "5.0", "6", None]) == [1.0, 1.0, 0.0, 0.0]  # as strings: a three-way tie
     assert majority_votes(["0.5", "\\frac{1}{2}", "1", "1"]) == [0.0, 0.0, 0.0, 0.0]  # 2 against 2
+
+
+def test_screen_ranking_accuracy_by_hand():
+    from scripts.reward_screen import ranking_accuracy
+
+    # prompt 0: right samples 0, 1 (rewards .9, .5), wrong 2 (.5) -> pairs (0,2) win, (1,2) tie: 1.5 of 2
+    # prompt 1: right 3 (.1), wrong 4 (.8) -> a loss; prompt 2: all right, no pair
+    reward = torch.tensor([0.9, 0.5, 0.5, 0.1, 0.8, 0.3])
+    correct = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    assert ranking_accuracy(reward, correct, [0, 0, 0, 1, 1, 2]) == (pytest.approx(1.5 / 3), 3)
