@@ -245,6 +245,25 @@ def _validate(cfg: DictConfig) -> None:
         )
 
 
+def _merge_file(cfg: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictConfig:
+    """Merge a YAML file into `cfg`; a top-level `base: other.yaml` (relative to the file) is merged first,
+    so a recipe that differs from another in a few keys is an override layered on it."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself ({' -> '.join(str(p) for p in seen)}).")
+    try:
+        file_cfg = OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError carries the line in its message
+        raise ConfigError(f"{path}: cannot parse YAML: {err}") from None
+    if not isinstance(file_cfg, DictConfig):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, train:, ...).")
+    if "base" in file_cfg:
+        base = path.parent / str(file_cfg.pop("base"))
+        if not base.is_file():
+            raise ConfigError(f"{path}: base: '{base}' not found. Hint: a path relative to {path.parent}.")
+        cfg = _merge_file(cfg, base, seen + (path.resolve(),))
+    return _merge_checked(cfg, file_cfg, str(path))
+
+
 def load_config(argv: list[str]) -> DictConfig:
     """`[file.yaml ...] key=value ...` -> a validated, read-only config."""
     cfg = base_config()
@@ -253,16 +272,9 @@ def load_config(argv: list[str]) -> DictConfig:
         if "=" in arg:
             overrides.append(arg)
             continue
-        path = Path(arg)
-        if not path.is_file():
+        if not Path(arg).is_file():
             raise ConfigError(f"config file '{arg}' not found. Hint: pass a YAML path or key=value overrides.")
-        try:
-            file_cfg = OmegaConf.load(path)
-        except Exception as err:  # yaml.YAMLError carries the line in its message
-            raise ConfigError(f"{path}: cannot parse YAML: {err}") from None
-        if not isinstance(file_cfg, DictConfig):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, train:, ...).")
-        cfg = _merge_checked(cfg, file_cfg, str(path))
+        cfg = _merge_file(cfg, Path(arg), seen=())
     for item in overrides:
         key = item.split("=", 1)[0].strip().lstrip("+")
         try:

@@ -70,7 +70,7 @@ def test_missing_file_is_a_clear_error():
 def test_recipe_files_load():
     cfg = load_config(["configs/default.yaml"])
     assert cfg.model.path == "builtin:tiny-arith" and cfg.data.train == "builtin:arith"
-    assert cfg.reward.kind == "confidence"  # self-reward by default; gold only evaluates
+    assert cfg.reward.kind == "confidence" and cfg.reward.metric == "agreement"  # label-free; gold only evaluates
     gold = load_config(["configs/gold.yaml"])
     assert gold.reward.kind == "gold"
     # the gold baseline is the same run in every other respect
@@ -89,3 +89,19 @@ def test_bad_yaml_names_the_file(tmp_path):
     f.write_text("train:\n  steps: [1\n")
     with pytest.raises(ConfigError, match="broken.yaml"):
         load_config([str(f)])
+
+
+def test_base_layers_a_recipe_on_another(tmp_path):
+    (tmp_path / "a.yaml").write_text("train:\n  steps: 7\n  lr: 0.5\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\ntrain:\n  lr: 0.25\n")
+    cfg = load_config([str(tmp_path / "b.yaml"), "train.seed=3"])
+    assert (cfg.train.steps, cfg.train.lr, cfg.train.seed) == (7, 0.25, 3)
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="base: .*missing.yaml' not found"):
+        load_config([str(tmp_path / "c.yaml")])
+    (tmp_path / "d.yaml").write_text("base: d.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config([str(tmp_path / "d.yaml")])
+    (tmp_path / "e.yaml").write_text("base: a.yaml\ntrain:\n  stepz: 1\n")
+    with pytest.raises(ConfigError, match="train.stepz.*e.yaml"):
+        load_config([str(tmp_path / "e.yaml")])
