@@ -87,6 +87,8 @@ class RewardConfig:
     metric: str = "disparity"  # confidence metric: disparity | prob | neg_entropy | agreement (turn-level)
     scope: str = "answer"  # confidence over the final-answer tokens | every sampled token of the turn (response)
     reduction: str = "mean"  # over the scope's tokens: mean | min | geomean (exp of the mean log-confidence)
+    vote_weight: str = "uniform"  # agreement: one vote per sample | confidence (vote_metric over scope, reduction)
+    vote_metric: str = "prob"  # with vote_weight=confidence: prob | disparity (both in [0, 1])
     weights: dict[str, float] = field(default_factory=dict)  # for kind=mix: {reward kind: weight}
     probe_prompt: str = " So the answer is"  # RLSF fallback for turns with no answer format
     probe_tokens: int = 8  # greedy tokens of the fallback probe; 0 = no fallback
@@ -139,6 +141,8 @@ CHOICES = {
     "reward.metric": ("disparity", "prob", "neg_entropy", "agreement"),
     "reward.scope": ("answer", "response"),
     "reward.reduction": ("mean", "min", "geomean"),
+    "reward.vote_weight": ("uniform", "confidence"),
+    "reward.vote_metric": ("prob", "disparity"),
     "algo.turn1_credit": ("own", "trajectory"),
     "guard.action": ("warn", "stop"),
     "learner.logprob_impl": ("auto", "naive", "chunked", "triton"),

@@ -1,7 +1,10 @@
 """Rewards from agreement among a prompt's samples: no gold labels.
 
 - `agreement`: the share of the prompt's samples of a turn whose answer is equivalent to this turn's
-  answer, i.e. the Monte-Carlo estimate of p(answer | prompt) (a soft majority vote).
+  answer, i.e. the Monte-Carlo estimate of p(answer | prompt) (a soft majority vote). With
+  `reward.vote_weight=confidence` each sample's vote weighs its own confidence (`reward.vote_metric` over
+  `reward.scope`, reduced by `reward.reduction`), so a sample the model itself doubts (a slip in the
+  working is a low-probability token) barely counts: the weighted share of the votes.
 - `majority` (TTRL-style): 1 when the turn's answer is the strict plurality among the prompt's samples.
 
 Answers are compared as equivalence classes (rewards.answer.answers_match): plain numbers by value ("12",
@@ -17,6 +20,7 @@ import torch
 from torch import Tensor
 
 from rewards.answer import answers_match, extract_answer
+from rewards.confidence import turn_confidence
 from rewards.registry import RewardInputs, register
 
 
@@ -37,11 +41,17 @@ def answer_classes(answers: Sequence[str | None]) -> list[int | None]:
     return classes
 
 
-def agreement_shares(answers: Sequence[str | None]) -> list[float]:
-    """Per answer, the share of all samples (answered or not) whose answer is equivalent to it; 0 for none."""
+def agreement_shares(answers: Sequence[str | None], weights: Sequence[float] | None = None) -> list[float]:
+    """Per answer, the (weighted) share of all samples' votes, answered or not, that go to answers equivalent
+    to it; 0 for no answer, and 0 for all when every weight is 0."""
+    weights = [1.0] * len(answers) if weights is None else [float(w) for w in weights]
     classes = answer_classes(answers)
-    counts = Counter(c for c in classes if c is not None)
-    return [0.0 if c is None else counts[c] / len(answers) for c in classes]
+    votes: dict[int, float] = defaultdict(float)
+    for c, w in zip(classes, weights):
+        if c is not None:
+            votes[c] += w
+    total = sum(weights)
+    return [0.0 if c is None or total <= 0 else votes[c] / total for c in classes]
 
 
 def majority_votes(answers: Sequence[str | None]) -> list[float]:
@@ -53,8 +63,8 @@ def majority_votes(answers: Sequence[str | None]) -> list[float]:
     return [float(c == counts[0][0]) for c in classes]
 
 
-def per_group(inputs: RewardInputs, score) -> tuple[Tensor, Tensor]:
-    """`score(answers of one prompt's samples of one turn) -> values`, applied per prompt and per turn."""
+def per_group(inputs: RewardInputs, score, weights: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """`score(answers of one prompt's samples of one turn[, their weights]) -> values`, per prompt and turn."""
     groups: dict[int, list[int]] = defaultdict(list)
     for row, ep in enumerate(inputs.episodes):
         groups[ep.group].append(row)
@@ -62,13 +72,23 @@ def per_group(inputs: RewardInputs, score) -> tuple[Tensor, Tensor]:
     for rows in groups.values():
         for turn in (0, 1):
             texts = [(inputs.episodes[r].turn1 if turn == 0 else inputs.episodes[r].turn2).text for r in rows]
-            out[turn, rows] = torch.tensor(score([extract_answer(t) for t in texts]))
+            answers = [extract_answer(t) for t in texts]
+            values = score(answers) if weights is None else score(answers, weights[turn][rows].tolist())
+            out[turn, rows] = torch.tensor(values)
     return out[0], out[1]
 
 
-@register("agreement")
+def vote_weights(inputs: RewardInputs) -> tuple[Tensor, Tensor] | None:
+    """Per-turn vote weights: None (one vote each) or each turn's own confidence."""
+    opts = inputs.options
+    if opts.get("vote_weight", "uniform") == "uniform":
+        return None
+    return turn_confidence(inputs, opts.vote_metric, opts.scope, opts.reduction)
+
+
+@register("agreement", needs_token_stats=True)  # the token statistics weigh votes (reward.vote_weight)
 def agreement_reward(inputs: RewardInputs) -> tuple[Tensor, Tensor]:
-    return per_group(inputs, agreement_shares)
+    return per_group(inputs, agreement_shares, vote_weights(inputs))
 
 
 @register("majority")

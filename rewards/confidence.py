@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rewards.agreement import agreement_reward
 from rewards.answer_span import locate_answer
 from rewards.registry import RewardInputs, register, turn_has_answer
 
@@ -92,9 +91,7 @@ def reduce_over_scope(inputs: RewardInputs, per_token: Tensor, scope: str, reduc
 
 
 def turn_confidence(inputs: RewardInputs, metric: str, scope: str, reduction: str) -> tuple[Tensor, Tensor]:
-    """Per-turn confidence (r1, r2) of `metric` over `scope`, reduced by `reduction`."""
-    if metric == "agreement":
-        return agreement_reward(inputs)
+    """Per-turn confidence (r1, r2) of a per-token `metric` over `scope`, reduced by `reduction`."""
     stats = inputs.token_stats
     if reduction == "geomean":
         return reduce_over_scope(inputs, log_confidence_per_token(stats, metric), scope, reduction)
@@ -112,6 +109,10 @@ def answer_probability(inputs: RewardInputs) -> tuple[Tensor, Tensor]:
 @register("confidence", needs_token_stats=True)
 def confidence_reward(inputs: RewardInputs) -> tuple[Tensor, Tensor]:
     opts = inputs.options
+    if opts.metric == "agreement":  # a turn-level metric; rewards/agreement.py builds on this module
+        from rewards.agreement import agreement_reward
+
+        return agreement_reward(inputs)
     return turn_confidence(inputs, opts.metric, opts.get("scope", "answer"), opts.get("reduction", "mean"))
 
 

@@ -43,11 +43,14 @@ def candidates() -> list[dict]:
     """Every label-free reward setting: confidence metric x scope x reduction, then the others."""
     out = [{"kind": "confidence", "metric": m, "scope": s, "reduction": r}
            for m, s, r in itertools.product(TOKEN_METRICS, SCOPES, REDUCTIONS)]
-    return out + [{"kind": "self_certainty"}, {"kind": "agreement"}, {"kind": "majority"}]
+    weighted = [{"kind": "agreement", "vote_weight": "confidence", "vote_metric": m, "scope": "response",
+                 "reduction": r} for m, r in itertools.product(("prob", "disparity"), REDUCTIONS)]
+    return out + [{"kind": "self_certainty"}, {"kind": "agreement"}, {"kind": "majority"}] + weighted
 
 
 def label(c: dict) -> str:
-    return "/".join(str(c[k]) for k in ("kind", "metric", "scope", "reduction") if k in c)
+    keys = ("kind", "vote_weight", "vote_metric", "metric", "scope", "reduction")
+    return "/".join(str(c[k]) for k in keys if k in c)
 
 
 def ranking_accuracy(reward: torch.Tensor, correct: torch.Tensor, groups: list[int]) -> tuple[float, int]:
