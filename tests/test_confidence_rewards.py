@@ -100,3 +100,23 @@ def test_screen_ranking_accuracy_by_hand():
     reward = torch.tensor([0.9, 0.5, 0.5, 0.1, 0.8, 0.3])
     correct = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
     assert ranking_accuracy(reward, correct, [0, 0, 0, 1, 1, 2]) == (pytest.approx(1.5 / 3), 3)
+
+
+def test_weighted_agreement_shares_by_hand():
+    # weights .5 + .1 for "12" ~ "12.0", .8 for "7", .6 for the unanswered sample: total 2.0
+    assert agreement_shares(["12", "12.0", "7", None], [0.5, 0.1, 0.8, 0.6]) == pytest.approx([0.3, 0.3, 0.4, 0.0])
+    assert agreement_shares(["1", "2"], [0.0, 0.0]) == [0.0, 0.0]  # no confidence anywhere: no votes
+
+
+def test_agreement_votes_weighed_by_each_samples_min_probability():
+    eps = [_episode(TOK, "2+3=?", f"Final Answer: {a}", f"Final Answer: {b}") for a, b in [(5, 5), (5, 6), (6, 6)]]
+    stats = _stats_with(eps, lambda name, shape: torch.zeros(shape))  # log p = 0: p(chosen) = 1
+    for row, weakest in enumerate([0.2, 0.4, 0.9]):  # one weak token in each turn-1 response
+        stats.logprob[row, eps[row].turn1_span[0] + 2] = math.log(weakest)
+    opts = dict(vote_weight="confidence", vote_metric="prob", scope="response", reduction="min")
+    r1, r2 = REWARDS["agreement"].fn(_inputs(eps, stats, **opts))
+    # turn 1: "5" holds .2 + .4 of 1.5, "6" holds .9 of 1.5; turn 2: every weight 1, "5" 1 of 3, "6" 2 of 3
+    assert r1.tolist() == pytest.approx([0.4, 0.4, 0.6])
+    assert r2.tolist() == pytest.approx([1 / 3, 2 / 3, 2 / 3])
+    uniform, _ = REWARDS["agreement"].fn(_inputs(eps, stats))
+    assert uniform.tolist() == pytest.approx([2 / 3, 2 / 3, 1 / 3])
