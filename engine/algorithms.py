@@ -64,7 +64,7 @@ def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tens
 
 @dataclass(frozen=True)
 class TurnWeights:
-    pg_turn1: float  # 0 in Stage I: turn 1 gets no reward term
+    pg_turn1: float  # 0 in Stage I (turn 1 gets no reward term) unless turn 1 has trajectory credit
     kl_turn1: float
     kl_turn2: float
 
@@ -73,7 +73,8 @@ def turn_returns(r1: Tensor, r2: Tensor, stage: int, alpha: float, turn1_credit:
     """Per-episode returns (turn 1, turn 2). Stage I rewards turn 2 only; Stage II adds the correction
     bonus alpha * (r2 - r1) to turn 2. Turn 1 is credited with its own reward (`own`: none in Stage I,
     r1 in Stage II) or, as REINFORCE on the two-turn trajectory would, with the episode's whole return
-    (`trajectory`: r2 in Stage I, r1 + r2 + alpha * (r2 - r1) in Stage II)."""
+    (`trajectory`: r2 in Stage I, r1 + r2 + alpha * (r2 - r1) in Stage II, which weighs r1 by 1 - alpha:
+    with alpha > 1 it pays turn 1 for being wrong before a fix)."""
     if stage == 1:
         ret2 = r2.clone()
         ret1 = torch.zeros_like(r1)

@@ -251,9 +251,11 @@ def _validate(cfg: DictConfig) -> None:
 
 def _merge_file(cfg: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictConfig:
     """Merge a YAML file into `cfg`; a top-level `base: other.yaml` (relative to the file) is merged first,
-    so a recipe that differs from another in a few keys is an override layered on it."""
+    so a recipe that differs from another in a few keys is an override layered on it. Several files on the
+    command line merge left to right, each with its own base chain."""
     if path.resolve() in seen:
-        raise ConfigError(f"{path}: 'base' chain loops back to itself ({' -> '.join(str(p) for p in seen)}).")
+        chain = " -> ".join(str(p) for p in seen + (path.resolve(),))
+        raise ConfigError(f"{path}: the 'base' chain loops back to itself ({chain}).")
     try:
         file_cfg = OmegaConf.load(path)
     except Exception as err:  # yaml.YAMLError carries the line in its message
@@ -261,7 +263,10 @@ def _merge_file(cfg: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictConf
     if not isinstance(file_cfg, DictConfig):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, train:, ...).")
     if "base" in file_cfg:
-        base = path.parent / str(file_cfg.pop("base"))
+        name = file_cfg.pop("base")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{path}: base: takes one YAML path relative to the file, got {name!r}.")
+        base = path.parent / name
         if not base.is_file():
             raise ConfigError(f"{path}: base: '{base}' not found. Hint: a path relative to {path.parent}.")
         cfg = _merge_file(cfg, base, seen + (path.resolve(),))

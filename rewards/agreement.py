@@ -79,11 +79,13 @@ def per_group(inputs: RewardInputs, score, weights: tuple[Tensor, Tensor] | None
 
 
 def vote_weights(inputs: RewardInputs) -> tuple[Tensor, Tensor] | None:
-    """Per-turn vote weights: None (one vote each) or each turn's own confidence."""
+    """Per-turn vote weights: None (one vote each) or each sample's own confidence, answered or not, so the
+    total is over all the prompt's samples as with one vote each (with scope=answer an unanswered sample,
+    having no answer tokens, weighs 0)."""
     opts = inputs.options
     if opts.get("vote_weight", "uniform") == "uniform":
         return None
-    return turn_confidence(inputs, opts.vote_metric, opts.scope, opts.reduction)
+    return turn_confidence(inputs, opts.vote_metric, opts.scope, opts.reduction, require_answer=False)
 
 
 @register("agreement", needs_token_stats=True)  # the token statistics weigh votes (reward.vote_weight)

@@ -3,7 +3,7 @@
 A confidence reward is a per-token metric, a scope and a reduction:
 
 - `reward.metric`: `disparity` p(top1) - p(top2), `prob` p(sampled token), `neg_entropy` -H(p), or
-  `agreement` (a turn-level metric, see rewards/agreement.py: scope and reduction do not apply).
+  `agreement` (turn-level, rewards/agreement.py; there scope and reduction only shape the vote weights).
 - `reward.scope`: `answer` (the final-answer tokens, RLSF) or `response` (every sampled token of the turn:
   on a task whose answer is copied from its working, the uncertainty lives in the working).
 - `reward.reduction`: `mean`, `min` (the weakest token), or `geomean`, the geometric mean in probability
@@ -66,11 +66,17 @@ def _turns(episode):
     return ((episode.turn1, episode.turn1_span), (episode.turn2, episode.turn2_span))
 
 
-def scope_tokens(tokenizer, completion, turn_span: tuple[int, int], scope: str) -> tuple[int, int] | None:
-    """[start, end) of the scope's tokens in the collated row; None when the turn has no locatable answer."""
-    answer = locate_answer(tokenizer, completion)
+def scope_tokens(tokenizer, completion, turn_span: tuple[int, int], scope: str,
+                 require_answer: bool = True) -> tuple[int, int] | None:
+    """[start, end) of the scope's tokens in the collated row; None when there are none, or when the turn
+    has no locatable answer and `require_answer` (a reward: an unanswered turn earns 0)."""
     start, end = turn_span
-    if answer is None or end <= start:
+    if end <= start:
+        return None
+    if scope == "response" and not require_answer:
+        return start, end
+    answer = locate_answer(tokenizer, completion)
+    if answer is None:
         return None
     if scope == "answer":
         return start + answer[0], start + answer[1]
@@ -79,23 +85,26 @@ def scope_tokens(tokenizer, completion, turn_span: tuple[int, int], scope: str) 
     raise ValueError(f"unknown scope {scope!r}")
 
 
-def reduce_over_scope(inputs: RewardInputs, per_token: Tensor, scope: str, reduction: str) -> tuple[Tensor, Tensor]:
-    """`reduction` of `per_token` [B, T] over each turn's `scope` tokens; 0 where the turn has no answer."""
+def reduce_over_scope(inputs: RewardInputs, per_token: Tensor, scope: str, reduction: str,
+                      require_answer: bool = True) -> tuple[Tensor, Tensor]:
+    """`reduction` of `per_token` [B, T] over each turn's `scope` tokens; 0 where there are none (see
+    scope_tokens)."""
     out = torch.zeros(2, len(inputs.episodes))
     for row, ep in enumerate(inputs.episodes):
         for turn, (completion, span) in enumerate(_turns(ep)):
-            tokens = scope_tokens(inputs.tokenizer, completion, span, scope)
+            tokens = scope_tokens(inputs.tokenizer, completion, span, scope, require_answer)
             if tokens is not None and tokens[1] > tokens[0]:
                 out[turn, row] = reduce_tokens(per_token[row, tokens[0]:tokens[1]], reduction)
     return out[0], out[1]
 
 
-def turn_confidence(inputs: RewardInputs, metric: str, scope: str, reduction: str) -> tuple[Tensor, Tensor]:
+def turn_confidence(inputs: RewardInputs, metric: str, scope: str, reduction: str,
+                    require_answer: bool = True) -> tuple[Tensor, Tensor]:
     """Per-turn confidence (r1, r2) of a per-token `metric` over `scope`, reduced by `reduction`."""
     stats = inputs.token_stats
     if reduction == "geomean":
-        return reduce_over_scope(inputs, log_confidence_per_token(stats, metric), scope, reduction)
-    return reduce_over_scope(inputs, confidence_per_token(stats, metric), scope, reduction)
+        return reduce_over_scope(inputs, log_confidence_per_token(stats, metric), scope, reduction, require_answer)
+    return reduce_over_scope(inputs, confidence_per_token(stats, metric), scope, reduction, require_answer)
 
 
 def answer_probability(inputs: RewardInputs) -> tuple[Tensor, Tensor]:

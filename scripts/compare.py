@@ -57,12 +57,12 @@ def main() -> None:
     for runs in groups.values():
         for seed, before, _ in runs:
             bases.setdefault(seed, before)
-    for seed, before in sorted(bases.items()):
+    for seed, before in sorted(bases.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1):
         print(f"| base model (step 0) | {seed} | " + " | ".join(cell(before[k], before.get(s)) for _, k, s in COLUMNS)
               + " |")
     out = {}
     for name, runs in groups.items():
-        for seed, _, after in sorted(runs):
+        for seed, _, after in sorted(runs, key=lambda r: int(r[0]) if r[0].isdigit() else -1):
             print(f"| {name} | {seed} | " + " | ".join(cell(after[k], after.get(s)) for _, k, s in COLUMNS) + " |")
         if len(runs) > 1:
             stats = {k: across_seeds([after[k] for _, _, after in runs]) for _, k, _ in COLUMNS}

@@ -76,13 +76,14 @@ def main() -> None:
     init_distributed()  # vLLM joins a process group of one
     model_path = resolve_model_path(cfg.model.path, is_builder=True)
     tokenizer, _ = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
-    problems = random.Random(cfg.train.seed).sample(load_problems(cfg.data.train), args.prompts)
+    pool = load_problems(cfg.data.train)
+    problems = random.Random(cfg.train.seed).sample(pool, min(args.prompts, len(pool)))
     engine = RolloutEngine(model_path, max_model_len=cfg.rollout.max_model_len, seed=cfg.train.seed,
-                           dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib)
+                           dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib,
+                           trust_remote_code=cfg.model.trust_remote_code)
     episodes = sample_step(engine, tokenizer, cfg, problems, progress=True)
-    for i, ep in enumerate(episodes):
-        ep.group = i // cfg.rollout.n
-    lm = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, cfg.model.dtype))
+    lm = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, cfg.model.dtype),
+                                              trust_remote_code=cfg.model.trust_remote_code)
     batch = collate(episodes, tokenizer.pad_token_id)
     stats = token_stats(ScoringModel(lm, cfg.learner.logprob_impl).eval(), batch.input_ids, batch.attention_mask,
                         cfg.train.micro_batch_size, lm.get_output_embeddings().out_features)

@@ -140,7 +140,9 @@ def test_trajectory_credit_gives_turn1_the_episodes_whole_return():
     assert torch.equal(ret1, r2) and torch.equal(ret2, r2)
     assert algo.turn_weights(1, beta1=0.01, beta2=0.5, turn1_credit="trajectory").pg_turn1 == 1.0
     assert algo.turn_weights(1, beta1=0.01, beta2=0.5, turn1_credit="own").pg_turn1 == 0.0
-    # Stage II: shaped r2 = [3, -2, 1]; turn 1 gets r1 + shaped r2 = [3, -1, 2]
+    # Stage II: shaped r2 = [3, -2, 1]; turn 1 gets r1 + shaped r2 = [3, -1, 2]. That is (1 - alpha) r1 +
+    # (1 + alpha) r2: with alpha > 1 a wrong-then-fixed episode (3) outscores right-twice (2) at turn 1,
+    # the incentive SCoRe's shaping puts on the first attempt when it is credited with the whole return
     ret1, ret2 = algo.turn_returns(r1, r2, stage=2, alpha=2.0, turn1_credit="trajectory")
     assert torch.equal(ret2, torch.tensor([3.0, -2.0, 1.0]))
     assert torch.equal(ret1, torch.tensor([3.0, -1.0, 2.0]))

@@ -120,3 +120,16 @@ def test_agreement_votes_weighed_by_each_samples_min_probability():
     assert r2.tolist() == pytest.approx([1 / 3, 2 / 3, 2 / 3])
     uniform, _ = REWARDS["agreement"].fn(_inputs(eps, stats))
     assert uniform.tolist() == pytest.approx([2 / 3, 2 / 3, 1 / 3])
+
+
+def test_weighted_votes_count_unanswered_samples_in_the_total():
+    eps = [_episode(TOK, "2+3=?", t, "Final Answer: 5") for t in ("Final Answer: 5", "Final Answer: 5", "not sure")]
+    stats = _stats_with(eps, lambda name, shape: torch.zeros(shape))  # p(chosen) = 1 everywhere
+    for row in (0, 1):
+        stats.logprob[row, eps[row].turn1_span[0] + 2] = math.log(0.5)
+    opts = dict(vote_weight="confidence", vote_metric="prob", scope="response", reduction="min")
+    r1, _ = REWARDS["agreement"].fn(_inputs(eps, stats, **opts))
+    # "5" holds .5 + .5 of the total 2.0: the unanswered sample's confidence (1) counts, as its one vote
+    # counts with uniform votes (2 of 3)
+    assert r1.tolist() == pytest.approx([0.5, 0.5, 0.0])
+    assert REWARDS["agreement"].fn(_inputs(eps, stats))[0].tolist() == pytest.approx([2 / 3, 2 / 3, 0.0])
