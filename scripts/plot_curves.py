@@ -3,7 +3,7 @@
     python scripts/plot_curves.py RUN_DIR [RUN_DIR ...] --out curves.png [--labels a,b]
 
 Top: eval/acc_t1 and eval/acc_t2 (± one standard error) at each evaluation; bottom: train/entropy (nats
-per sampled token) per step. Guard alarms recorded in a run's summary.json are marked as vertical lines.
+per sampled token) per step. Guard alarms recorded in a run's summary.json are marked: the first by a vertical line, each by a tick.
 """
 
 from __future__ import annotations
@@ -44,9 +44,13 @@ def plot(runs: list[Path], labels: list[str], out: Path) -> None:
                          label=f"{label} {tag.split('/')[1]}")
         steps, values = zip(*s["train/entropy"])
         bottom.plot(steps, values, label=label, linewidth=1)
-        for step in alarm_steps(run):
+        alarms = alarm_steps(run)
+        if alarms:  # the first alarm as a line, every alarm as a tick under the entropy curve
             for ax in (top, bottom):
-                ax.axvline(step, color="red", linestyle=":", linewidth=1)
+                ax.axvline(alarms[0], color="red", linestyle=":", linewidth=1)
+            floor = min(values)
+            bottom.plot(alarms, [floor * 0.9] * len(alarms), "|", color="red", markersize=6,
+                        label=f"{label}: guard alarms ({len(alarms)}, first at step {alarms[0]})")
     top.set_ylabel("held-out accuracy")
     top.legend(fontsize=8)
     top.grid(alpha=0.3)
