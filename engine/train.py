@@ -320,7 +320,8 @@ def train_loop(run: Run, guard: CollapseGuard, signals: StopSignals, state: dict
             metrics = run_eval(run, step + 1)
             since = history[-cfg.eval.every:]
             reward = sum(s["reward_t1"] + s["reward_t2"] for s in since) / (2 * len(since))
-            alarm = alarm or guard.check_eval(reward, metrics["acc_t2"])
+            eval_alarm = guard.check_eval(reward, metrics["acc_t2"])  # always: its history needs every eval
+            alarm = alarm or eval_alarm
         if alarm:
             alarms.append(f"step {step + 1}: {alarm}")
             run.log(f"[guard] step {step + 1}: {alarm}" + (" - stopping" if cfg.guard.action == "stop" else ""))

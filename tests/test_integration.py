@@ -102,9 +102,12 @@ def test_self_reward_trains_on_prompts_without_answers(tiny_model_dir, tmp_path)
         "data.train=tests/data/prompts_only.jsonl", "reward.kind=confidence", "train.steps=2",
         "eval.problems=8", "rollout.prompts_per_step=4", f"train.output_dir={run_dir}",
         "guard.min_entropy=100",  # an entropy floor no model meets: the guard warns every step
+        "guard.patience=1", "eval.every=1",  # and the evaluation watch still sees the step-1 evaluation
     ], timeout=600)
     scalars, summary = _check_run_dir(run_dir, steps=2)
     assert len(summary["train"]["guard_alarms"]) == 2 and "guard.min_entropy=100" in summary["train"]["guard_alarms"][0]
+    meta = json.loads((run_dir / "checkpoints" / "step-000002" / "meta.json").read_text())
+    assert len(meta["guard_history"]) == 1  # an entropy alarm must not hide the evaluation from the guard
     assert len(scalars["train/entropy"]) == 2 and all(e > 0 for e in scalars["train/entropy"])
     assert all(0.0 <= f <= 1.0 for f in scalars["train/no_answer_frac"])
     assert "train/acc_t1" not in scalars  # no answers in the data: no gold accuracy to show
