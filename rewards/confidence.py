@@ -73,15 +73,11 @@ def scope_tokens(tokenizer, completion, turn_span: tuple[int, int], scope: str,
     start, end = turn_span
     if end <= start:
         return None
-    if scope == "response" and not require_answer:
-        return start, end
-    answer = locate_answer(tokenizer, completion)
-    if answer is None:
-        return None
-    if scope == "answer":
-        return start + answer[0], start + answer[1]
     if scope == "response":
-        return start, end
+        return (start, end) if not require_answer or locate_answer(tokenizer, completion) is not None else None
+    if scope == "answer":
+        answer = locate_answer(tokenizer, completion)
+        return None if answer is None else (start + answer[0], start + answer[1])
     raise ValueError(f"unknown scope {scope!r}")
 
 

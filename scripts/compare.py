@@ -26,6 +26,11 @@ def name_and_seed(run: Path) -> tuple[str, str]:
     return (match.group(1), match.group(2)) if match else (run.name, "?")
 
 
+def seed_order(seed: str) -> int:
+    """Seeds sort as numbers ("10" after "2"); a run without one ("?") first."""
+    return int(seed) if seed.isdigit() else -1
+
+
 def across_seeds(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / len(values)
     if len(values) < 2:
@@ -57,12 +62,12 @@ def main() -> None:
     for runs in groups.values():
         for seed, before, _ in runs:
             bases.setdefault(seed, before)
-    for seed, before in sorted(bases.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1):
+    for seed, before in sorted(bases.items(), key=lambda kv: seed_order(kv[0])):
         print(f"| base model (step 0) | {seed} | " + " | ".join(cell(before[k], before.get(s)) for _, k, s in COLUMNS)
               + " |")
     out = {}
     for name, runs in groups.items():
-        for seed, _, after in sorted(runs, key=lambda r: int(r[0]) if r[0].isdigit() else -1):
+        for seed, _, after in sorted(runs, key=lambda r: seed_order(r[0])):
             print(f"| {name} | {seed} | " + " | ".join(cell(after[k], after.get(s)) for _, k, s in COLUMNS) + " |")
         if len(runs) > 1:
             stats = {k: across_seeds([after[k] for _, _, after in runs]) for _, k, _ in COLUMNS}
