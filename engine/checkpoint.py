@@ -106,11 +106,10 @@ def _write_failure(run, step: int, tmp: Path, error: BaseException | None) -> st
 
 
 def load_checkpoint(run, path: Path) -> dict:
-    """Restore the learner, push its weights to the rollout engine(s), restore this rank's RNG states;
-    returns meta. (A dedicated worker's sampler RNG is not saved: such a resume is not bit-exact.)"""
+    """Restore the learner and this rank's RNG states; returns meta. The caller pushes the restored weights
+    to the rollout engine(s). (A dedicated worker's sampler RNG is not saved: such a resume is not bit-exact.)"""
     run.learner.engine.load_checkpoint(str(path / "deepspeed"), tag="state")
     meta = json.loads((path / "meta.json").read_text())
-    run.rollouts.push_weights(meta["step"])
     load_rng(path, run.rank)
     return meta
 

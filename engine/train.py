@@ -187,6 +187,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         "sync_s": clock[1] - clock[0], "rollout_s": run.rollouts.last_rollout_s, "score_s": clock[3] - clock[2],
         "update_s": clock[4] - clock[3], "idle_s": run.rollouts.idle_s - idle_before,
         "tokens": (batch.turn1_mask.sum() + batch.turn2_mask.sum()).item(),
+        # Updates between the policy that sampled the batch and the one trained on it (<= rollout.max_staleness).
+        "policy_lag": float(step - run.rollouts.sampled_version),
         "skipped_episodes": float(skipped.sum()) * run.world,  # the mean over ranks is then the total
     }
     if run.train_has_answers:  # gold accuracy of the training samples, whatever the reward
@@ -233,9 +235,10 @@ PERF_KEYS = ("rollout_s", "score_s", "update_s", "sync_s", "idle_s", "step_secon
 
 def log_step(run: Run, step: int, stats: dict[str, float], seconds_per_step: float) -> None:
     """TensorBoard scalars (rank 0) and one compact progress line."""
+    rollout_keys = ("logprob_mismatch", "policy_lag")
     run.logger.scalars("train", {k: v for k, v in stats.items()
-                                 if k not in PERF_KEYS and k not in ("logprob_mismatch", "tokens")}, step + 1)
-    run.logger.scalars("rollout", {"logprob_mismatch": stats["logprob_mismatch"]}, step + 1)
+                                 if k not in PERF_KEYS + rollout_keys and k != "tokens"}, step + 1)
+    run.logger.scalars("rollout", {k: stats[k] for k in rollout_keys}, step + 1)
     tokens_per_s = stats["tokens"] * run.world / max(stats["step_seconds"], 1e-9)
     run.logger.scalars("perf", {**{k: stats[k] for k in PERF_KEYS}, "tokens_per_s": tokens_per_s}, step + 1)
     if stats["skipped_episodes"]:
@@ -287,6 +290,9 @@ def train(run: Run) -> dict:
     signals = StopSignals()
     state = resume_or_start(run, guard)
     before, history, alarms = state["before"], state["history"], state["alarms"]
+    # The rollout engines take the policy of the first step (the restored one after a resume) before any
+    # batch is requested: the batches requested ahead below are then at most max_staleness updates old.
+    run.rollouts.push_weights(state["step"])
     for ahead in range(state["step"], min(state["step"] + staleness(cfg), cfg.train.steps)):
         run.rollouts.request(ahead, step_prompts(run, ahead))  # asynchronous: the first batches, ahead
     try:

@@ -1,7 +1,8 @@
 """How the learner gets episodes, whatever the placement. Both kinds offer the same calls:
 
     request(step, prompts)   the step's prompts (all ranks'); a dedicated worker starts at once
-    collect(step)            this learner's share of the step's episodes
+    collect(step)            this learner's share of the step's episodes; `sampled_version` is then the
+                             weight version (updates applied) of the policy that sampled them
     push_weights(version)    the learner's current weights to the rollout engine(s)
     eval_episodes(problems)  this learner's share of one turn-1 + correction per problem
     stop()
@@ -56,6 +57,7 @@ class LocalRollouts:
         self.pushed = 0  # the weight version the engine holds (it starts from the model folder)
         self.idle_s = 0.0  # the learner never waits for a colocated engine
         self.last_rollout_s = 0.0  # seconds the last collected batch took to sample
+        self.sampled_version = 0  # the weight version that sampled the last collected batch
 
     def request(self, step: int, prompts: list) -> None:
         self.pending[step] = share(prompts, self.rank, self.world)
@@ -64,6 +66,7 @@ class LocalRollouts:
         started = time.perf_counter()
         episodes = sample_step(self.engine, self.tokenizer, self.cfg, self.pending.pop(step))
         self.last_rollout_s = time.perf_counter() - started
+        self.sampled_version = self.pushed  # a colocated engine samples when collected, never ahead
         return episodes
 
     def push_weights(self, version: int) -> None:
@@ -86,6 +89,7 @@ class RemoteRollouts:
         self.pushed = 0  # the weight version the workers hold (they start from the same folder)
         self.idle_s = 0.0  # time spent waiting for the workers' episodes
         self.last_rollout_s = 0.0  # the slowest worker's sampling time for the last collected batch
+        self.sampled_version = 0  # the oldest weight version among the workers that sampled the last batch
         self.early = {}  # (worker rank, what) -> a message that came before the one being waited for
         self.failure = None  # what this learner saw when a worker stopped answering: nothing more is sent
         spec = weight_spec(learner.policy)
@@ -148,8 +152,7 @@ class RemoteRollouts:
         """Every worker's episodes for `what`, in worker order. A worker answers commands in order, so a
         batch requested ahead can arrive before an evaluation's episodes: it waits in `self.early`."""
         started = time.perf_counter()
-        episodes = []
-        seconds = [0.0]
+        episodes, seconds, versions = [], [0.0], []
         for worker in self.placement.worker_ranks:
             while self.failure is None and (worker, what) not in self.early:
                 try:
@@ -163,8 +166,10 @@ class RemoteRollouts:
             message = self.early.pop((worker, what))
             episodes += message["episodes"]
             seconds.append(message["seconds"])
+            versions.append(message["version"])
         self.idle_s += time.perf_counter() - started
         self.last_rollout_s = max(seconds)
+        self.sampled_version = min(versions, default=self.sampled_version)
         return episodes
 
     def _agree(self) -> None:

@@ -2,6 +2,7 @@
 1 vLLM worker) in synchronous and asynchronous mode, and with the worker killed mid-run."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,6 +74,7 @@ def test_dedicated_sync_and_async_runs(tiny_model_dir, tmp_path):
     assert sync["train"]["steps"] == 3 and sync["eval"]["after"]["n"] == 8
     assert max(sync["train"]["logprob_mismatch_per_step"]) <= 1e-3
     assert all(s["idle_s"] > 0 for s in sync["train"]["history"])  # the learner waited for the worker
+    assert all(s["policy_lag"] == 0 for s in sync["train"]["history"])
 
     zero = _summary_after(run_script(_launch(tiny_model_dir, tmp_path / "async0", "rollout.async=true",
                                              "rollout.max_staleness=0"), timeout=900), tmp_path / "async0")
@@ -81,11 +83,23 @@ def test_dedicated_sync_and_async_runs(tiny_model_dir, tmp_path):
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), key
     assert zero["eval"]["after"] == sync["eval"]["after"]
 
-    stale = _summary_after(run_script(_launch(tiny_model_dir, tmp_path / "async1", "rollout.async=true"),
-                                      timeout=900), tmp_path / "async1")
+    stale_dir = tmp_path / "async1"
+    stale_run = _launch(tiny_model_dir, stale_dir, "rollout.async=true", "train.save_every=2")
+    stale = _summary_after(run_script(stale_run, timeout=900), stale_dir)
     mismatch = stale["train"]["logprob_mismatch_per_step"]
     assert stale["train"]["steps"] == 3 and mismatch[0] <= 1e-3  # step 0's batch came from the first weights
     assert mismatch[1] > 1e-3  # batch 1 was sampled before update 0 landed: one update stale
+    # Batch 0 and batch 1 are requested at the start (weights v0); batch 2 after update 1 (v1).
+    assert [s["policy_lag"] for s in stale["train"]["history"]] == [0, 1, 1]
+
+    # Resume from the step-2 checkpoint: the workers (fresh, holding the base model) must get v2 before
+    # batch 2 is requested; sampled by the base model, that batch would lag 2 updates > max_staleness.
+    shutil.rmtree(stale_dir / "checkpoints" / "step-000003")
+    (stale_dir / "summary.json").unlink()
+    resumed = run_script(stale_run, timeout=900)
+    assert "[resume] continuing from" in resumed.stdout
+    lags = [s["policy_lag"] for s in _summary_after(resumed, stale_dir)["train"]["history"]]
+    assert lags == [0, 1, 0]  # steps 0-1 from the checkpoint; batch 2 sampled by the restored v2
 
 
 def _summary_after(proc, run_dir):
