@@ -92,6 +92,7 @@ class RewardConfig:
     weights: dict[str, float] = field(default_factory=dict)  # for kind=mix: {reward kind: weight}
     probe_prompt: str = " So the answer is"  # RLSF fallback for turns with no answer format
     probe_tokens: int = 8  # greedy tokens of the fallback probe; 0 = no fallback
+    probe_min_tokens: int = 1  # shortest probed answer run (it also needs a letter or digit, not just " " or ".")
     nonfinite: str = "error"  # a NaN/inf reward: error | skip (the episode gets no policy gradient; counted)
 
 
@@ -154,7 +155,8 @@ CHOICES = {
 OPEN_SECTIONS = ("reward.weights",)  # user-named keys live here
 POSITIVE = ("train.keep_checkpoints", "train.steps", "rollout.n", "rollout.prompts_per_step", "rollout.max_tokens",
             "eval.problems", "train.micro_batch_size", "rollout.max_model_len", "rollout.kv_cache_gib",
-            "rollout.workers", "rollout.worker_timeout_s", "rollout.sync_bucket_mb", "rollout.is_cap")
+            "rollout.workers", "rollout.worker_timeout_s", "rollout.sync_bucket_mb", "rollout.is_cap",
+            "reward.probe_min_tokens")
 NON_NEGATIVE = ("eval.every", "train.save_every", "algo.stage1_steps", "algo.beta1", "algo.beta2", "algo.alpha",
                 "train.lr", "rollout.temperature", "eval.temperature", "train.grad_clip", "eval.samples_logged",
                 "guard.min_entropy", "guard.patience", "reward.probe_tokens", "log.text_every", "log.text_episodes",

@@ -33,20 +33,36 @@ def answer_token_span(tokenizer, token_ids: Sequence[int], text: str) -> tuple[i
     return char_span_to_token_span(token_char_ends(tokenizer, token_ids), *span)
 
 
-def longest_common_run(response: Sequence[int], probe: Sequence[int]) -> tuple[int, int] | None:
-    """[start, end) in `response` of the longest contiguous token run it shares with `probe` (the
-    earliest such run on ties); None when they share no token."""
+def carries_content(tokenizer, token: int) -> bool:
+    """Whether a token's text has a letter or digit: a space or a punctuation mark alone is no answer."""
+    return any(ch.isalnum() for ch in tokenizer.decode([token], skip_special_tokens=True))
+
+
+def longest_common_run(response: Sequence[int], probe: Sequence[int], min_tokens: int = 1,
+                       content: Sequence[bool] | None = None) -> tuple[int, int] | None:
+    """[start, end) in `response` of the longest contiguous token run it shares with `probe` that has at
+    least `min_tokens` tokens and, when `content` (one flag per response token) is given, one flagged token
+    (the earliest such run on ties); None when no shared run qualifies."""
+    content = [True] * len(response) if content is None else content
     best_len, best_end = 0, 0
-    previous = [0] * (len(probe) + 1)
+    previous, previous_has = [0] * (len(probe) + 1), [False] * (len(probe) + 1)
     for i, tok in enumerate(response, start=1):
-        current = [0] * (len(probe) + 1)
+        current, current_has = [0] * (len(probe) + 1), [False] * (len(probe) + 1)
         for j, other in enumerate(probe, start=1):
             if tok == other:
                 current[j] = previous[j - 1] + 1
-                if current[j] > best_len:
+                current_has[j] = previous_has[j - 1] or content[i - 1]
+                # any shorter shared run ending here is a suffix of this one: it has content only if this does
+                if current_has[j] and current[j] >= min_tokens and current[j] > best_len:
                     best_len, best_end = current[j], i
-        previous = current
+        previous, previous_has = current, current_has
     return (best_end - best_len, best_end) if best_len else None
+
+
+def answer_run(tokenizer, response: Sequence[int], probe: Sequence[int], min_tokens: int = 1) -> tuple[int, int] | None:
+    """RLSF's answer in `response`: its longest run shared with the probe's continuation that has at least
+    `min_tokens` tokens and carries content; None when only spaces or punctuation are shared."""
+    return longest_common_run(response, probe, min_tokens, [carries_content(tokenizer, t) for t in response])
 
 
 def locate_answer(tokenizer, completion) -> tuple[int, int] | None:

@@ -1,18 +1,19 @@
 """RLSF's fallback for responses without an answer format: ask the policy to finish
 "<response> So the answer is" greedily, and take as the answer the longest token run that the short
-continuation shares with the response."""
+continuation shares with the response and that carries content (a letter or digit)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rewards.answer_span import answer_token_span, longest_common_run
+from rewards.answer_span import answer_run, answer_token_span
 from rollout.vllm_engine import RolloutEngine
 
 
 def probe_answer_spans(engine: RolloutEngine, tokenizer, episodes: Sequence, probe_text: str,
-                       probe_tokens: int) -> int:
-    """Set `probe_span` on every turn whose answer no format locates; returns how many were probed."""
+                       probe_tokens: int, min_tokens: int = 1) -> int:
+    """Set `probe_span` on every turn whose answer no format locates (None where the probe shares no run of
+    `min_tokens` or more tokens with content); returns how many were probed."""
     eos = tokenizer.eos_token_id
     todo = []
     for ep in episodes:
@@ -24,5 +25,5 @@ def probe_answer_spans(engine: RolloutEngine, tokenizer, episodes: Sequence, pro
         return 0
     outputs = engine.generate([ids for _, _, ids in todo], n=1, max_tokens=probe_tokens, temperature=0.0)
     for (completion, body, _), out in zip(todo, outputs):
-        completion.probe_span = longest_common_run(body, out[0].token_ids)
+        completion.probe_span = answer_run(tokenizer, body, out[0].token_ids, min_tokens)
     return len(todo)

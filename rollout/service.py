@@ -33,7 +33,8 @@ def sample_step(engine, tokenizer, cfg, problems, progress: bool = False):
     episodes = sample_episodes(engine, tokenizer, problems, n=cfg.rollout.n, max_tokens=cfg.rollout.max_tokens,
                                temperature=cfg.rollout.temperature, instruction=cfg.rollout.correction_instruction,
                                progress=progress)
-    probe_answer_spans(engine, tokenizer, episodes, cfg.reward.probe_prompt, cfg.reward.probe_tokens)
+    probe_answer_spans(engine, tokenizer, episodes, cfg.reward.probe_prompt, cfg.reward.probe_tokens,
+                       cfg.reward.probe_min_tokens)
     return episodes
 
 

@@ -53,26 +53,67 @@ def test_longest_common_run(response, probe, span):
     assert longest_common_run(response, probe) == span
 
 
+@pytest.mark.parametrize("response, probe, text_span", [
+    ("I am not sure.", " 5.", None),  # only " " and "." are shared: no answer, not a lone space
+    ("the answer is 5.", " 5.", (13, 16)),  # " 5." is shared whole
+    ("it is 5 . done", " . 5", (5, 7)),  # " . " (3 tokens) is shared but empty; " 5" (2) is the answer
+])
+def test_probe_answer_run_needs_content(response, probe, text_span):
+    from rewards.answer_span import answer_run
+
+    tok = build_char_tokenizer()
+    ids = lambda text: tok(text, add_special_tokens=False).input_ids
+    assert answer_run(tok, ids(response), ids(probe)) == text_span
+
+
+def test_probe_answer_run_min_tokens():
+    from rewards.answer_span import answer_run
+
+    tok = build_char_tokenizer()
+    response = tok("the answer is 5.", add_special_tokens=False).input_ids
+    probe = tok("5", add_special_tokens=False).input_ids
+    assert answer_run(tok, response, probe) == (14, 15)  # "5" alone
+    assert answer_run(tok, response, probe, min_tokens=2) is None  # one token is too short
+
+
+class GreedyAnswers:
+    """Stands in for vLLM's greedy continuation: every probe is answered with `text`."""
+
+    def __init__(self, tok, text):
+        self.tok, self.text, self.calls = tok, text, []
+
+    def generate(self, prompts, n, max_tokens, temperature):
+        from rollout.vllm_engine import Completion
+
+        self.calls.append((prompts, max_tokens, temperature))
+        ids = self.tok(self.text, add_special_tokens=False).input_ids
+        return [[Completion(ids, [0.0] * len(ids), self.text, True)] for _ in prompts]
+
+
 def test_probe_fallback_locates_an_answer_without_format():
     from rollout.answer_probe import probe_answer_spans
     from rewards.answer_span import locate_answer
-    from rollout.vllm_engine import Completion
     from tests.test_episodes import _episode
 
     tok = build_char_tokenizer()
     ep = _episode(tok, "2+3=?", "it is 5 I think", "Final Answer: 5")
-
-    class GreedyAnswers:  # stands in for vLLM's greedy continuation: " 5."
-        calls = []
-
-        def generate(self, prompts, n, max_tokens, temperature):
-            self.calls.append((prompts, max_tokens, temperature))
-            return [[Completion(tok(" 5.", add_special_tokens=False).input_ids, [0.0] * 3, " 5.", True)]
-                    for _ in prompts]
-
-    engine = GreedyAnswers()
+    engine = GreedyAnswers(tok, " 5.")
     assert probe_answer_spans(engine, tok, [ep], " So the answer is", 4) == 1  # only turn 1 lacks a format
     prompts, max_tokens, temperature = engine.calls[0]
     assert tok.decode(prompts[0]).endswith("assistant\nit is 5 I think So the answer is") and temperature == 0.0
     assert locate_answer(tok, ep.turn1) == (5, 7)  # " 5" in "it is 5 I think"
     assert locate_answer(tok, ep.turn2) == (14, 15)  # the format wins where there is one
+
+
+def test_probe_finds_no_answer_in_a_response_without_one():
+    from rewards import turn_has_answer
+    from rollout.answer_probe import probe_answer_spans
+    from tests.test_episodes import _episode
+
+    tok = build_char_tokenizer()
+    eps = [_episode(tok, "2+3=?", "I am not sure.", "Final Answer: 5"),
+           _episode(tok, "2+3=?", "it is 5 I think", "no idea")]
+    assert probe_answer_spans(GreedyAnswers(tok, " 5."), tok, eps, " So the answer is", 4) == 3
+    assert eps[0].turn1.probe_span is None  # a shared space is no answer
+    h1, h2 = turn_has_answer(eps, tok)
+    assert h1.tolist() == [0.0, 1.0] and h2.tolist() == [1.0, 0.0]

@@ -54,7 +54,11 @@ def test_response_scope_covers_every_sampled_token_of_the_turn():
 
 
 def test_response_scope_gives_zero_without_an_answer():
-    ep = _episode(TOK, "2+3=?", "I am not sure", "Final Answer: 5")
+    from rollout.answer_probe import probe_answer_spans
+    from tests.test_answer_span import GreedyAnswers
+
+    ep = _episode(TOK, "2+3=?", "I am not sure.", "Final Answer: 5")
+    probe_answer_spans(GreedyAnswers(TOK, " 5."), TOK, [ep], " So the answer is", 4)  # shares only " " and "."
     stats = _stats_with([ep], lambda name, shape: torch.full(shape, 0.5))
     for reduction in ("mean", "min", "geomean"):
         r1, r2 = REWARDS["confidence"].fn(_inputs([ep], stats, metric="prob", scope="response", reduction=reduction))

@@ -59,7 +59,12 @@ def test_confidence_metrics_average_over_the_answer_span_only():
 
 
 def test_no_answer_gets_zero():
-    ep = _episode(TOK, "2+3=?", "I am not sure", "Final Answer: 5")
+    from rollout.answer_probe import probe_answer_spans
+    from tests.test_answer_span import GreedyAnswers
+
+    ep = _episode(TOK, "2+3=?", "I am not sure.", "Final Answer: 5")
+    # as in training, RLSF's probe runs on the unformatted turn 1; " 5." shares only " " and "." with it
+    assert probe_answer_spans(GreedyAnswers(TOK, " 5."), TOK, [ep], " So the answer is", 4) == 1
     stats = _stats_with([ep], lambda name, shape: torch.ones(shape))
     r1, r2 = REWARDS["confidence"].fn(_inputs([ep], stats, metric="prob"))
     assert r1.item() == 0.0 and r2.item() == pytest.approx(torch.e)
