@@ -62,6 +62,23 @@ def remote_code_folder(tmp_path: Path, tiny_model_dir: Path) -> Path:
     return folder
 
 
+def long_prompt_error(model_dir: Path, data: Path) -> str:
+    """The start of the overlong-prompt error, its token counts taken from the model's tokenizer: the rendered
+    prompt; the episode as the whole chat up to the second answer (with an empty first answer), plus two turns
+    of rollout.max_tokens and RLSF's probe (its prompt and its greedy tokens)."""
+    from transformers import AutoTokenizer
+
+    tok, cfg = AutoTokenizer.from_pretrained(model_dir), load_config([])
+    user = {"role": "user", "content": LONG_PROMPT}
+    chat = [user, {"role": "assistant", "content": ""}, {"role": "user", "content": cfg.rollout.correction_instruction}]
+    prompt = len(tok.apply_chat_template([user], add_generation_prompt=True, return_dict=False))
+    episode = (len(tok.apply_chat_template(chat, add_generation_prompt=True, return_dict=False))
+               + 2 * cfg.rollout.max_tokens + len(tok(cfg.reward.probe_prompt, add_special_tokens=False).input_ids)
+               + cfg.reward.probe_tokens)
+    return (f"{data}:3: the prompt takes {prompt} tokens and its episode {episode} (two turns of "
+            f"rollout.max_tokens={cfg.rollout.max_tokens}")
+
+
 # (case, arguments given the fixture's folders, the expected error line)
 CATALOGUE = [
     ("malformed JSONL line", lambda f: [f"data.train={f['malformed']}"],
@@ -71,7 +88,7 @@ CATALOGUE = [
     ("empty dataset", lambda f: [f"data.eval={f['empty']}"],
      lambda f: f"{f['empty']}: no problems found (the file is empty or all blank lines). Hint:"),
     ("prompt longer than the context", lambda f: [f"model.path={f['model']}", f"data.train={f['long']}"],
-     lambda f: f"{f['long']}:3: the prompt takes 351 tokens and its episode 531 (two turns of rollout.max_tokens=48"),
+     lambda f: long_prompt_error(f["model"], f["long"])),
     ("unknown config key", lambda f: ["train.stepz=3"],
      lambda f: "unknown config key 'train.stepz' (override 'train.stepz'). Did you mean 'train.steps'?"),
     ("wrong value type", lambda f: ["rollout.n=abc"],

@@ -13,6 +13,48 @@ import pytest
 from tests.conftest import ROOT, run_script
 
 
+def assert_model_folder_is_the_saved_state(checkpoint, base_dir):
+    """The checkpoint's Hugging Face folder holds exactly the weights of its DeepSpeed state (what a resume
+    restores), and they are trained weights, not those of the base model the run started from."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = AutoModelForCausalLM.from_pretrained(checkpoint / "model").state_dict()
+    saved = torch.load(checkpoint / "deepspeed" / "state" / "mp_rank_00_model_states.pt", weights_only=False,
+                       map_location="cpu")["module"]
+    saved = {k.removeprefix("lm."): v for k, v in saved.items()}  # the engine wraps the policy as `lm`
+    assert folder.keys() == saved.keys()
+    assert [k for k in folder if not torch.equal(folder[k], saved[k])] == []  # names any tensor that differs
+    base = AutoModelForCausalLM.from_pretrained(base_dir).state_dict()
+    assert not all(torch.equal(folder[k], base[k]) for k in folder)  # the updates moved the weights
+
+
+def test_checkpoint_model_folder_holds_the_trained_weights(tiny_model_dir, tmp_path):
+    """In-process, world size 1: one update, then save_checkpoint; no training run is launched."""
+    from types import SimpleNamespace
+
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+
+    from engine.algorithms import TurnWeights
+    from engine.batch import collate
+    from engine.checkpoint import save_checkpoint
+    from engine.distributed import init_distributed
+    from engine.learner import Learner
+    from tests.test_episodes import _episode
+
+    init_distributed()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    episodes = [_episode(tok, f"{i}+1=?", f"Final Answer: {i + 1}", f"Final Answer: {i}") for i in range(2)]
+    learner = Learner(str(tiny_model_dir), zero_stage=0, lr=1e-2, grad_clip=1e6, episodes_per_rank=2,
+                      micro_batch_size=2)
+    learner.update(collate(episodes, tok.pad_token_id), torch.tensor([1.0, -1.0]), torch.tensor([-1.0, 1.0]),
+                   TurnWeights(pg_turn1=1.0, kl_turn1=0.0, kl_turn2=0.0), "k2")
+    cfg = OmegaConf.create({"train": {"output_dir": str(tmp_path), "keep_checkpoints": 1}})
+    run = SimpleNamespace(cfg=cfg, learner=learner, tokenizer=tok, rank=0, is_main=True)
+    checkpoint = save_checkpoint(run, step=1, meta={"step": 1}, keep=1)
+    assert_model_folder_is_the_saved_state(checkpoint, tiny_model_dir)
 
 
 def _command(model_dir, run_dir, save_every):
@@ -53,9 +95,7 @@ def test_killed_run_resumes_exactly(tiny_model_dir, tmp_path):
     assert summary["eval"]["after"] == json.loads((straight / "summary.json").read_text())["eval"]["after"]
     kept = sorted(p.name for p in (killed / "checkpoints").iterdir())
     assert kept == ["step-000004", "step-000005"]  # keep_checkpoints=2, no temporary directories left
-    from transformers import AutoModelForCausalLM
-
-    assert AutoModelForCausalLM.from_pretrained(killed / "checkpoints" / "step-000005" / "model") is not None
+    assert_model_folder_is_the_saved_state(killed / "checkpoints" / "step-000005", tiny_model_dir)
     samples = [json.loads(l)["step"] for l in (killed / "samples.jsonl").read_text().splitlines()]
     assert samples == sorted(samples) and len(set(samples)) == 5  # the killed run's extra lines were dropped
 

@@ -39,11 +39,25 @@ def test_ece_by_hand():
     assert expected_calibration_error(torch.tensor([0.5, 0.5]), torch.tensor([1, 0])) == pytest.approx(0.0)
 
 
-def test_calibration_metrics_have_standard_errors():
+def test_calibration_metrics_per_turn_by_hand():
+    from engine.metrics import calibration_metrics
+
+    # turn 1: four answers at confidence 0.875, all right -> every bootstrap resample has ECE 0.125, so se 0
+    conf1, correct1 = torch.full((4,), 0.875), torch.ones(4)
+    # turn 2: bin [0.3, 0.4) at 0.35 with 0 of 2 right -> 0.35; bin [0.8, 0.9) at 0.85 with 2 of 2 -> 0.15;
+    # each weighs 2/4 -> 0.25 (one bin over all four would give |0.5 - 0.6| = 0.1)
+    conf2, correct2 = torch.tensor([0.35, 0.35, 0.85, 0.85]), torch.tensor([0, 0, 1, 1])
+    m = calibration_metrics(conf1, conf2, correct1, correct2)
+    assert m["ece_t1"] == pytest.approx(0.125) and m["ece_t2"] == pytest.approx(0.25)
+    assert m["se_ece_t1"] == 0.0 and m["se_ece_t2"] > 0.0
+
+
+def test_calibration_standard_error_shrinks_with_more_data():
     from engine.metrics import calibration_metrics
 
     g = torch.Generator().manual_seed(1)
-    conf = torch.rand(200, generator=g)
-    correct = (torch.rand(200, generator=g) < conf).float()
-    m = calibration_metrics(conf, conf, correct, correct)
-    assert m["ece_t1"] == m["ece_t2"] and 0 < m["se_ece_t1"] < 0.1
+    conf = torch.rand(800, generator=g)
+    correct = (torch.rand(800, generator=g) < conf).float()
+    m = calibration_metrics(conf[:50], conf, correct[:50], correct)
+    # a bootstrap standard error falls about as 1/sqrt(n): 16 times the data, roughly a quarter of the error
+    assert 0 < m["se_ece_t2"] < m["se_ece_t1"] / 2 < 0.1

@@ -44,4 +44,15 @@ def test_self_certainty_matches_logsumexp_formula_on_random_logits():
     z = logits[:, :-1]
     direct = (-(1 / 11) * torch.log_softmax(z, -1).sum(-1)) - math.log(11)
     assert torch.allclose(s.self_certainty[:, 1:], direct, atol=1e-5)
-    assert (s.p_top1 >= s.p_top2).all()
+
+
+@pytest.mark.parametrize("impl", ["naive", "chunked"])
+def test_top_two_probabilities_match_a_full_softmax(impl):
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 5, 11, generator=g)
+    ids = torch.randint(0, 11, (2, 5), generator=g)
+    s = stats_from_logits(logits, ids, impl)
+    top = torch.softmax(logits[:, :-1], -1).topk(2, dim=-1).values  # built independently, over every logit
+    assert torch.allclose(s.p_top1[:, 1:], top[..., 0], atol=1e-6)
+    assert torch.allclose(s.p_top2[:, 1:], top[..., 1], atol=1e-6)
+    assert (s.p_top1[:, 0] == 0).all() and (s.p_top2[:, 0] == 0).all()  # nothing predicts the first token
