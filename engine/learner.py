@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from engine.algorithms import TurnWeights, kl_per_token, token_coefficients, token_loss, truncated_is_weights
 from engine.batch import TrainBatch
 from engine.distributed import all_ranks_sum, world_size
-from engine.scoring import ScoringModel, flat, grid
+from engine.scoring import ScoringModel, flat, grid, sampling_temperature
 from engine.token_stats import TokenStats, token_stats
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -23,9 +23,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 @dataclass
 class UpdateStats:
     loss: float
-    kl_turn1: float  # mean per-token KL(policy || reference) on turn-1 tokens
+    kl_turn1: float  # mean per-token KL(policy || reference) on turn-1 tokens of all ranks
     kl_turn2: float
     logprob_mismatch: float  # max |vLLM log-prob - learner log-prob| over sampled tokens
+    # max |policy log-prob - reference log-prob| over sampled tokens: what the mismatch would be if the
+    # weight sync did nothing (vLLM would still hold the base model)
+    reference_drift: float
     grad_norm: float  # global gradient norm before clipping
     lr: float
 
@@ -47,6 +50,16 @@ def deepspeed_config(zero_stage: int, micro_batch: int, grad_accum: int, lr: flo
     return config
 
 
+def reference_config(micro_batch: int, dtype: str) -> dict:
+    """The frozen reference at ZeRO-3: an engine with no optimizer whose parameters are sharded like the
+    policy's and gathered one module at a time in its forward."""
+    config = {"train_micro_batch_size_per_gpu": micro_batch, "zero_optimization": {"stage": 3},
+              "steps_per_print": 2**31 - 1}
+    if dtype == "bfloat16":
+        config["bf16"] = {"enabled": True}
+    return config
+
+
 class Learner:
     """`logprob_impl` (auto | naive | chunked | triton) picks the fused head's implementation for every
     scoring pass: the policy's loss, the reference's log-probs and the self-reward statistics."""
@@ -59,8 +72,8 @@ class Learner:
                                                         trust_remote_code=trust_remote_code)
 
         policy = ScoringModel(load(), logprob_impl)
-        self.reference = ScoringModel(load(), logprob_impl).eval()
-        self.reference.requires_grad_(False)
+        reference = ScoringModel(load(), logprob_impl).eval()
+        reference.requires_grad_(False)
         self.vocab_size = policy.lm.get_output_embeddings().out_features
         self.micro_batch = min(micro_batch_size, episodes_per_rank)
         self.grad_accum = math.ceil(episodes_per_rank / self.micro_batch)
@@ -68,11 +81,21 @@ class Learner:
         config = deepspeed_config(zero_stage, self.micro_batch, self.grad_accum, lr, grad_clip, dtype)
         self.engine, *_ = deepspeed.initialize(model=policy, model_parameters=policy.parameters(), config=config)
         self.device = self.engine.device
-        self.reference.to(self.device)
+        if zero_stage == 3:  # sharded over the learners like the policy, not a full copy on every rank
+            self.reference, *_ = deepspeed.initialize(model=reference, config=reference_config(self.micro_batch, dtype))
+            self.reference.eval()
+        else:
+            self.reference = reference.to(self.device)
 
     def update(self, batch: TrainBatch, turn1_adv: Tensor, turn2_adv: Tensor, weights: TurnWeights,
-               kl_estimator: str, is_cap: float | None = None) -> UpdateStats:
-        """One optimizer step over the whole batch, in micro-batches with gradient accumulation."""
+               kl_estimator: str, is_cap: float | None = None, temperature: float = 1.0) -> UpdateStats:
+        """One optimizer step over the whole batch, in micro-batches with gradient accumulation. Policy and
+        reference are scored at the sampling temperature (logits / T): the policy vLLM sampled from."""
+        with sampling_temperature(self.policy, temperature), sampling_temperature(self._reference_lm, temperature):
+            return self._update(batch, turn1_adv, turn2_adv, weights, kl_estimator, is_cap)
+
+    def _update(self, batch: TrainBatch, turn1_adv: Tensor, turn2_adv: Tensor, weights: TurnWeights,
+                kl_estimator: str, is_cap: float | None) -> UpdateStats:
         self.engine.train()
         batch = batch.to(self.device)
         # Token counts over all ranks: DeepSpeed averages gradients across ranks, so each rank's loss
@@ -81,7 +104,7 @@ class Learner:
         scale = world_size()
         pg_coef, kl_coef = token_coefficients(batch.turn1_mask, batch.turn2_mask, turn1_adv.to(self.device),
                                               turn2_adv.to(self.device), weights, tokens1, tokens2)
-        loss_sum = kl1_sum = kl2_sum = mismatch = 0.0
+        loss_sum = kl1_sum = kl2_sum = mismatch = drift = 0.0
         grad_norm = None
         for start in range(0, len(batch), self.micro_batch):
             end = start + self.micro_batch
@@ -107,17 +130,20 @@ class Learner:
             if self.engine.is_gradient_accumulation_boundary():
                 grad_norm = self._grad_norm_before_step()
             self.engine.step()
-            lp = grid(lp.float(), sampled)
-            kl_tokens = kl_per_token(lp, grid(ref_lp.float(), sampled), kl_estimator)
+            lp, ref_lp = grid(lp.float(), sampled), grid(ref_lp.float(), sampled)
+            kl_tokens = kl_per_token(lp, ref_lp, kl_estimator)
             if sampled.any():
                 mismatch = max(mismatch, (lp - mb.rollout_logprobs).abs()[sampled].max().item())
+                drift = max(drift, (lp - ref_lp).abs()[sampled].max().item())
             loss_sum += loss.item() * scale
             kl1_sum += (kl_tokens * mb.turn1_mask).sum().item()
             kl2_sum += (kl_tokens * mb.turn2_mask).sum().item()
         if grad_norm is None:  # ZeRO 1-3 shard the gradients; their optimizer computes the global norm
             grad_norm = self.engine.get_global_grad_norm()
+        # Sums over all ranks over the global token counts: every rank reports the batch's token mean.
+        kl1_sum, kl2_sum = all_ranks_sum([kl1_sum, kl2_sum])
         return UpdateStats(loss=loss_sum, kl_turn1=kl1_sum / max(tokens1, 1), kl_turn2=kl2_sum / max(tokens2, 1),
-                           logprob_mismatch=mismatch, grad_norm=float("nan") if grad_norm is None else float(grad_norm),
+                           logprob_mismatch=mismatch, reference_drift=drift, grad_norm=float("nan") if grad_norm is None else float(grad_norm),
                            lr=self.engine.get_lr()[0])
 
     def _grad_norm_before_step(self) -> float | None:
@@ -136,6 +162,10 @@ class Learner:
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         return token_stats(self.engine, input_ids.to(self.device), mask.to(self.device), self.micro_batch,
                            self.vocab_size)
+
+    @property
+    def _reference_lm(self):
+        return getattr(self.reference, "module", self.reference).lm
 
     @property
     def policy(self):

@@ -8,6 +8,8 @@ forward and again for the backward, exactly as for a plain `nn.Linear` call.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
@@ -27,6 +29,19 @@ class FusedHead(nn.Linear):
             return head_stats(hidden, self.weight, targets, self.bias, self.scale, wanted, self.impl).as_tuple()
         loss, stats = head_loss(hidden, self.weight, targets, per_token_loss, self.bias, self.scale, wanted, self.impl)
         return (loss, *stats.as_tuple())
+
+
+@contextmanager
+def sampling_temperature(model: nn.Module, temperature: float):
+    """Inside, the model scores logits / temperature: the policy vLLM sampled from at that temperature
+    (0, greedy, scores the raw model)."""
+    head = model.get_output_embeddings()
+    base = head.scale
+    head.scale = base / temperature if temperature > 0 else base
+    try:
+        yield
+    finally:
+        head.scale = base
 
 
 def logit_scale(config) -> float:

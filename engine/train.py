@@ -173,7 +173,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     # 3. One learner update (its weights go out at the start of the next step, or before an evaluation).
     weights = algo.turn_weights(stage, cfg.algo.beta1, cfg.algo.beta2, cfg.algo.turn1_credit)
     update = run.learner.update(batch, adv1, adv2, weights, cfg.algo.kl_estimator,
-                                is_cap=cfg.rollout.is_cap if staleness(cfg) else None)
+                                is_cap=cfg.rollout.is_cap if staleness(cfg) else None,
+                                temperature=cfg.rollout.temperature)
     clock.append(time.perf_counter())
 
     run.logger.samples(step + 1, episodes, r1, r2, cfg.eval.samples_logged)
@@ -196,7 +197,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         stats.update(acc_t1=acc1.mean().item(), acc_t2=acc2.mean().item())
     if cfg.train.grad_clip > 0:
         stats["grad_clipped"] = float(update.grad_norm > cfg.train.grad_clip)
-    return {**reduce_mean(stats), "logprob_mismatch": reduce_max(update.logprob_mismatch)}
+    return {**reduce_mean(stats), "logprob_mismatch": reduce_max(update.logprob_mismatch),
+            "reference_drift": reduce_max(update.reference_drift)}
 
 
 def rewards_on_every_rank(run: Run, step: int, inputs: RewardInputs):
@@ -235,7 +237,7 @@ PERF_KEYS = ("rollout_s", "score_s", "update_s", "sync_s", "idle_s", "step_secon
 
 def log_step(run: Run, step: int, stats: dict[str, float], seconds_per_step: float) -> None:
     """TensorBoard scalars (rank 0) and one compact progress line."""
-    rollout_keys = ("logprob_mismatch", "policy_lag")
+    rollout_keys = ("logprob_mismatch", "reference_drift", "policy_lag")
     run.logger.scalars("train", {k: v for k, v in stats.items()
                                  if k not in PERF_KEYS + rollout_keys and k != "tokens"}, step + 1)
     run.logger.scalars("rollout", {k: stats[k] for k in rollout_keys}, step + 1)

@@ -17,10 +17,10 @@ class Completion:
     """One sampled continuation of a prompt."""
 
     token_ids: list[int]
-    logprobs: list[float]  # the sampled tokens' log-probs under the raw (temperature 1) model
+    logprobs: list[float]  # the sampled tokens' log-probs under the policy that sampled them (logits / T)
     text: str
     finished: bool  # ended on a stop token rather than on the length limit
-    top_logprobs: list[list[float]] | None = None  # per position, the k best log-probs, best first
+    top_logprobs: list[list[float]] | None = None  # per position, the k best log-probs (logits / T), best first
     probe_span: tuple[int, int] | None = None  # answer tokens found by RLSF's probe (rollout.answer_probe)
 
 
@@ -50,8 +50,11 @@ class RolloutEngine:
         from vllm import LLM
 
         try:
+            # processed_logprobs: log-probs of the tempered distribution the tokens were drawn from (greedy
+            # requests: the raw ones), which is what the learner's IS ratio and mismatch check compare with.
             self.llm = LLM(model=model_path, dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=seed,
-                           gpu_memory_utilization=gpu_memory_utilization, trust_remote_code=trust_remote_code)
+                           gpu_memory_utilization=gpu_memory_utilization, trust_remote_code=trust_remote_code,
+                           logprobs_mode="processed_logprobs")
         except Exception as err:  # vLLM raises many types; the user needs its reason, not its stack
             cause = _root_cause(err)
             reason = f"{type(err).__name__}: {str(err).rstrip('.')}"

@@ -43,3 +43,11 @@ def run_script(args: list[str], timeout: int, env_extra: dict | None = None) -> 
         pytest.fail(f"{' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}\n"
                     f"--- stderr\n{proc.stderr[-6000:]}")
     return proc
+
+
+def assert_weights_synced(history: list[dict]) -> None:
+    """vLLM's log-probs matched the learner's at every step, and by the last step the policy had moved
+    far enough from the base model that a sync doing nothing would have failed the first check (vLLM
+    would then still sample from the base: its mismatch would be the reference drift)."""
+    assert max(s["logprob_mismatch"] for s in history) <= 1e-3, [s["logprob_mismatch"] for s in history]
+    assert history[-1]["reference_drift"] > 1e-2, [s["reference_drift"] for s in history]

@@ -1,5 +1,9 @@
 """The learner's update against one big batch: micro-batching and gradient accumulation must not
-change the loss or the gradient (a real DeepSpeed engine, in this process, world size 1)."""
+change the loss or the gradient (a real DeepSpeed engine, in this process, world size 1); and the same
+batch split over two learner ranks (tests/scripts/learner_ranks.py) logs the one-rank statistics."""
+
+import json
+import sys
 
 import pytest
 import torch
@@ -9,6 +13,7 @@ from engine.algorithms import TurnWeights
 from engine.batch import collate
 from engine.distributed import init_distributed
 from engine.learner import Learner
+from tests.conftest import run_script
 from tests.test_episodes import _episode
 
 
@@ -93,3 +98,45 @@ def test_scoring_model_keeps_the_autograd_path(tiny_model_dir):
     assert results["chunked"][0].shape == (6,)  # 4 + 2 tokens have a predecessor
     assert torch.allclose(results["chunked"][0], results["naive"][0], atol=1e-5)
     assert results["chunked"][1] == pytest.approx(results["naive"][1], rel=1e-5) and results["naive"][1] > 0
+
+
+def _ranks_result(model_dir, ranks: int, zero_stage: int) -> dict:
+    from engine.distributed import free_port
+
+    script = ["tests/scripts/learner_ranks.py", str(model_dir), str(zero_stage)]
+    command = ([sys.executable, *script] if ranks == 1 else
+               ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port()), *script])
+    proc = run_script(command, timeout=600)
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def _wide_model(folder) -> str:
+    """A random 2-layer Qwen2 whose matrices are past ZeRO-3's persistence threshold (1e5 elements), so
+    they are really sharded (the tiny model's are all below it: every rank keeps them whole)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from engine.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=384, intermediate_size=1024, num_hidden_layers=2,
+                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def test_two_learners_log_the_one_rank_statistics_and_shard_the_reference(tmp_path):
+    """The same 8 episodes on one rank and split over two (ZeRO-3): the logged loss and KL (each rank's
+    value, then the mean over ranks, as train_step logs them) and the gradient norm are the one-rank ones;
+    each of the two ranks holds about half of the frozen reference, as of the policy."""
+    model = _wide_model(tmp_path / "wide")
+    one, two = _ranks_result(model, 1, 3), _ranks_result(model, 2, 3)
+    assert one["logged"]["kl_t1"] > 0.01 and one["logged"]["kl_t2"] > 0.01  # the update moved the policy
+    for key in ("loss", "kl_t1", "kl_t2"):
+        assert two["logged"][key] == pytest.approx(one["logged"][key], rel=1e-4), key
+    assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
+    assert two["reference_bytes"] <= 0.6 * two["full_bytes"]  # a shard (plus the small persistent vectors)
+    assert two["reference_bytes"] == two["policy_bytes"]
