@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 from engine.logprobs import head_loss, head_stats
+from engine.models import DTYPES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 H, V = 896, 151936
 
 

@@ -98,7 +98,7 @@ def turn_weights(stage: int, beta1: float, beta2: float, turn1_credit: str = "ow
     return TurnWeights(pg_turn1=1.0, kl_turn1=beta1, kl_turn2=beta1)
 
 
-def scores_stage(step: int, stage1_steps: int) -> int:
+def stage_at(step: int, stage1_steps: int) -> int:
     """Steps are 0-based; the first `stage1_steps` steps are Stage I."""
     return 1 if step < stage1_steps else 2
 

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from engine.errors import UserError
     from engine.logprobs import impl_for_this_machine
     from engine.inputs import require_chat_template
-    from engine.models import load_tokenizer_and_config, resolve_model_path
+    from engine.models import DTYPES, load_tokenizer_and_config, resolve_model_path
     from engine.scoring import ScoringModel
     from engine.token_stats import token_stats
     from rollout.data import load_problems, require_answers
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     engine = RolloutEngine(model_path, max_model_len=cfg.rollout.max_model_len, seed=cfg.train.seed + rank,
                            dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib,
                            trust_remote_code=cfg.model.trust_remote_code)
-    lm = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, cfg.model.dtype),
+    lm = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[cfg.model.dtype],
                                               trust_remote_code=cfg.model.trust_remote_code).to(device)
     scorer = ScoringModel(lm, cfg.learner.logprob_impl).eval()
     vocab = lm.get_output_embeddings().out_features
@@ -125,10 +125,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    from engine.errors import UserError
+    from engine.errors import run_cli
 
-    try:
-        main()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    run_cli(lambda: main() and None)

@@ -14,11 +14,9 @@ from transformers import AutoModelForCausalLM
 from engine.algorithms import TurnWeights, kl_per_token, token_coefficients, token_loss, truncated_is_weights
 from engine.batch import TrainBatch
 from engine.distributed import all_ranks_sum, world_size
+from engine.models import DTYPES
 from engine.scoring import ScoringModel, flat, grid, sampling_temperature
 from engine.token_stats import TokenStats, token_stats
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
 
 @dataclass
 class UpdateStats:

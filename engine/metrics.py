@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -37,6 +38,17 @@ def correction_metrics(correct1: Tensor, correct2: Tensor) -> dict[str, float]:
 
 def _binomial_se(rate: float, n: int) -> float:
     return math.sqrt(rate * (1 - rate) / max(n, 1))
+
+
+class Laps:
+    """Named wall-clock laps: `end(name)` records the seconds since the previous lap ended."""
+
+    def __init__(self):
+        self.last, self.seconds = time.perf_counter(), {}
+
+    def end(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name], self.last = now - self.last, now
 
 
 def edit_distance_ratio(first: list[int], second: list[int]) -> float:

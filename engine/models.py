@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from engine.errors import UserError
+
+# `model.dtype` (and any dtype sent by name) -> torch dtype
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The inverse of DTYPES: torch.bfloat16 -> "bfloat16"."""
+    return str(dtype).removeprefix("torch.")
 
 BUILTIN_MODELS = ("builtin:tiny-arith",)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from engine.config import load_config
 from engine.distributed import RENDEZVOUS_VARS
-from engine.errors import UserError
+from engine.errors import UserError, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "ece_t1", "ece_t2", "edit_ratio")
@@ -185,8 +185,4 @@ def main(argv: list[str] | None = None) -> list[SweepRun]:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(1 if any(r.status == "failed" for r in main()) else 0)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    run_cli(lambda: 1 if any(r.status == "failed" for r in main()) else 0)

@@ -31,13 +31,13 @@ from engine.batch import collate
 from engine.checkpoint import latest_checkpoint, load_checkpoint, run_identity, save_checkpoint
 from engine.config import load_config, main_args, save_config, staleness
 from engine.distributed import barrier, init_distributed, reduce_max, reduce_mean
-from engine.errors import UserError
+from engine.errors import run_cli
 from engine.evaluate import eval_metrics
 from engine.guard import CollapseGuard
 from engine.learner import Learner
 from engine.inputs import check_inputs, fit_to_model
 from engine.placement import Channels, Placement, launch_rank_and_world, plan_placement, split_default_group
-from engine.metrics import RunLogger
+from engine.metrics import Laps, RunLogger
 from engine.models import load_tokenizer_and_config, resolve_model_path
 from engine.stop_signals import StopSignals
 from rewards import RewardInputs, turn_correctness, turn_has_answer
@@ -141,19 +141,19 @@ def step_prompts(run: Run, step: int) -> list[Problem]:
 
 def train_step(run: Run, step: int) -> dict[str, float]:
     cfg = run.cfg
-    stage = algo.scores_stage(step, cfg.algo.stage1_steps)
-    clock = [time.perf_counter()]
+    stage = algo.stage_at(step, cfg.algo.stage1_steps)
+    laps = Laps()
 
     # 1. Rollout: the current weights out (version = updates so far), the prompts of the step `staleness`
     #    ahead in (0: this step's), then this step's turn-1 answers (rollout.n per prompt) and corrections.
     run.rollouts.push_weights(step)
-    clock.append(time.perf_counter())
+    laps.end("sync_s")
     ahead = step + staleness(cfg)
     if ahead < cfg.train.steps:
         run.rollouts.request(ahead, step_prompts(run, ahead))
     idle_before = run.rollouts.idle_s
     episodes = run.rollouts.collect(step)
-    clock.append(time.perf_counter())
+    laps.end("collect_s")  # logged as rollout_s (sampling) and idle_s (waiting for workers)
 
     # 2. Rewards (self-rewards read the policy's token statistics, scored once per step; the entropy
     #    is logged whatever the reward) -> per-turn returns -> advantages against each prompt's group.
@@ -168,14 +168,14 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     estimator = algo.ADVANTAGE_ESTIMATORS[cfg.algo.advantage]
     adv1 = estimator(ret1.view(-1, cfg.rollout.n)).flatten().masked_fill(skipped, 0.0)
     adv2 = estimator(ret2.view(-1, cfg.rollout.n)).flatten().masked_fill(skipped, 0.0)
-    clock.append(time.perf_counter())
+    laps.end("score_s")
 
     # 3. One learner update (its weights go out at the start of the next step, or before an evaluation).
     weights = algo.turn_weights(stage, cfg.algo.beta1, cfg.algo.beta2, cfg.algo.turn1_credit)
     update = run.learner.update(batch, adv1, adv2, weights, cfg.algo.kl_estimator,
                                 is_cap=cfg.rollout.is_cap if staleness(cfg) else None,
                                 temperature=cfg.rollout.temperature)
-    clock.append(time.perf_counter())
+    laps.end("update_s")
 
     run.logger.samples(step + 1, episodes, r1, r2, cfg.eval.samples_logged)
     if cfg.log.text_every and (step + 1) % cfg.log.text_every == 0:
@@ -185,8 +185,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         "kl_t2": update.kl_turn2, "loss": update.loss, "stage": float(stage),
         "no_answer_frac": 1 - (has1.mean().item() + has2.mean().item()) / 2,
         "entropy": response_mean(token_stats.entropy, batch), "grad_norm": update.grad_norm, "lr": update.lr,
-        "sync_s": clock[1] - clock[0], "rollout_s": run.rollouts.last_rollout_s, "score_s": clock[3] - clock[2],
-        "update_s": clock[4] - clock[3], "idle_s": run.rollouts.idle_s - idle_before,
+        "sync_s": laps.seconds["sync_s"], "rollout_s": run.rollouts.last_rollout_s, "score_s": laps.seconds["score_s"],
+        "update_s": laps.seconds["update_s"], "idle_s": run.rollouts.idle_s - idle_before,
         "tokens": (batch.turn1_mask.sum() + batch.turn2_mask.sum()).item(),
         # Updates between the policy that sampled the batch and the one trained on it (<= rollout.max_staleness).
         "policy_lag": float(step - run.rollouts.sampled_version),
@@ -350,7 +350,7 @@ def write_checkpoint(run: Run, steps_done: int, before: dict, history: list, ala
                      guard: CollapseGuard) -> None:
     cfg = run.cfg
     meta = {"step": steps_done,
-            "stage": algo.scores_stage(steps_done, cfg.algo.stage1_steps),  # the stage of the next step
+            "stage": algo.stage_at(steps_done, cfg.algo.stage1_steps),  # the stage of the next step
             # The data position: step k's prompts are drawn with (train.seed, k), see step_prompts.
             "data_position": {"next_step": steps_done, "seed": cfg.train.seed},
             "run": run_identity(cfg.train.output_dir),
@@ -392,11 +392,7 @@ def finish(run: Run, before: dict, history: list, alarms: list, started: float) 
 
 def cli(argv: list[str] | None = None) -> None:
     """The command line: a user's mistake is one `error:` line and exit code 2, never a traceback."""
-    try:
-        main(argv)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    run_cli(lambda: main(argv) and None)
 
 
 if __name__ == "__main__":  # vLLM may spawn helpers; the guard keeps them from re-running training

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import deepspeed
 import torch
 
-DTYPES = {str(t): t for t in (torch.float32, torch.bfloat16, torch.float16)}
+from engine.models import DTYPES, dtype_name
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def weight_spec(model) -> WeightSpec:
     entries = [(name, p) for _, own in module_weights(model) for name, p in own]
     # Under ZeRO-3 a parameter's data is a placeholder; ds_shape keeps the real shape.
     shapes = [tuple(getattr(p, "ds_shape", p.shape)) for _, p in entries]
-    return WeightSpec([n for n, _ in entries], shapes, [str(p.dtype) for _, p in entries])
+    return WeightSpec([n for n, _ in entries], shapes, [dtype_name(p.dtype) for _, p in entries])
 
 
 def send_weights(model, zero_stage: int, is_sender: bool, broadcast, bucket_bytes: int) -> None:

@@ -31,7 +31,7 @@ from engine.config import load_config
 from engine.distributed import init_distributed
 from engine.scoring import ScoringModel
 from engine.token_stats import token_stats
-from engine.models import load_tokenizer_and_config, resolve_model_path
+from engine.models import DTYPES, load_tokenizer_and_config, resolve_model_path
 from rewards import REWARDS, RewardInputs, turn_correctness, turn_has_answer
 from rewards.confidence import REDUCTIONS, SCOPES, TOKEN_METRICS
 from rollout.data import load_problems
@@ -82,7 +82,7 @@ def main() -> None:
                            dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib,
                            trust_remote_code=cfg.model.trust_remote_code)
     episodes = sample_step(engine, tokenizer, cfg, problems, progress=True)
-    lm = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, cfg.model.dtype),
+    lm = AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[cfg.model.dtype],
                                               trust_remote_code=cfg.model.trust_remote_code)
     batch = collate(episodes, tokenizer.pad_token_id)
     stats = token_stats(ScoringModel(lm, cfg.learner.logprob_impl).eval(), batch.input_ids, batch.attention_mask,

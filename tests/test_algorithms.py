@@ -85,8 +85,8 @@ def test_stage2_bonus_applies_to_turn2_only():
 
 
 def test_stage_schedule():
-    assert [algo.scores_stage(s, 2) for s in range(4)] == [1, 1, 2, 2]
-    assert algo.scores_stage(0, 0) == 2
+    assert [algo.stage_at(s, 2) for s in range(4)] == [1, 1, 2, 2]
+    assert algo.stage_at(0, 0) == 2
 
 
 def test_policy_gradient_value_and_gradient():

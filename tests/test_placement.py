@@ -29,7 +29,7 @@ def test_plan_places_workers_on_the_last_ranks():
 
 def test_buckets_fill_to_the_size_and_break_on_dtype():
     spec = WeightSpec(names=list("abcde"), shapes=[(4,), (2, 2), (10,), (1,), (3,)],
-                      dtypes=["torch.float32"] * 4 + ["torch.bfloat16"])
+                      dtypes=["float32"] * 4 + ["bfloat16"])
     # bytes 16, 16, 40, 4 (fp32) then 6 (bf16); buckets of 32 bytes
     assert plan_buckets(spec, 32) == [[0, 1], [2], [3], [4]]
     assert plan_buckets(spec, 1000) == [[0, 1, 2, 3], [4]]
