@@ -87,3 +87,22 @@ def test_require_answers_names_the_line(tmp_path):
     with pytest.raises(DataError, match=r"p.jsonl:3.*reward.kind=gold"):
         require_answers(load_problems(str(f)), str(f), "reward.kind=gold")
     require_answers(load_problems("builtin:arith-eval"), "builtin:arith-eval", "evaluation")
+
+
+def test_gold_matching_and_majority_share_one_notion_of_equal_answers():
+    """Gold accuracy (turn_correctness, the gold reward, evaluation) and the label-free votes both compare
+    answers through answers_match: "12", "12.0" and "\\boxed{12}" are one answer everywhere."""
+    from types import SimpleNamespace
+
+    from rewards.agreement import majority_votes
+    from rewards.registry import turn_correctness
+    from rollout.data import Problem
+
+    texts = ["Final Answer: 12.0", "\\boxed{12}", "Final Answer: 12", "Final Answer: 13"]
+    episodes = [SimpleNamespace(turn1=SimpleNamespace(text=t), turn2=SimpleNamespace(text=t),
+                                problem=Problem("7+5=?", "12")) for t in texts]
+    c1, c2 = turn_correctness(episodes)
+    assert c1.tolist() == c2.tolist() == [1.0, 1.0, 1.0, 0.0]
+    assert majority_votes([extract_answer(t) for t in texts]) == [1.0, 1.0, 1.0, 0.0]
+    # as strings "13" (twice) would be the plurality; as answers 12 has three votes
+    assert majority_votes(["12", "12.0", "13", "13", "12.00"]) == [1.0, 1.0, 0.0, 0.0, 1.0]
