@@ -2,7 +2,7 @@
 
     python -m bench.reference_memory [--repo PATH] [--json PATH]
 
-Builds a random Qwen2 of about 30M parameters (hidden 512, 8 layers, vocabulary 8k; the built-in tiny
+Builds a random Qwen2 of 33.6M parameters (hidden 512, 8 layers, vocabulary 8k; the built-in tiny
 model is too small for ZeRO-3 to shard), then launches `deepspeed --num_gpus 2` of this file's child mode:
 each rank builds a `Learner` (ZeRO-3, float32) and takes one update on 8 episodes. Reported per rank: the
 reference's and the policy's resident parameter bytes (a ZeRO-3 shard and any persistent small

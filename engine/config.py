@@ -244,6 +244,13 @@ def _validate(cfg: DictConfig) -> None:
     if cfg.rollout["async"] and cfg.rollout.placement != "dedicated":
         raise ConfigError("rollout.async=true needs rollout.placement=dedicated: a colocated engine shares its "
                           "rank with the learner, so there is nothing to overlap.")
+    if 0 < cfg.rollout.temperature < 0.01:  # vLLM raises such a temperature to 0.01; the learner would not
+        raise ConfigError(f"rollout.temperature={cfg.rollout.temperature} is below the 0.01 vLLM samples at. Hint: "
+                          f"use 0 (greedy) or a temperature >= 0.01.")
+    if cfg.reward.probe_tokens and cfg.reward.probe_min_tokens > cfg.reward.probe_tokens:
+        raise ConfigError(f"reward.probe_min_tokens={cfg.reward.probe_min_tokens} is more than the "
+                          f"reward.probe_tokens={cfg.reward.probe_tokens} the probe generates: it could never find an "
+                          f"answer. Hint: lower reward.probe_min_tokens or raise reward.probe_tokens.")
     if cfg.algo.advantage in ("rloo", "grpo") and cfg.rollout.n < 2:
         raise ConfigError(
             f"algo.advantage={cfg.algo.advantage} needs a group baseline: set rollout.n >= 2 "

@@ -12,7 +12,6 @@ a table and writes the metrics as JSON.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 

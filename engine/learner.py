@@ -89,7 +89,7 @@ class Learner:
                kl_estimator: str, is_cap: float | None = None, temperature: float = 1.0) -> UpdateStats:
         """One optimizer step over the whole batch, in micro-batches with gradient accumulation. Policy and
         reference are scored at the sampling temperature (logits / T): the policy vLLM sampled from."""
-        with sampling_temperature(self.policy, temperature), sampling_temperature(self._reference_lm, temperature):
+        with sampling_temperature(self.policy, temperature), sampling_temperature(self.reference_lm, temperature):
             return self._update(batch, turn1_adv, turn2_adv, weights, kl_estimator, is_cap)
 
     def _update(self, batch: TrainBatch, turn1_adv: Tensor, turn2_adv: Tensor, weights: TurnWeights,
@@ -162,7 +162,8 @@ class Learner:
                            self.vocab_size)
 
     @property
-    def _reference_lm(self):
+    def reference_lm(self):
+        """The reference's Hugging Face model (inside its DeepSpeed engine at ZeRO-3)."""
         return getattr(self.reference, "module", self.reference).lm
 
     @property

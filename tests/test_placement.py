@@ -96,7 +96,8 @@ def test_dedicated_sync_and_async_runs(tiny_model_dir, tmp_path):
     # batch 2 is requested; sampled by the base model, that batch would lag 2 updates > max_staleness.
     shutil.rmtree(stale_dir / "checkpoints" / "step-000003")
     (stale_dir / "summary.json").unlink()
-    resumed = run_script(stale_run, timeout=900)
+    resumed = run_script(_launch(tiny_model_dir, stale_dir, "rollout.async=true", "train.save_every=2"),
+                         timeout=900)  # the same run, on a fresh port
     assert "[resume] continuing from" in resumed.stdout
     lags = [s["policy_lag"] for s in _summary_after(resumed, stale_dir)["train"]["history"]]
     assert lags == [0, 1, 0]  # steps 0-1 from the checkpoint; batch 2 sampled by the restored v2

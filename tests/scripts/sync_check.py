@@ -21,7 +21,7 @@ def plain_logprobs(model, batch, temperature: float):
 
     with torch.no_grad():
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
-    lp = (logits / temperature).log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+    lp = (logits / (temperature or 1.0)).log_softmax(-1)  # greedy (T = 0) reports the raw model.gather(-1, batch.input_ids[:, 1:, None])[..., 0]
     return torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)
 
 
@@ -84,7 +84,7 @@ def main() -> None:
             mine = torch.stack([stats.p_top1[0, 8:], stats.p_top2[0, 8:]], dim=-1)
             top2_diff = max(top2_diff, (vllm_top - mine).abs().max().item())
     # How far the weights moved: the base (reference) model's log-probs on the last batch.
-    with torch.no_grad():
+    with torch.no_grad(), sampling_temperature(learner.reference_lm, temperature):  # as vLLM's, tempered
         ref_lp = grid(learner.reference(batch.input_ids, batch.attention_mask)[0], targets_of(batch.attention_mask))
     sampled = (batch.turn1_mask + batch.turn2_mask) > 0
     drift = (ref_lp - batch.rollout_logprobs).abs()[sampled].max().item()
