@@ -21,7 +21,8 @@ def plain_logprobs(model, batch, temperature: float):
 
     with torch.no_grad():
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1].float()
-    lp = (logits / (temperature or 1.0)).log_softmax(-1)  # greedy (T = 0) reports the raw model.gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+    # greedy (T = 0) reports the raw model
+    lp = (logits / (temperature or 1.0)).log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
     return torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)
 
 
