@@ -47,6 +47,15 @@ def build_model(folder: Path) -> None:
     tok.save_pretrained(folder)
 
 
+def shut_down() -> None:
+    """Leave the process group together: a rank that exits while the other is still in a collective (or
+    with the group's threads alive) can die with "terminate called without an active exception"."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def child(model_dir: str) -> None:
     import torch
 
@@ -70,6 +79,7 @@ def child(model_dir: str) -> None:
     rows = gather_objects(row)
     if rank == 0:
         print("RESULT " + json.dumps(rows), flush=True)
+    shut_down()
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ def full_bytes(module) -> int:
 
 def main() -> None:
     import torch
+    import torch.distributed as dist
     from transformers import AutoTokenizer
 
     from engine.algorithms import TurnWeights
@@ -60,6 +61,8 @@ def main() -> None:
                                       "reference_bytes": local_bytes(learner.reference),
                                       "policy_bytes": local_bytes(learner.engine.module), "full_bytes": full_bytes(learner.reference)}),
               flush=True)
+    dist.barrier()  # leave together: a rank exiting mid-collective can abort the other
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
