@@ -1,0 +1,1 @@
+"""Training objectives beside SCoRe's policy gradient (engine/algorithms.py): pure functions on tensors."""
