@@ -7,6 +7,7 @@ frozen reference model this rank holds.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -63,6 +64,10 @@ def main() -> None:
               flush=True)
     dist.barrier()  # leave together: a rank exiting mid-collective can abort the other
     dist.destroy_process_group()
+    # About 1 exit in 20 still aborts in C++ teardown ("terminate called without an active exception",
+    # rank 1, after the result is printed; cause not found): skip the interpreter's teardown.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
