@@ -26,14 +26,19 @@ class DPOStats:
 
 def sequence_logprobs(token_logprobs: Tensor, response_mask: Tensor) -> Tensor:
     """[B, T] per-token log-probs and a 0/1 mask of the response tokens -> [B] summed log-prob."""
-    return (token_logprobs * response_mask).sum(dim=-1)
+    return token_logprobs.masked_fill(response_mask == 0, 0.0).sum(dim=-1)  # a -inf outside stays out
 
 
 def dpo_loss(chosen_logp: Tensor, rejected_logp: Tensor, ref_chosen_logp: Tensor, ref_rejected_logp: Tensor,
              beta: float, weights: Tensor | None = None) -> tuple[Tensor, DPOStats]:
-    """The weighted DPO loss over P pairs (each argument [P]) and its statistics."""
+    """The weighted DPO loss over P >= 1 pairs (each argument [P]; weights >= 0, not all 0) and its statistics.
+    An empty round is the caller's to skip: here it would be 0/0."""
+    if chosen_logp.numel() == 0:
+        raise ValueError("dpo_loss needs at least one pair")
     margin = beta * ((chosen_logp - ref_chosen_logp) - (rejected_logp - ref_rejected_logp))
-    weights = torch.ones_like(margin) if weights is None else weights.to(margin.dtype)
+    weights = torch.ones_like(margin) if weights is None else weights.to(margin)
+    if (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(f"dpo_loss needs non-negative pair weights with a positive sum, got {weights.tolist()}")
     loss = (weights * -F.logsigmoid(margin)).sum() / weights.sum()
     stats = DPOStats(margin=margin.mean().item(), chosen_logp=chosen_logp.mean().item(),
                      rejected_logp=rejected_logp.mean().item(), accuracy=(margin > 0).float().mean().item(),
