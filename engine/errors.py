@@ -10,13 +10,13 @@ class UserError(ValueError):
     """The message names the offending key, file:line or value, and gives a hint."""
 
 
-def run_cli(main: Callable[[], int | None]) -> None:
+def run_cli(main: Callable[[], object]) -> None:
     """An entry point's command line: a user's mistake is one `error:` line and exit code 2, never a
-    traceback; a non-zero int from `main` is the exit code."""
+    traceback; an int returned by `main` is the exit code (anything else it returns is its result)."""
     try:
-        code = main()
+        result = main()
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
-    if code:
-        sys.exit(code)
+    if isinstance(result, int) and result:
+        sys.exit(result)

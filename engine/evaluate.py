@@ -126,4 +126,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 if __name__ == "__main__":
     from engine.errors import run_cli
 
-    run_cli(lambda: main() and None)
+    run_cli(main)

@@ -31,31 +31,31 @@ class UpdateStats:
     lr: float
 
 
+def _engine_config(zero_stage: int, micro_batch: int, dtype: str) -> dict:
+    """What the policy's and the reference's DeepSpeed engines share."""
+    config = {"train_micro_batch_size_per_gpu": micro_batch, "zero_optimization": {"stage": zero_stage},
+              "steps_per_print": 2**31 - 1}
+    if dtype == "bfloat16":
+        config["bf16"] = {"enabled": True}
+    return config
+
+
 def deepspeed_config(zero_stage: int, micro_batch: int, grad_accum: int, lr: float, grad_clip: float,
                      dtype: str) -> dict:
-    config = {
-        "train_micro_batch_size_per_gpu": micro_batch,
+    return {
+        **_engine_config(zero_stage, micro_batch, dtype),
         "gradient_accumulation_steps": grad_accum,
         "gradient_clipping": grad_clip,
         # torch's AdamW: DeepSpeed's fused Adam needs a GPU.
         "optimizer": {"type": "AdamW", "params": {"lr": lr, "betas": [0.9, 0.999], "eps": 1e-8,
                                                   "weight_decay": 0.0, "torch_adam": True}},
-        "zero_optimization": {"stage": zero_stage},
-        "steps_per_print": 2**31 - 1,
     }
-    if dtype == "bfloat16":
-        config["bf16"] = {"enabled": True}
-    return config
 
 
 def reference_config(micro_batch: int, dtype: str) -> dict:
     """The frozen reference at ZeRO-3: an engine with no optimizer whose parameters are sharded like the
     policy's and gathered one module at a time in its forward."""
-    config = {"train_micro_batch_size_per_gpu": micro_batch, "zero_optimization": {"stage": 3},
-              "steps_per_print": 2**31 - 1}
-    if dtype == "bfloat16":
-        config["bf16"] = {"enabled": True}
-    return config
+    return _engine_config(3, micro_batch, dtype)
 
 
 class Learner:
@@ -141,7 +141,8 @@ class Learner:
         # Sums over all ranks over the global token counts: every rank reports the batch's token mean.
         kl1_sum, kl2_sum = all_ranks_sum([kl1_sum, kl2_sum])
         return UpdateStats(loss=loss_sum, kl_turn1=kl1_sum / max(tokens1, 1), kl_turn2=kl2_sum / max(tokens2, 1),
-                           logprob_mismatch=mismatch, reference_drift=drift, grad_norm=float("nan") if grad_norm is None else float(grad_norm),
+                           logprob_mismatch=mismatch, reference_drift=drift,
+                           grad_norm=float("nan") if grad_norm is None else float(grad_norm),
                            lr=self.engine.get_lr()[0])
 
     def _grad_norm_before_step(self) -> float | None:

@@ -392,7 +392,7 @@ def finish(run: Run, before: dict, history: list, alarms: list, started: float) 
 
 def cli(argv: list[str] | None = None) -> None:
     """The command line: a user's mistake is one `error:` line and exit code 2, never a traceback."""
-    run_cli(lambda: main(argv) and None)
+    run_cli(lambda: main(argv))
 
 
 if __name__ == "__main__":  # vLLM may spawn helpers; the guard keeps them from re-running training

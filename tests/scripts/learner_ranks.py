@@ -7,18 +7,10 @@ frozen reference model this rank holds.
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-
-def local_bytes(module) -> int:
-    """Parameter bytes this rank holds: its data (empty for a ZeRO-3 parameter not gathered, full for a
-    persistent one) and, under ZeRO-3, its shard `ds_tensor`."""
-    return sum(p.data.numel() * p.element_size() + (p.ds_tensor.numel() * p.element_size()
-               if hasattr(p, "ds_tensor") else 0) for p in module.parameters())
 
 
 def full_bytes(module) -> int:
@@ -28,9 +20,9 @@ def full_bytes(module) -> int:
 
 def main() -> None:
     import torch
-    import torch.distributed as dist
     from transformers import AutoTokenizer
 
+    from bench.reference_memory import resident_bytes, shut_down
     from engine.algorithms import TurnWeights
     from engine.batch import collate
     from engine.distributed import init_distributed, reduce_mean
@@ -59,15 +51,10 @@ def main() -> None:
     logged = reduce_mean(rank_stats)  # what train_step hands the logger
     if rank == 0:
         print("RESULT " + json.dumps({"world": world, "logged": logged, "grad_norm": update.grad_norm,
-                                      "reference_bytes": local_bytes(learner.reference),
-                                      "policy_bytes": local_bytes(learner.engine.module), "full_bytes": full_bytes(learner.reference)}),
-              flush=True)
-    dist.barrier()  # leave together: a rank exiting mid-collective can abort the other
-    dist.destroy_process_group()
-    # About 1 exit in 20 still aborts in C++ teardown ("terminate called without an active exception",
-    # rank 1, after the result is printed; cause not found): skip the interpreter's teardown.
-    sys.stdout.flush()
-    os._exit(0)
+                                      "reference_bytes": resident_bytes(learner.reference),
+                                      "policy_bytes": resident_bytes(learner.engine.module),
+                                      "full_bytes": full_bytes(learner.reference)}), flush=True)
+    shut_down()  # both ranks leave together, skipping a teardown that sometimes aborts
 
 
 if __name__ == "__main__":
