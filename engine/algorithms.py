@@ -5,7 +5,7 @@ Pure functions on tensors; each is tested against hand-computed numbers in tests
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -60,42 +60,45 @@ def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tens
     raise ValueError(f"unknown KL estimator {estimator!r}; expected k1, k2 or k3")
 
 
-# --- SCoRe returns and weights per stage ---------------------------------------------------------
+# --- SCoRe returns and weights per stage, for episodes of K turns ----------------------------------
 
 @dataclass(frozen=True)
 class TurnWeights:
-    pg_turn1: float  # 0 in Stage I (turn 1 gets no reward term) unless turn 1 has trajectory credit
-    kl_turn1: float
-    kl_turn2: float
+    pg: tuple[float, ...]  # per turn, the weight of its policy-gradient term (0: the turn gets none)
+    kl: tuple[float, ...]  # per turn, the weight of its KL term
 
 
-def turn_returns(r1: Tensor, r2: Tensor, stage: int, alpha: float, turn1_credit: str = "own") -> tuple[Tensor, Tensor]:
-    """Per-episode returns (turn 1, turn 2). Stage I rewards turn 2 only; Stage II adds the correction
-    bonus alpha * (r2 - r1) to turn 2. Turn 1 is credited with its own reward (`own`: none in Stage I,
-    r1 in Stage II) or, as REINFORCE on the two-turn trajectory would, with the episode's whole return
-    (`trajectory`: r2 in Stage I, r1 + r2 + alpha * (r2 - r1) in Stage II, which weighs r1 by 1 - alpha:
-    with alpha > 1 it pays turn 1 for being wrong before a fix)."""
+def turn_returns(rewards: Sequence[Tensor], stage: int, alpha: float, turn1_credit: str = "own") -> list[Tensor]:
+    """Per-turn returns of episodes of K = len(rewards) turns, each [episodes]. Stage I rewards the last turn
+    only; Stage II rewards every turn, turn k >= 2 with the correction bonus: r_k + alpha * (r_k - r_(k-1)).
+    With `own` credit each turn gets its own return; with `trajectory` credit, as REINFORCE on the whole
+    episode would, each turn gets its own plus every later turn's (for K = 2: r2 then r1 + r2 + alpha *
+    (r2 - r1) for turn 1, which weighs r1 by 1 - alpha: with alpha > 1 it pays turn 1 for being wrong
+    before a fix)."""
     if stage == 1:
-        ret2 = r2.clone()
-        ret1 = torch.zeros_like(r1)
+        returns = [torch.zeros_like(r) for r in rewards[:-1]] + [rewards[-1].clone()]
     elif stage == 2:
-        ret2 = r2 + alpha * (r2 - r1)
-        ret1 = r1.clone()
+        returns = [rewards[0].clone()] + [now + alpha * (now - before) for before, now in zip(rewards, rewards[1:])]
     else:
         raise ValueError(f"stage must be 1 or 2, got {stage}")
-    if turn1_credit == "trajectory":
-        return ret1 + ret2, ret2
-    if turn1_credit != "own":
+    if turn1_credit == "own":
+        return returns
+    if turn1_credit != "trajectory":
         raise ValueError(f"turn1_credit must be 'own' or 'trajectory', got {turn1_credit!r}")
-    return ret1, ret2
+    to_go = [returns[-1]]  # returns-to-go, from the last turn back
+    for ret in reversed(returns[:-1]):
+        to_go.insert(0, ret + to_go[0])
+    return to_go
 
 
-def turn_weights(stage: int, beta1: float, beta2: float, turn1_credit: str = "own") -> TurnWeights:
-    """Stage I holds turn 1 near the base model with the strong beta2, and gives it no policy-gradient
-    term unless it is credited with the trajectory's return; Stage II uses beta1 on both turns."""
+def turn_weights(stage: int, beta1: float, beta2: float, turns: int = 2, turn1_credit: str = "own") -> TurnWeights:
+    """Stage I holds every turn before the last near the base model with the strong beta2, and gives them no
+    policy-gradient term unless credited with the trajectory's return; Stage II uses beta1 on every turn."""
     if stage == 1:
-        return TurnWeights(pg_turn1=float(turn1_credit == "trajectory"), kl_turn1=beta2, kl_turn2=beta1)
-    return TurnWeights(pg_turn1=1.0, kl_turn1=beta1, kl_turn2=beta1)
+        earlier = turns - 1
+        return TurnWeights(pg=(float(turn1_credit == "trajectory"),) * earlier + (1.0,),
+                           kl=(beta2,) * earlier + (beta1,))
+    return TurnWeights(pg=(1.0,) * turns, kl=(beta1,) * turns)
 
 
 def stage_at(step: int, stage1_steps: int) -> int:
@@ -105,16 +108,18 @@ def stage_at(step: int, stage1_steps: int) -> int:
 
 # --- the loss ------------------------------------------------------------------------------------
 
-def token_coefficients(turn1_mask: Tensor, turn2_mask: Tensor, turn1_adv: Tensor, turn2_adv: Tensor,
-                       weights: TurnWeights, turn1_tokens: float, turn2_tokens: float) -> tuple[Tensor, Tensor]:
-    """Per-token weights (policy-gradient, KL) of the loss, [B, T] from masks [B, T] and advantages [B].
+def token_coefficients(turn_masks: Tensor, advantages: Sequence[Tensor], weights: TurnWeights,
+                       turn_tokens: Sequence[float]) -> tuple[Tensor, Tensor]:
+    """Per-token weights (policy-gradient, KL) of the loss, [B, T] from masks [B, K, T] and per-turn
+    advantages [B].
 
     Each turn's terms are divided by that turn's token count across the whole batch, so the loss summed
     over micro-batches is a token mean per turn. Padding and prompt tokens get weight 0."""
-    per1 = turn1_mask / max(turn1_tokens, 1.0)
-    per2 = turn2_mask / max(turn2_tokens, 1.0)
-    pg = weights.pg_turn1 * turn1_adv.unsqueeze(-1) * per1 + turn2_adv.unsqueeze(-1) * per2
-    kl = weights.kl_turn1 * per1 + weights.kl_turn2 * per2
+    pg = kl = 0.0
+    for k, (advantage, tokens) in enumerate(zip(advantages, turn_tokens)):
+        per = turn_masks[:, k] / max(tokens, 1.0)
+        term_pg, term_kl = weights.pg[k] * advantage.unsqueeze(-1) * per, weights.kl[k] * per
+        pg, kl = (term_pg, term_kl) if k == 0 else (pg + term_pg, kl + term_kl)
     return pg, kl
 
 

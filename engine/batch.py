@@ -16,12 +16,24 @@ from rollout.episodes import Episode
 class TrainBatch:
     input_ids: Tensor  # [B, T], right-padded
     attention_mask: Tensor  # [B, T]
-    turn1_mask: Tensor  # [B, T] float, 1 on turn-1 sampled tokens
-    turn2_mask: Tensor  # [B, T] float, 1 on turn-2 sampled tokens
+    turn_masks: Tensor  # [B, K, T] float, 1 on turn k's sampled tokens
     rollout_logprobs: Tensor  # [B, T] vLLM's log-prob of each sampled token, 0 elsewhere
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+    @property
+    def turns(self) -> int:
+        return self.turn_masks.shape[1]
+
+    def turn_mask(self, turn: int) -> Tensor:
+        """[B, T] mask of turn `turn`'s (0-based) sampled tokens."""
+        return self.turn_masks[:, turn]
+
+    @property
+    def response_mask(self) -> Tensor:
+        """[B, T] mask of every sampled token, all turns."""
+        return sum(self.turn_mask(k) for k in range(self.turns))
 
     def slice(self, start: int, end: int) -> "TrainBatch":
         return TrainBatch(**{f.name: getattr(self, f.name)[start:end] for f in fields(self)})
@@ -36,16 +48,15 @@ def collate(episodes: Sequence[Episode], pad_id: int) -> TrainBatch:
     batch = TrainBatch(
         input_ids=torch.full(shape, pad_id, dtype=torch.long),
         attention_mask=torch.zeros(shape, dtype=torch.long),
-        turn1_mask=torch.zeros(shape),
-        turn2_mask=torch.zeros(shape),
+        turn_masks=torch.zeros(len(episodes), len(episodes[0].turns), width),
         rollout_logprobs=torch.zeros(shape),
     )
     for row, ep in enumerate(episodes):
         ids = ep.input_ids
         batch.input_ids[row, : len(ids)] = torch.tensor(ids)
         batch.attention_mask[row, : len(ids)] = 1
-        for mask, (start, end), completion in ((batch.turn1_mask, ep.turn1_span, ep.turn1),
-                                               (batch.turn2_mask, ep.turn2_span, ep.turn2)):
-            mask[row, start:end] = 1.0
+        for turn, completion in enumerate(ep.turns):
+            start, end = ep.span(turn)
+            batch.turn_masks[row, turn, start:end] = 1.0
             batch.rollout_logprobs[row, start:end] = torch.tensor(completion.logprobs)
     return batch

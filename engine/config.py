@@ -56,6 +56,7 @@ class RolloutConfig:
     n: int = 4  # samples per prompt at turn 1 (each gets one correction)
     prompts_per_step: int = 16
     max_tokens: int = 48
+    turns: int = 2  # K: turn 1 answers, turns 2..K correct the turn before (1: single-turn RL)
     temperature: float = 1.0
     max_model_len: int = 256
     kv_cache_gib: int = 1
@@ -153,7 +154,7 @@ CHOICES = {
     "reward.nonfinite": ("error", "skip"),
 }
 OPEN_SECTIONS = ("reward.weights",)  # user-named keys live here
-POSITIVE = ("train.keep_checkpoints", "train.steps", "rollout.n", "rollout.prompts_per_step", "rollout.max_tokens",
+POSITIVE = ("train.keep_checkpoints", "rollout.turns", "train.steps", "rollout.n", "rollout.prompts_per_step", "rollout.max_tokens",
             "eval.problems", "train.micro_batch_size", "rollout.max_model_len", "rollout.kv_cache_gib",
             "rollout.workers", "rollout.worker_timeout_s", "rollout.sync_bucket_mb", "rollout.is_cap",
             "reward.probe_min_tokens")

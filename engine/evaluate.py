@@ -1,4 +1,5 @@
-"""Held-out evaluation: one two-turn episode per problem, scored against gold answers.
+"""Held-out evaluation: one episode of rollout.turns turns per problem, scored against gold answers. A model
+trained with 2 turns can be scored with rollout.turns=3 or 4 (refinement chains at inference).
 
 The trainer's before/after/periodic evaluations compute `eval_metrics`; so does the command line, which scores
 any model folder (the base model or a policy the trainer saved):
@@ -27,33 +28,45 @@ from rollout.vllm_engine import RolloutEngine
 
 
 def eval_metrics(episodes: Sequence, tokenizer, score=None) -> dict[str, float]:
-    """Metrics over every rank's evaluation episodes (each rank passes its own)."""
-    correct1, correct2 = turn_correctness(episodes)
-    columns = [correct1, correct2,
-               torch.tensor([len(e.turn1.token_ids) for e in episodes]),
-               torch.tensor([len(e.turn2.token_ids) for e in episodes]),
-               torch.tensor([edit_distance_ratio(e.turn1.token_ids, e.turn2.token_ids) for e in episodes])]
+    """Metrics over every rank's evaluation episodes (each rank passes its own) of K turns."""
+    turns = len(episodes[0].turns)
+    correct = turn_correctness(episodes)
+    lengths = [torch.tensor([len(e.turns[k].token_ids) for e in episodes]) for k in range(turns)]
+    edits = [torch.tensor([edit_distance_ratio(e.turns[k - 1].token_ids, e.turns[k].token_ids) for e in episodes])
+             for k in range(1, turns)]
+    columns = [*correct, *lengths, *edits]
     if score is not None:
         stats = score(collate(episodes, tokenizer.pad_token_id))
         columns += list(answer_probability(RewardInputs(episodes, tokenizer, None, stats)))
     gathered = gather_objects([c.tolist() for c in columns])
     merged = [torch.tensor([x for part in gathered for x in part[i]]) for i in range(len(columns))]
-    metrics = correction_metrics(merged[0], merged[1])
-    metrics.update(turn_shape_metrics(merged[2], merged[3], merged[4]))
+    correct, lengths, edits, confidence = (merged[:turns], merged[turns:2 * turns], merged[2 * turns:3 * turns - 1],
+                                           merged[3 * turns - 1:])
+    metrics = correction_metrics(correct)
+    metrics.update(turn_shape_metrics(lengths, edits))
     if score is not None:
-        metrics.update(calibration_metrics(merged[5], merged[6], merged[0], merged[1]))
+        metrics.update(calibration_metrics(confidence, correct))
     return metrics
 
 
-TABLE_ROWS = [("Acc@t1", "acc_t1"), ("Acc@t2", "acc_t2"), ("Δ(t1,t2)", "delta"), ("Δ i→c", "delta_i2c"),
-              ("Δ c→i", "delta_c2i"), ("ECE t1", "ece_t1"), ("ECE t2", "ece_t2"), ("length t1 (tokens)", "len_t1"),
-              ("length t2 (tokens)", "len_t2"), ("edit ratio t1→t2", "edit_ratio")]
+def table_rows(turns: int) -> list[tuple[str, str]]:
+    """(label, metric key) of the table, for episodes of `turns` turns."""
+    ks = range(1, turns + 1)
+    rows = [(f"Acc@t{k}", f"acc_t{k}") for k in ks]
+    rows += [(f"Δ(t1,t{turns})", "delta"), (f"Δ i→c (t1→t{turns})", "delta_i2c"), (f"Δ c→i (t1→t{turns})", "delta_c2i")]
+    if turns > 2:
+        rows += [(f"Δ {kind} (t{k - 1}→t{k})", f"delta_{key}_t{k}") for k in range(2, turns + 1)
+                 for kind, key in (("i→c", "i2c"), ("c→i", "c2i"))]
+    rows += [(f"ECE t{k}", f"ece_t{k}") for k in ks] + [(f"length t{k} (tokens)", f"len_t{k}") for k in ks]
+    rows += [(f"edit ratio t{k - 1}→t{k}", "edit_ratio" if k == 2 else f"edit_ratio_t{k}") for k in range(2, turns + 1)]
+    return rows
 
 
 def format_table(metrics: dict[str, float]) -> str:
     """A markdown table of the metrics with their standard errors."""
     lines = [f"| metric (n={metrics['n']}) | value | ± se |", "|---|---|---|"]
-    for label, key in TABLE_ROWS:
+    turns = sum(key.startswith("acc_t") for key in metrics)
+    for label, key in table_rows(turns):
         if key in metrics:
             lines.append(f"| {label} | {metrics[key]:.3f} | {metrics.get('se_' + key, float('nan')):.3f} |")
     return "\n".join(lines)
@@ -113,11 +126,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     episodes = sample_eval(engine, tokenizer, cfg, list(problems[rank::world]), progress=rank == 0)
     metrics = eval_metrics(episodes, tokenizer, score=score)
     if rank == 0:
-        print(f"model {cfg.model.path}, data {cfg.data.eval}, T={cfg.eval.temperature}")
+        print(f"model {cfg.model.path}, data {cfg.data.eval}, T={cfg.eval.temperature}, {cfg.rollout.turns} turns")
         print(format_table(metrics))
         if json_path:
             Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-            Path(json_path).write_text(json.dumps({"model": cfg.model.path, "data": cfg.data.eval, **metrics},
+            Path(json_path).write_text(json.dumps({"model": cfg.model.path, "data": cfg.data.eval, "turns": cfg.rollout.turns, **metrics},
                                                   indent=2) + "\n")
             print(f"wrote {json_path}")
     return metrics

@@ -53,19 +53,20 @@ def check_inputs(cfg: DictConfig, rank: int, world: int, workers: int = 0) -> In
 
 def fit_to_model(cfg: DictConfig, inputs: Inputs, tokenizer, model_config, log=print) -> Inputs:
     """Check the context settings against the model, then drop (data.overlong=skip, counted) or refuse
-    (data.overlong=error) problems whose two-turn episode could outgrow rollout.max_model_len."""
+    (data.overlong=error) problems whose rollout.turns-turn episode could outgrow rollout.max_model_len."""
     positions = getattr(model_config, "max_position_embeddings", None)
     if positions is not None and cfg.rollout.max_model_len > positions:
         raise UserError(f"rollout.max_model_len={cfg.rollout.max_model_len} exceeds the model's "
                         f"max_position_embeddings={positions}. Hint: lower rollout.max_model_len.")
     require_chat_template(cfg.model.path, tokenizer)
+    turns = cfg.rollout.turns
     overhead = turn_overhead(tokenizer, inputs.train[0].prompt, cfg.rollout.max_tokens,
-                             cfg.rollout.correction_instruction)
-    if cfg.reward.probe_tokens:  # RLSF's answer probe extends a turn-2 response
+                             cfg.rollout.correction_instruction, turns)
+    if cfg.reward.probe_tokens:  # RLSF's answer probe extends the last turn's response
         overhead += len(tokenizer(cfg.reward.probe_prompt, add_special_tokens=False).input_ids) + cfg.reward.probe_tokens
     if overhead >= cfg.rollout.max_model_len:
-        raise UserError(f"two turns of rollout.max_tokens={cfg.rollout.max_tokens}, the correction request and "
-                        f"the answer probe take {overhead} tokens, leaving no room for a prompt in "
+        raise UserError(f"{turns} turn(s) of rollout.max_tokens={cfg.rollout.max_tokens} (rollout.turns), the correction "
+                        f"requests and the answer probe take {overhead} tokens, leaving no room for a prompt in "
                         f"rollout.max_model_len={cfg.rollout.max_model_len}. Hint: raise rollout.max_model_len "
                         f"or lower rollout.max_tokens.")
     skipped = {}
@@ -87,8 +88,8 @@ def _fit(cfg: DictConfig, source: str, problems: list[Problem], tokenizer, overh
     where = f"{source}:{first.line}" if first.line is not None else f"{source} (problem {over[0]})"
     if cfg.data.overlong == "error":
         raise UserError(f"{where}: the prompt takes {lengths[over[0]]} tokens and its episode "
-                        f"{lengths[over[0]] + overhead} (two turns of rollout.max_tokens={cfg.rollout.max_tokens}, "
-                        f"the correction request, the answer probe), more than rollout.max_model_len="
+                        f"{lengths[over[0]] + overhead} ({cfg.rollout.turns} turn(s) of rollout.max_tokens={cfg.rollout.max_tokens}, "
+                        f"the correction requests, the answer probe), more than rollout.max_model_len="
                         f"{cfg.rollout.max_model_len}; {len(over)} of {len(problems)} problems are too long. "
                         f"Hint: data.overlong=skip drops them (and counts them); or raise rollout.max_model_len or "
                         f"lower rollout.max_tokens.")

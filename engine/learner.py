@@ -21,8 +21,7 @@ from engine.token_stats import TokenStats, token_stats
 @dataclass
 class UpdateStats:
     loss: float
-    kl_turn1: float  # mean per-token KL(policy || reference) on turn-1 tokens of all ranks
-    kl_turn2: float
+    kl_turns: list[float]  # per turn, the mean per-token KL(policy || reference) on its tokens of all ranks
     logprob_mismatch: float  # max |vLLM log-prob - learner log-prob| over sampled tokens
     # max |policy log-prob - reference log-prob| over sampled tokens: what the mismatch would be if the
     # weight sync did nothing (vLLM would still hold the base model)
@@ -85,30 +84,33 @@ class Learner:
         else:
             self.reference = reference.to(self.device)
 
-    def update(self, batch: TrainBatch, turn1_adv: Tensor, turn2_adv: Tensor, weights: TurnWeights,
-               kl_estimator: str, is_cap: float | None = None, temperature: float = 1.0) -> UpdateStats:
-        """One optimizer step over the whole batch, in micro-batches with gradient accumulation. Policy and
-        reference are scored at the sampling temperature (logits / T): the policy vLLM sampled from."""
+    def update(self, batch: TrainBatch, advantages: list[Tensor], weights: TurnWeights, kl_estimator: str,
+               is_cap: float | None = None, temperature: float = 1.0) -> UpdateStats:
+        """One optimizer step over the whole batch (per-turn advantages, each [B]), in micro-batches with
+        gradient accumulation. Policy and reference are scored at the sampling temperature (logits / T): the
+        policy vLLM sampled from."""
         with sampling_temperature(self.policy, temperature), sampling_temperature(self.reference_lm, temperature):
-            return self._update(batch, turn1_adv, turn2_adv, weights, kl_estimator, is_cap)
+            return self._update(batch, advantages, weights, kl_estimator, is_cap)
 
-    def _update(self, batch: TrainBatch, turn1_adv: Tensor, turn2_adv: Tensor, weights: TurnWeights,
-                kl_estimator: str, is_cap: float | None) -> UpdateStats:
+    def _update(self, batch: TrainBatch, advantages: list[Tensor], weights: TurnWeights, kl_estimator: str,
+                is_cap: float | None) -> UpdateStats:
         self.engine.train()
         batch = batch.to(self.device)
         # Token counts over all ranks: DeepSpeed averages gradients across ranks, so each rank's loss
         # is scaled by world size over the global count to make the result one token mean.
-        tokens1, tokens2 = all_ranks_sum([batch.turn1_mask.sum().item(), batch.turn2_mask.sum().item()])
+        turns = range(batch.turns)
+        turn_tokens = all_ranks_sum([batch.turn_mask(k).sum().item() for k in turns])
         scale = world_size()
-        pg_coef, kl_coef = token_coefficients(batch.turn1_mask, batch.turn2_mask, turn1_adv.to(self.device),
-                                              turn2_adv.to(self.device), weights, tokens1, tokens2)
-        loss_sum = kl1_sum = kl2_sum = mismatch = drift = 0.0
+        pg_coef, kl_coef = token_coefficients(batch.turn_masks, [a.to(self.device) for a in advantages], weights,
+                                              turn_tokens)
+        loss_sum = mismatch = drift = 0.0
+        kl_sums = [0.0] * batch.turns
         grad_norm = None
         for start in range(0, len(batch), self.micro_batch):
             end = start + self.micro_batch
             mb = batch.slice(start, end)
             mask = mb.attention_mask
-            sampled = (mb.turn1_mask + mb.turn2_mask) > 0  # the loss's tokens: the head scores only these
+            sampled = mb.response_mask > 0  # the loss's tokens: the head scores only these
             with torch.no_grad():
                 ref_lp = self.reference(mb.input_ids, mask, scored=sampled)[0]
             pg, kl = flat(pg_coef[start:end], sampled), flat(kl_coef[start:end], sampled)
@@ -134,13 +136,13 @@ class Learner:
                 mismatch = max(mismatch, (lp - mb.rollout_logprobs).abs()[sampled].max().item())
                 drift = max(drift, (lp - ref_lp).abs()[sampled].max().item())
             loss_sum += loss.item() * scale
-            kl1_sum += (kl_tokens * mb.turn1_mask).sum().item()
-            kl2_sum += (kl_tokens * mb.turn2_mask).sum().item()
+            for k in turns:
+                kl_sums[k] += (kl_tokens * mb.turn_mask(k)).sum().item()
         if grad_norm is None:  # ZeRO 1-3 shard the gradients; their optimizer computes the global norm
             grad_norm = self.engine.get_global_grad_norm()
         # Sums over all ranks over the global token counts: every rank reports the batch's token mean.
-        kl1_sum, kl2_sum = all_ranks_sum([kl1_sum, kl2_sum])
-        return UpdateStats(loss=loss_sum, kl_turn1=kl1_sum / max(tokens1, 1), kl_turn2=kl2_sum / max(tokens2, 1),
+        kl_sums = all_ranks_sum(kl_sums)
+        return UpdateStats(loss=loss_sum, kl_turns=[kl / max(n, 1) for kl, n in zip(kl_sums, turn_tokens)],
                            logprob_mismatch=mismatch, reference_drift=drift,
                            grad_norm=float("nan") if grad_norm is None else float(grad_norm),
                            lr=self.engine.get_lr()[0])

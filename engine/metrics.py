@@ -5,35 +5,34 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 
-def correction_metrics(correct1: Tensor, correct2: Tensor) -> dict[str, float]:
-    """Accuracy at each turn and how the correction turn moved it.
+def correction_metrics(correct: Sequence[Tensor]) -> dict[str, float]:
+    """Accuracy at each of the K turns (one 0/1 tensor per turn) and how the corrections moved it.
 
-    delta = Acc@t2 - Acc@t1 = delta_i2c - delta_c2i, where delta_i2c is the fraction of problems
-    wrong at turn 1 and right at turn 2, and delta_c2i the reverse. se_* are standard errors.
-    """
-    c1, c2 = correct1.float(), correct2.float()
-    n = c1.numel()
-    diff = c2 - c1
-    acc1, acc2 = c1.mean().item(), c2.mean().item()
-    return {
-        "acc_t1": acc1,
-        "acc_t2": acc2,
-        "delta": diff.mean().item(),
-        "delta_i2c": ((1 - c1) * c2).mean().item(),
-        "delta_c2i": (c1 * (1 - c2)).mean().item(),
-        "n": n,
-        "se_acc_t1": math.sqrt(acc1 * (1 - acc1) / n),
-        "se_acc_t2": math.sqrt(acc2 * (1 - acc2) / n),
-        "se_delta": diff.std(unbiased=False).item() / math.sqrt(n),
-        "se_delta_i2c": _binomial_se(((1 - c1) * c2).mean().item(), n),
-        "se_delta_c2i": _binomial_se((c1 * (1 - c2)).mean().item(), n),
-    }
+    delta = Acc@tK - Acc@t1 = delta_i2c - delta_c2i, where delta_i2c is the fraction of problems wrong
+    at turn 1 and right at turn K, and delta_c2i the reverse. With K > 2 the move between consecutive
+    turns k-1 -> k is also given (delta_i2c_tk, delta_c2i_tk). se_* are standard errors."""
+    c = [x.float() for x in correct]
+    n = c[0].numel()
+    out: dict[str, float] = {"n": n}
+    for k, turn in enumerate(c, 1):
+        acc = turn.mean().item()
+        out[f"acc_t{k}"], out[f"se_acc_t{k}"] = acc, math.sqrt(acc * (1 - acc) / n)
+    first, last = c[0], c[-1]
+    diff = last - first
+    out.update(delta=diff.mean().item(), se_delta=diff.std(unbiased=False).item() / math.sqrt(n))
+    moves = [("", first, last)] + ([(f"_t{k + 1}", c[k - 1], c[k]) for k in range(1, len(c))] if len(c) > 2 else [])
+    for suffix, before, after in moves:
+        i2c, c2i = ((1 - before) * after).mean().item(), (before * (1 - after)).mean().item()
+        out[f"delta_i2c{suffix}"], out[f"delta_c2i{suffix}"] = i2c, c2i
+        out[f"se_delta_i2c{suffix}"], out[f"se_delta_c2i{suffix}"] = _binomial_se(i2c, n), _binomial_se(c2i, n)
+    return out
 
 
 def _binomial_se(rate: float, n: int) -> float:
@@ -65,11 +64,14 @@ def edit_distance_ratio(first: list[int], second: list[int]) -> float:
     return previous[-1] / max(len(first), len(second))
 
 
-def turn_shape_metrics(lengths1: Tensor, lengths2: Tensor, edit_ratios: Tensor) -> dict[str, float]:
-    """Mean response lengths (tokens) and edit-distance ratio between the turns, with standard errors.
-    A ratio falling towards 0 over training is the collapse to "copy the first answer"."""
+def turn_shape_metrics(lengths: Sequence[Tensor], edit_ratios: Sequence[Tensor]) -> dict[str, float]:
+    """Mean response length (tokens) per turn and edit-distance ratio between consecutive turns (t1 -> t2 as
+    edit_ratio, then edit_ratio_t3, ...), with standard errors. A ratio falling towards 0 over training is
+    the collapse to "copy the first answer"."""
+    named = [(f"len_t{k}", v) for k, v in enumerate(lengths, 1)]
+    named += [("edit_ratio" if k == 2 else f"edit_ratio_t{k}", v) for k, v in enumerate(edit_ratios, 2)]
     out = {}
-    for name, values in (("len_t1", lengths1), ("len_t2", lengths2), ("edit_ratio", edit_ratios)):
+    for name, values in named:
         values = values.float()
         out[name] = values.mean().item()
         out[f"se_{name}"] = values.std(unbiased=False).item() / math.sqrt(max(values.numel(), 1))
@@ -88,12 +90,12 @@ def expected_calibration_error(confidence: Tensor, correct: Tensor, bins: int = 
     return ece.item()
 
 
-def calibration_metrics(conf1: Tensor, conf2: Tensor, correct1: Tensor, correct2: Tensor,
+def calibration_metrics(confidence: Sequence[Tensor], correct: Sequence[Tensor],
                         resamples: int = 200) -> dict[str, float]:
     """ECE per turn, with a bootstrap standard error (fixed seed, so before/after are comparable)."""
     out = {}
     gen = torch.Generator().manual_seed(0)
-    for turn, conf, correct in (("t1", conf1, correct1), ("t2", conf2, correct2)):
+    for turn, conf, correct in ((f"t{k}", x, y) for k, (x, y) in enumerate(zip(confidence, correct), 1)):
         n = conf.numel()
         boots = [expected_calibration_error(conf[idx], correct[idx])
                  for idx in (torch.randint(0, n, (n,), generator=gen) for _ in range(resamples))]
@@ -137,24 +139,26 @@ class RunLogger:
             self.writer.add_scalar(f"{prefix}/{key}", value, step)
         self.writer.flush()
 
-    def samples(self, step: int, episodes, rewards1: Tensor, rewards2: Tensor, limit: int) -> None:
+    def samples(self, step: int, episodes, rewards: Sequence[Tensor], limit: int) -> None:
+        """The first `limit` episodes of the step as JSON lines: prompt, gold answer, each turn and its reward."""
         if not self.enabled or limit <= 0:
             return
         with self.samples_path.open("a") as f:
-            for ep, r1, r2 in list(zip(episodes, rewards1.tolist(), rewards2.tolist()))[:limit]:
-                f.write(json.dumps({
-                    "step": step, "prompt": ep.problem.prompt, "answer": ep.problem.answer,
-                    "turn1": ep.turn1.text, "turn2": ep.turn2.text, "reward_t1": r1, "reward_t2": r2,
-                }) + "\n")
+            for row, ep in enumerate(episodes[:limit]):
+                record = {"step": step, "prompt": ep.problem.prompt, "answer": ep.problem.answer}
+                record.update({f"turn{k}": t.text for k, t in enumerate(ep.turns, 1)})
+                record.update({f"reward_t{k}": r[row].item() for k, r in enumerate(rewards, 1)})
+                f.write(json.dumps(record) + "\n")
 
-    def episodes_text(self, step: int, episodes, rewards1: Tensor, rewards2: Tensor, limit: int) -> None:
-        """A few episodes as a TensorBoard text summary (prompt, both answers, both rewards)."""
+    def episodes_text(self, step: int, episodes, rewards: Sequence[Tensor], limit: int) -> None:
+        """A few episodes as a TensorBoard text summary (prompt, every turn's answer and reward)."""
         if self.writer is None or limit <= 0:
             return
         blocks = []
-        for ep, r1, r2 in list(zip(episodes, rewards1.tolist(), rewards2.tolist()))[:limit]:
-            blocks.append(f"**prompt** {ep.problem.prompt}  \n**y1** (r1 {r1:.3f}) `{ep.turn1.text}`  \n"
-                          f"**y2** (r2 {r2:.3f}) `{ep.turn2.text}`")
+        for row, ep in enumerate(episodes[:limit]):
+            turns = "  \n".join(f"**y{k}** (r{k} {r[row].item():.3f}) `{t.text}`"
+                                for k, (t, r) in enumerate(zip(ep.turns, rewards), 1))
+            blocks.append(f"**prompt** {ep.problem.prompt}  \n{turns}")
         self.writer.add_text("episodes", "\n\n---\n\n".join(blocks), step)
         self.writer.flush()
 

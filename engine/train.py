@@ -2,9 +2,10 @@
 
     deepspeed engine/train.py [configs/X.yaml] key=value ...
 
-Each step: vLLM samples turn-1 answers and turn-2 corrections; rewards score both turns; the
-learner takes one policy-gradient step (Stage I: turn-2 reward, turn 1 held near the base by a
-strong KL; Stage II: both turns, correction bonus on turn 2); the new weights go back into vLLM.
+Each step: vLLM samples turn-1 answers and rollout.turns - 1 corrections; rewards score every turn;
+the learner takes one policy-gradient step (Stage I: the last turn's reward, earlier turns held near
+the base by a strong KL; Stage II: every turn, a correction bonus on each turn after the first); the
+new weights go back into vLLM. algo.kind=dpo trains on preference pairs instead (engine/preference/).
 """
 
 from __future__ import annotations
@@ -159,42 +160,41 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     #    is logged whatever the reward) -> per-turn returns -> advantages against each prompt's group.
     batch = collate(episodes, run.tokenizer.pad_token_id)
     token_stats = run.learner.score(batch)
-    r1, r2, skipped = rewards_on_every_rank(run, step, RewardInputs(episodes, run.tokenizer, cfg.reward, token_stats))
-    # A skipped (NaN/inf) episode takes its group's mean reward, then no policy gradient.
-    r1, r2 = algo.fill_skipped(r1, skipped, cfg.rollout.n), algo.fill_skipped(r2, skipped, cfg.rollout.n)
-    has1, has2 = turn_has_answer(episodes, run.tokenizer)
-    r1, r2 = r1 * has1, r2 * has2  # a turn without a locatable answer earns nothing
-    ret1, ret2 = algo.turn_returns(r1, r2, stage, cfg.algo.alpha, cfg.algo.turn1_credit)
+    rewards, skipped = rewards_on_every_rank(run, step, RewardInputs(episodes, run.tokenizer, cfg.reward, token_stats))
+    has_answer = turn_has_answer(episodes, run.tokenizer)
+    # A skipped (NaN/inf) episode takes its group's mean reward, then no policy gradient; a turn without a
+    # locatable answer earns nothing.
+    rewards = [algo.fill_skipped(r, skipped, cfg.rollout.n) * has for r, has in zip(rewards, has_answer)]
+    returns = algo.turn_returns(rewards, stage, cfg.algo.alpha, cfg.algo.turn1_credit)
     estimator = algo.ADVANTAGE_ESTIMATORS[cfg.algo.advantage]
-    adv1 = estimator(ret1.view(-1, cfg.rollout.n)).flatten().masked_fill(skipped, 0.0)
-    adv2 = estimator(ret2.view(-1, cfg.rollout.n)).flatten().masked_fill(skipped, 0.0)
+    advantages = [estimator(ret.view(-1, cfg.rollout.n)).flatten().masked_fill(skipped, 0.0) for ret in returns]
     laps.end("score_s")
 
     # 3. One learner update (its weights go out at the start of the next step, or before an evaluation).
-    weights = algo.turn_weights(stage, cfg.algo.beta1, cfg.algo.beta2, cfg.algo.turn1_credit)
-    update = run.learner.update(batch, adv1, adv2, weights, cfg.algo.kl_estimator,
+    weights = algo.turn_weights(stage, cfg.algo.beta1, cfg.algo.beta2, cfg.rollout.turns, cfg.algo.turn1_credit)
+    update = run.learner.update(batch, advantages, weights, cfg.algo.kl_estimator,
                                 is_cap=cfg.rollout.is_cap if staleness(cfg) else None,
                                 temperature=cfg.rollout.temperature)
     laps.end("update_s")
 
-    run.logger.samples(step + 1, episodes, r1, r2, cfg.eval.samples_logged)
+    run.logger.samples(step + 1, episodes, rewards, cfg.eval.samples_logged)
     if cfg.log.text_every and (step + 1) % cfg.log.text_every == 0:
-        run.logger.episodes_text(step + 1, episodes, r1, r2, cfg.log.text_episodes)
+        run.logger.episodes_text(step + 1, episodes, rewards, cfg.log.text_episodes)
     stats = {
-        "reward_t1": r1.mean().item(), "reward_t2": r2.mean().item(), "kl_t1": update.kl_turn1,
-        "kl_t2": update.kl_turn2, "loss": update.loss, "stage": float(stage),
-        "no_answer_frac": 1 - (has1.mean().item() + has2.mean().item()) / 2,
+        **{f"reward_t{k}": r.mean().item() for k, r in enumerate(rewards, 1)},
+        **{f"kl_t{k}": kl for k, kl in enumerate(update.kl_turns, 1)},
+        "loss": update.loss, "stage": float(stage),
+        "no_answer_frac": 1 - sum(has.mean().item() for has in has_answer) / len(has_answer),
         "entropy": response_mean(token_stats.entropy, batch), "grad_norm": update.grad_norm, "lr": update.lr,
         "sync_s": laps.seconds["sync_s"], "rollout_s": run.rollouts.last_rollout_s, "score_s": laps.seconds["score_s"],
         "update_s": laps.seconds["update_s"], "idle_s": run.rollouts.idle_s - idle_before,
-        "tokens": (batch.turn1_mask.sum() + batch.turn2_mask.sum()).item(),
+        "tokens": batch.response_mask.sum().item(),
         # Updates between the policy that sampled the batch and the one trained on it (<= rollout.max_staleness).
         "policy_lag": float(step - run.rollouts.sampled_version),
         "skipped_episodes": float(skipped.sum()) * run.world,  # the mean over ranks is then the total
     }
     if run.train_has_answers:  # gold accuracy of the training samples, whatever the reward
-        acc1, acc2 = turn_correctness(episodes)
-        stats.update(acc_t1=acc1.mean().item(), acc_t2=acc2.mean().item())
+        stats.update({f"acc_t{k}": acc.mean().item() for k, acc in enumerate(turn_correctness(episodes), 1)})
     if cfg.train.grad_clip > 0:
         stats["grad_clipped"] = float(update.grad_norm > cfg.train.grad_clip)
     return {**reduce_mean(stats), "logprob_mismatch": reduce_max(update.logprob_mismatch),
@@ -216,8 +216,8 @@ def rewards_on_every_rank(run: Run, step: int, inputs: RewardInputs):
 
 
 def response_mean(per_token: torch.Tensor, batch) -> float:
-    """Mean of a per-token statistic over the sampled tokens of both turns."""
-    sampled = batch.turn1_mask + batch.turn2_mask
+    """Mean of a per-token statistic over the sampled tokens of every turn."""
+    sampled = batch.response_mask
     return ((per_token * sampled).sum() / sampled.sum()).item()
 
 
@@ -226,9 +226,10 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
     run.rollouts.push_weights(step)  # the policy after `step` updates
     metrics = eval_metrics(run.rollouts.eval_episodes(run.eval_problems), run.tokenizer, score=run.learner.score)
     run.logger.scalars("eval", {k: v for k, v in metrics.items() if k != "n"}, step)
-    run.log(f"[eval] step {step}: acc_t1 {metrics['acc_t1']:.3f} acc_t2 {metrics['acc_t2']:.3f} "
-            f"delta {metrics['delta']:+.3f} (i2c {metrics['delta_i2c']:.3f}, c2i {metrics['delta_c2i']:.3f}) "
-            f"ece_t1 {metrics['ece_t1']:.3f} ece_t2 {metrics['ece_t2']:.3f} on {metrics['n']} problems")
+    turns = range(1, cfg.rollout.turns + 1)
+    run.log(f"[eval] step {step}: " + " ".join(f"acc_t{k} {metrics[f'acc_t{k}']:.3f}" for k in turns) +
+            f" delta {metrics['delta']:+.3f} (i2c {metrics['delta_i2c']:.3f}, c2i {metrics['delta_c2i']:.3f}) " +
+            " ".join(f"ece_t{k} {metrics[f'ece_t{k}']:.3f}" for k in turns) + f" on {metrics['n']} problems")
     return metrics
 
 
@@ -247,10 +248,14 @@ def log_step(run: Run, step: int, stats: dict[str, float], seconds_per_step: flo
         run.log(f"[reward] step {step + 1}: {int(stats['skipped_episodes'])} episodes with a NaN/inf reward skipped "
                 f"(reward.nonfinite=skip)")
     eta = seconds_per_step * (run.cfg.train.steps - step - 1)
-    acc = f"acc {stats['acc_t1']:.2f}/{stats['acc_t2']:.2f} | " if "acc_t1" in stats else ""
-    run.log(f"[step {step + 1}/{run.cfg.train.steps}] stage {int(stats['stage'])} | "
-            f"reward {stats['reward_t1']:.3f}/{stats['reward_t2']:.3f} | {acc}kl {stats['kl_t1']:.4f}/"
-            f"{stats['kl_t2']:.4f} | {stats['step_seconds']:.1f}s | eta {int(eta // 60)}m{int(eta % 60):02d}s")
+    turns = range(1, run.cfg.rollout.turns + 1)
+
+    def per_turn(name: str, digits: int) -> str:
+        return "/".join(f"{stats[f'{name}_t{k}']:.{digits}f}" for k in turns)
+
+    acc = f"acc {per_turn('acc', 2)} | " if "acc_t1" in stats else ""
+    run.log(f"[step {step + 1}/{run.cfg.train.steps}] stage {int(stats['stage'])} | reward {per_turn('reward', 3)} | "
+            f"{acc}kl {per_turn('kl', 4)} | {stats['step_seconds']:.1f}s | eta {int(eta // 60)}m{int(eta % 60):02d}s")
 
 
 def resume_or_start(run: Run, guard: CollapseGuard) -> dict:
@@ -327,8 +332,10 @@ def train_loop(run: Run, guard: CollapseGuard, signals: StopSignals, state: dict
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.steps:
             metrics = run_eval(run, step + 1)
             since = history[-cfg.eval.every:]
-            reward = sum(s["reward_t1"] + s["reward_t2"] for s in since) / (2 * len(since))
-            eval_alarm = guard.check_eval(reward, metrics["acc_t2"])  # always: its history needs every eval
+            turns = cfg.rollout.turns
+            reward = sum(sum(s[f"reward_t{k}"] for k in range(1, turns + 1)) for s in since) / (turns * len(since))
+            # always: its history needs every evaluation
+            eval_alarm = guard.check_eval(reward, metrics[f"acc_t{turns}"])
             alarm = alarm or eval_alarm
         if alarm:
             alarms.append(f"step {step + 1}: {alarm}")

@@ -63,22 +63,21 @@ def majority_votes(answers: Sequence[str | None]) -> list[float]:
     return [float(c == counts[0][0]) for c in classes]
 
 
-def per_group(inputs: RewardInputs, score, weights: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+def per_group(inputs: RewardInputs, score, weights: Sequence[Tensor] | None = None) -> list[Tensor]:
     """`score(answers of one prompt's samples of one turn[, their weights]) -> values`, per prompt and turn."""
     groups: dict[int, list[int]] = defaultdict(list)
     for row, ep in enumerate(inputs.episodes):
         groups[ep.group].append(row)
-    out = torch.zeros(2, len(inputs.episodes))
+    out = torch.zeros(len(inputs.episodes[0].turns), len(inputs.episodes))
     for rows in groups.values():
-        for turn in (0, 1):
-            texts = [(inputs.episodes[r].turn1 if turn == 0 else inputs.episodes[r].turn2).text for r in rows]
-            answers = [extract_answer(t) for t in texts]
+        for turn in range(out.shape[0]):
+            answers = [extract_answer(inputs.episodes[r].turns[turn].text) for r in rows]
             values = score(answers) if weights is None else score(answers, weights[turn][rows].tolist())
             out[turn, rows] = torch.tensor(values)
-    return out[0], out[1]
+    return list(out)
 
 
-def vote_weights(inputs: RewardInputs) -> tuple[Tensor, Tensor] | None:
+def vote_weights(inputs: RewardInputs) -> list[Tensor] | None:
     """Per-turn vote weights: None (one vote each) or each sample's own confidence, answered or not, so the
     total is over all the prompt's samples as with one vote each (with scope=answer an unanswered sample,
     having no answer tokens, weighs 0)."""
@@ -89,10 +88,10 @@ def vote_weights(inputs: RewardInputs) -> tuple[Tensor, Tensor] | None:
 
 
 @register("agreement", needs_token_stats=True)  # the token statistics weigh votes (reward.vote_weight)
-def agreement_reward(inputs: RewardInputs) -> tuple[Tensor, Tensor]:
+def agreement_reward(inputs: RewardInputs) -> list[Tensor]:
     return per_group(inputs, agreement_shares, vote_weights(inputs))
 
 
 @register("majority")
-def majority_reward(inputs: RewardInputs) -> tuple[Tensor, Tensor]:
+def majority_reward(inputs: RewardInputs) -> list[Tensor]:
     return per_group(inputs, majority_votes)

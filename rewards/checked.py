@@ -20,35 +20,40 @@ class RewardError(UserError):
 
 
 def checked_rewards(kind: str, fn: Callable, inputs: RewardInputs, step: int,
-                    nonfinite: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(r1, r2, skipped): float rewards per episode and a bool mask of episodes whose reward is not
-    finite (all False unless nonfinite='skip'). `step` is 1-based, as in the progress lines."""
+                    nonfinite: str) -> tuple[list[Tensor], Tensor]:
+    """(rewards, skipped): per turn, float rewards per episode, and a bool mask of episodes whose reward is
+    not finite (all False unless nonfinite='skip'). `step` is 1-based, as in the progress lines."""
     try:
-        r1, r2 = fn(inputs)
+        rewards = fn(inputs)
     except Exception as err:
         raise RewardError(_raised_message(kind, fn, inputs, step, err)) from err
-    n = len(inputs.episodes)
-    for turn, r in ((1, r1), (2, r2)):
+    n, turns = len(inputs.episodes), len(inputs.episodes[0].turns)
+    if not isinstance(rewards, (list, tuple)) or len(rewards) != turns:
+        got = f"{len(rewards)} values" if isinstance(rewards, (list, tuple)) else type(rewards).__name__
+        raise RewardError(f"reward '{kind}' returned {got} at step {step}; expected one tensor per turn "
+                          f"(rollout.turns={turns}).")
+    for turn, r in enumerate(rewards, 1):
         if not isinstance(r, Tensor) or tuple(r.shape) != (n,):
             got = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
             raise RewardError(f"reward '{kind}' returned {got} as its turn-{turn} rewards at step {step}; expected "
                               f"a tensor of shape ({n},), one value per episode.")
-    r1, r2 = r1.float(), r2.float()
-    skipped = ~(torch.isfinite(r1) & torch.isfinite(r2))
+    rewards = [r.float() for r in rewards]
+    skipped = ~torch.stack([torch.isfinite(r) for r in rewards]).all(dim=0)
     if skipped.any() and nonfinite != "skip":
         i = int(skipped.nonzero()[0])
+        values = ", ".join(f"turn {k}: {r[i].item()}" for k, r in enumerate(rewards, 1))
         raise RewardError(
-            f"reward '{kind}' returned a non-finite reward (turn 1: {r1[i].item()}, turn 2: {r2[i].item()}) for "
+            f"reward '{kind}' returned a non-finite reward ({values}) for "
             f"{describe_episode(inputs.episodes[i], i, step)}; {int(skipped.sum())} of {n} episodes this step. "
             f"Hint: reward.nonfinite=skip leaves such episodes out of the policy gradient and counts them "
             f"(train/skipped_episodes); the same command then resumes from the last checkpoint.")
-    return r1, r2, skipped
+    return rewards, skipped
 
 
 def describe_episode(episode, index: int, step: int) -> str:
     line = f", data line {episode.problem.line}" if episode.problem.line is not None else ""
-    return (f"episode {index} of step {step} (prompt {_short(episode.problem.prompt)!r}{line}; turn 1 "
-            f"{_short(episode.turn1.text)!r}; turn 2 {_short(episode.turn2.text)!r})")
+    turns = "; ".join(f"turn {k} {_short(t.text)!r}" for k, t in enumerate(episode.turns, 1))
+    return f"episode {index} of step {step} (prompt {_short(episode.problem.prompt)!r}{line}; {turns})"
 
 
 def _raised_message(kind: str, fn: Callable, inputs: RewardInputs, step: int, err: Exception) -> str:

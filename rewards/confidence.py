@@ -62,10 +62,6 @@ def reduce_tokens(values: Tensor, reduction: str) -> Tensor:
     raise ValueError(f"unknown reduction {reduction!r}")
 
 
-def _turns(episode):
-    return ((episode.turn1, episode.turn1_span), (episode.turn2, episode.turn2_span))
-
-
 def scope_tokens(tokenizer, completion, turn_span: tuple[int, int], scope: str,
                  require_answer: bool = True) -> tuple[int, int] | None:
     """[start, end) of the scope's tokens in the collated row; None when there are none, or when the turn
@@ -82,37 +78,37 @@ def scope_tokens(tokenizer, completion, turn_span: tuple[int, int], scope: str,
 
 
 def reduce_over_scope(inputs: RewardInputs, per_token: Tensor, scope: str, reduction: str,
-                      require_answer: bool = True) -> tuple[Tensor, Tensor]:
-    """`reduction` of `per_token` [B, T] over each turn's `scope` tokens; 0 where there are none (see
-    scope_tokens)."""
-    out = torch.zeros(2, len(inputs.episodes))
+                      require_answer: bool = True) -> list[Tensor]:
+    """Per turn, `reduction` of `per_token` [B, T] over each episode's `scope` tokens; 0 where there are none
+    (see scope_tokens)."""
+    out = torch.zeros(len(inputs.episodes[0].turns), len(inputs.episodes))
     for row, ep in enumerate(inputs.episodes):
-        for turn, (completion, span) in enumerate(_turns(ep)):
-            tokens = scope_tokens(inputs.tokenizer, completion, span, scope, require_answer)
+        for turn, completion in enumerate(ep.turns):
+            tokens = scope_tokens(inputs.tokenizer, completion, ep.span(turn), scope, require_answer)
             if tokens is not None and tokens[1] > tokens[0]:
                 out[turn, row] = reduce_tokens(per_token[row, tokens[0]:tokens[1]], reduction)
-    return out[0], out[1]
+    return list(out)
 
 
 def turn_confidence(inputs: RewardInputs, metric: str, scope: str, reduction: str,
-                    require_answer: bool = True) -> tuple[Tensor, Tensor]:
-    """Per-turn confidence (r1, r2) of a per-token `metric` over `scope`, reduced by `reduction`."""
+                    require_answer: bool = True) -> list[Tensor]:
+    """Per-turn confidence of a per-token `metric` over `scope`, reduced by `reduction`."""
     stats = inputs.token_stats
     if reduction == "geomean":
         return reduce_over_scope(inputs, log_confidence_per_token(stats, metric), scope, reduction, require_answer)
     return reduce_over_scope(inputs, confidence_per_token(stats, metric), scope, reduction, require_answer)
 
 
-def answer_probability(inputs: RewardInputs) -> tuple[Tensor, Tensor]:
+def answer_probability(inputs: RewardInputs) -> list[Tensor]:
     """p(answer tokens | context) per turn, the confidence that calibration (ECE) is measured on;
     0 where the turn has no answer."""
-    s1, s2 = reduce_over_scope(inputs, inputs.token_stats.logprob, "answer", "sum")
-    h1, h2 = turn_has_answer(inputs.episodes, inputs.tokenizer)  # exp(0) = 1 would read as certainty
-    return s1.exp() * h1, s2.exp() * h2
+    sums = reduce_over_scope(inputs, inputs.token_stats.logprob, "answer", "sum")
+    has = turn_has_answer(inputs.episodes, inputs.tokenizer)  # exp(0) = 1 would read as certainty
+    return [s.exp() * h for s, h in zip(sums, has)]
 
 
 @register("confidence", needs_token_stats=True)
-def confidence_reward(inputs: RewardInputs) -> tuple[Tensor, Tensor]:
+def confidence_reward(inputs: RewardInputs) -> list[Tensor]:
     opts = inputs.options
     if opts.metric == "agreement":  # a turn-level metric; rewards/agreement.py builds on this module
         from rewards.agreement import agreement_reward
@@ -122,5 +118,5 @@ def confidence_reward(inputs: RewardInputs) -> tuple[Tensor, Tensor]:
 
 
 @register("self_certainty", needs_token_stats=True)
-def self_certainty_reward(inputs: RewardInputs) -> tuple[Tensor, Tensor]:
+def self_certainty_reward(inputs: RewardInputs) -> list[Tensor]:
     return reduce_over_scope(inputs, inputs.token_stats.self_certainty, "response", "mean")

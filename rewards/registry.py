@@ -1,8 +1,8 @@
 """A registry of reward functions behind one interface.
 
 A reward takes `RewardInputs` (the step's episodes, plus the policy's per-token statistics when it
-declares `needs_token_stats`) and returns per-turn rewards (r1, r2), float tensors of shape
-[episodes]. The engine computes what the chosen reward declares, once per step.
+declares `needs_token_stats`) and returns per-turn rewards: a sequence of K float tensors (one per turn of
+the episodes, K = rollout.turns), each of shape [episodes]. The engine computes what the chosen reward declares, once per step.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class RewardInputs:
 
 @dataclass(frozen=True)
 class RewardSpec:
-    fn: Callable[[RewardInputs], tuple[Tensor, Tensor]]
+    fn: Callable[[RewardInputs], Sequence[Tensor]]
     needs_token_stats: bool  # per-token distribution statistics from the policy's scoring pass
     needs_gold: bool  # a gold `answer` on every training problem
 
@@ -64,23 +64,21 @@ def reward_needs(kind: str, options) -> RewardSpec:
     return RewardSpec(spec.fn, any(p.needs_token_stats for p in parts), any(p.needs_gold for p in parts))
 
 
-def turn_correctness(episodes: Sequence) -> tuple[Tensor, Tensor]:
-    """1.0 where the turn's final answer matches the gold answer, per turn."""
+def turn_correctness(episodes: Sequence) -> list[Tensor]:
+    """Per turn, 1.0 where the turn's final answer matches the gold answer."""
     def correct(text: str, gold: str | None) -> float:
         return float(answers_match(extract_answer(text), gold))
-    c1 = torch.tensor([correct(e.turn1.text, e.problem.answer) for e in episodes])
-    c2 = torch.tensor([correct(e.turn2.text, e.problem.answer) for e in episodes])
-    return c1, c2
+    return [torch.tensor([correct(e.turns[k].text, e.problem.answer) for e in episodes])
+            for k in range(len(episodes[0].turns))]
 
 
-def turn_has_answer(episodes: Sequence, tokenizer) -> tuple[Tensor, Tensor]:
-    """1.0 where the turn's answer can be located: by its format, or by RLSF's probe."""
-    h1 = torch.tensor([float(locate_answer(tokenizer, e.turn1) is not None) for e in episodes])
-    h2 = torch.tensor([float(locate_answer(tokenizer, e.turn2) is not None) for e in episodes])
-    return h1, h2
+def turn_has_answer(episodes: Sequence, tokenizer) -> list[Tensor]:
+    """Per turn, 1.0 where the turn's answer can be located: by its format, or by RLSF's probe."""
+    return [torch.tensor([float(locate_answer(tokenizer, e.turns[k]) is not None) for e in episodes])
+            for k in range(len(episodes[0].turns))]
 
 
 @register("gold", needs_gold=True)
-def gold_reward(inputs: RewardInputs) -> tuple[Tensor, Tensor]:
+def gold_reward(inputs: RewardInputs) -> list[Tensor]:
     """Gold answer match: 1 if the turn's final answer equals the data set's answer, else 0."""
     return turn_correctness(inputs.episodes)

@@ -15,11 +15,9 @@ from rewards.registry import REWARDS, RewardInputs, register
 
 
 @register("mix", needs_token_stats=True)
-def mix_reward(inputs: RewardInputs) -> tuple[Tensor, Tensor]:
-    """sum_k weight_k * reward_k over `reward.weights` (a mapping from reward kind to weight)."""
-    r1 = torch.zeros(len(inputs.episodes))
-    r2 = torch.zeros(len(inputs.episodes))
+def mix_reward(inputs: RewardInputs) -> list[Tensor]:
+    """sum_k weight_k * reward_k over `reward.weights` (a mapping from reward kind to weight), per turn."""
+    total = [torch.zeros(len(inputs.episodes)) for _ in inputs.episodes[0].turns]
     for kind, weight in inputs.options.weights.items():
-        k1, k2 = REWARDS[kind].fn(inputs)
-        r1, r2 = r1 + weight * k1, r2 + weight * k2
-    return r1, r2
+        total = [t + weight * r for t, r in zip(total, REWARDS[kind].fn(inputs))]
+    return total

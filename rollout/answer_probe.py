@@ -17,7 +17,7 @@ def probe_answer_spans(engine: RolloutEngine, tokenizer, episodes: Sequence, pro
     eos = tokenizer.eos_token_id
     todo = []
     for ep in episodes:
-        for completion, prompt_ids in ((ep.turn1, ep.prompt_ids), (ep.turn2, ep.turn2_prompt_ids)):
+        for completion, prompt_ids in zip(ep.turns, ep.turn_prompt_ids):
             if answer_token_span(tokenizer, completion.token_ids, completion.text) is None:
                 body = [t for t in completion.token_ids if t != eos]
                 todo.append((completion, body, prompt_ids + body + tokenizer(probe_text, add_special_tokens=False).input_ids))

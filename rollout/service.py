@@ -29,10 +29,10 @@ class WorkerLost(UserError):
 
 
 def sample_step(engine, tokenizer, cfg, problems, progress: bool = False):
-    """Turn-1 samples, corrections and RLSF's answer probe for `problems`."""
+    """Turn-1 samples, rollout.turns - 1 corrections each and RLSF's answer probe for `problems`."""
     episodes = sample_episodes(engine, tokenizer, problems, n=cfg.rollout.n, max_tokens=cfg.rollout.max_tokens,
                                temperature=cfg.rollout.temperature, instruction=cfg.rollout.correction_instruction,
-                               progress=progress)
+                               turns=cfg.rollout.turns, progress=progress)
     probe_answer_spans(engine, tokenizer, episodes, cfg.reward.probe_prompt, cfg.reward.probe_tokens,
                        cfg.reward.probe_min_tokens)
     return episodes
@@ -41,7 +41,7 @@ def sample_step(engine, tokenizer, cfg, problems, progress: bool = False):
 def sample_eval(engine, tokenizer, cfg, problems, progress: bool):
     return sample_episodes(engine, tokenizer, problems, n=1, max_tokens=cfg.rollout.max_tokens,
                            temperature=cfg.eval.temperature, instruction=cfg.rollout.correction_instruction,
-                           progress=progress)
+                           turns=cfg.rollout.turns, progress=progress)
 
 
 def share(items: list, part: int, parts: int) -> list:

@@ -21,6 +21,7 @@ class Completion:
     text: str
     finished: bool  # ended on a stop token rather than on the length limit
     top_logprobs: list[list[float]] | None = None  # per position, the k best log-probs (logits / T), best first
+    top_token_ids: list[list[int]] | None = None  # per position, the token ids of those k best, same order
     probe_span: tuple[int, int] | None = None  # answer tokens found by RLSF's probe (rollout.answer_probe)
 
 
@@ -95,9 +96,11 @@ class RolloutEngine:
 def _to_completion(c, top_k: int) -> Completion:
     ids = list(c.token_ids)
     logprobs = [float(pos[tok].logprob) for pos, tok in zip(c.logprobs, ids)]
-    top = None
+    top = top_ids = None
     if top_k:  # vLLM adds the sampled token to the top k; keep the ranks 1..k
         top = [[lp.logprob for lp in sorted(pos.values(), key=lambda lp: lp.rank) if lp.rank <= top_k]
                for pos in c.logprobs]
+        top_ids = [[tok for tok, lp in sorted(pos.items(), key=lambda item: item[1].rank) if lp.rank <= top_k]
+                   for pos in c.logprobs]
     return Completion(token_ids=ids, logprobs=logprobs, text=c.text, finished=c.finish_reason == "stop",
-                      top_logprobs=top)
+                      top_logprobs=top, top_token_ids=top_ids)

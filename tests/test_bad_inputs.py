@@ -75,7 +75,7 @@ def long_prompt_error(model_dir: Path, data: Path) -> str:
     episode = (len(tok.apply_chat_template(chat, add_generation_prompt=True, return_dict=False))
                + 2 * cfg.rollout.max_tokens + len(tok(cfg.reward.probe_prompt, add_special_tokens=False).input_ids)
                + cfg.reward.probe_tokens)
-    return (f"{data}:3: the prompt takes {prompt} tokens and its episode {episode} (two turns of "
+    return (f"{data}:3: the prompt takes {prompt} tokens and its episode {episode} (2 turn(s) of "
             f"rollout.max_tokens={cfg.rollout.max_tokens}")
 
 
@@ -186,7 +186,7 @@ def test_context_settings_are_checked_against_the_model(folders):
     assert fitted.skipped == {}
     with pytest.raises(UserError, match="rollout.max_model_len=512 exceeds the model's max_position_embeddings=256"):
         _fit_inputs(folders["model"], ["rollout.max_model_len=512"], "builtin:arith", print)
-    with pytest.raises(UserError, match=r"two turns of rollout.max_tokens=128.*leaving no room"):
+    with pytest.raises(UserError, match=r"2 turn\(s\) of rollout.max_tokens=128 \(rollout.turns\).*leaving no room"):
         _fit_inputs(folders["model"], ["rollout.max_tokens=128"], "builtin:arith", print)
 
 
