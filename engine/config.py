@@ -73,6 +73,7 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
+    kind: str = "pg"  # the objective (engine/objectives): pg (SCoRe's policy gradient) | dpo (preference rounds)
     stage1_steps: int = 150
     alpha: float = 2.0  # correction bonus weight in Stage II: r2 + alpha * (r2 - r1)
     beta1: float = 0.05  # KL weight on both turns in Stage II and on turn 2 in Stage I
@@ -116,6 +117,26 @@ class LearnerConfig:
 
 
 @dataclass
+class DPOConfig:
+    """algo.kind=dpo: rounds of (sample with the current policy, build pairs, train on them)."""
+    beta: float = 0.1  # DPO's inverse temperature on the log-ratio margin
+    rounds: int = 2
+    prompts_per_round: int = 64  # training prompts sampled (and turned into pairs) each round
+    pairs_per_round: int = 256  # at most this many of the round's pairs train (a seeded shuffle picks them)
+    batch_pairs: int = 16  # pairs per optimizer step, all ranks
+    epochs: int = 1  # passes over the round's pairs
+
+
+@dataclass
+class PairsConfig:
+    """Preference pairs from the engine's own rollouts, scored by reward.kind (pairs/builders.py)."""
+    kind: str = "evolve"  # rlsf (CoT-decoded traces ranked by confidence) | evolve (refinement + direct pairs)
+    threshold: float = 0.9  # rlsf: a trace is preferred only when its confidence reaches this, in [0, 1]
+    branches: int = 4  # rlsf: CoT decoding's top-k first tokens, one greedy trace each
+    direct: bool = True  # evolve: also pair the turn-1 samples of a prompt by their rewards
+
+
+@dataclass
 class DeepSpeedSection:
     zero_stage: int = 0
 
@@ -132,10 +153,14 @@ class Config:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     log: LogConfig = field(default_factory=LogConfig)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
 
 
 CHOICES = {
+    "algo.kind": ("pg", "dpo"),
+    "pairs.kind": ("rlsf", "evolve"),
     "algo.kl_estimator": ("k1", "k2", "k3"),
     "algo.advantage": ("reinforce", "rloo", "grpo"),
     "deepspeed.zero_stage": (0, 1, 2, 3),
@@ -157,7 +182,8 @@ OPEN_SECTIONS = ("reward.weights",)  # user-named keys live here
 POSITIVE = ("train.keep_checkpoints", "rollout.turns", "train.steps", "rollout.n", "rollout.prompts_per_step", "rollout.max_tokens",
             "eval.problems", "train.micro_batch_size", "rollout.max_model_len", "rollout.kv_cache_gib",
             "rollout.workers", "rollout.worker_timeout_s", "rollout.sync_bucket_mb", "rollout.is_cap",
-            "reward.probe_min_tokens")
+            "reward.probe_min_tokens", "dpo.beta", "dpo.rounds", "dpo.prompts_per_round", "dpo.pairs_per_round",
+            "dpo.batch_pairs", "dpo.epochs", "pairs.branches")
 NON_NEGATIVE = ("eval.every", "train.save_every", "algo.stage1_steps", "algo.beta1", "algo.beta2", "algo.alpha",
                 "train.lr", "rollout.temperature", "eval.temperature", "train.grad_clip", "eval.samples_logged",
                 "guard.min_entropy", "guard.patience", "reward.probe_tokens", "log.text_every", "log.text_episodes",
@@ -252,6 +278,12 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(f"reward.probe_min_tokens={cfg.reward.probe_min_tokens} is more than the "
                           f"reward.probe_tokens={cfg.reward.probe_tokens} the probe generates: it could never find an "
                           f"answer. Hint: lower reward.probe_min_tokens or raise reward.probe_tokens.")
+    if not 0.0 <= cfg.pairs.threshold <= 1.0:
+        raise ConfigError(f"pairs.threshold={cfg.pairs.threshold} is outside [0, 1]: it is compared with a confidence, "
+                          f"a probability. Hint: the default is pairs.threshold=0.9.")
+    if cfg.algo.kind == "dpo" and cfg.rollout.placement != "colocated":
+        raise ConfigError("algo.kind=dpo samples each round on the learners' own vLLM engines: it needs "
+                          "rollout.placement=colocated.")
     if cfg.algo.advantage in ("rloo", "grpo") and cfg.rollout.n < 2:
         raise ConfigError(
             f"algo.advantage={cfg.algo.advantage} needs a group baseline: set rollout.n >= 2 "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from engine.checkpoint import latest_checkpoint
 from engine.errors import UserError
@@ -31,6 +31,11 @@ def check_inputs(cfg: DictConfig, rank: int, world: int, workers: int = 0) -> In
         if count and cfg.rollout.prompts_per_step % count:
             raise UserError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} must be divisible by the "
                             f"number of {what} ({count}).")
+    if cfg.algo.kind == "dpo":  # every rank scores and trains the same number of rows (ZeRO-3 gathers)
+        for key in ("dpo.batch_pairs", "dpo.prompts_per_round"):
+            if OmegaConf.select(cfg, key) % world:
+                raise UserError(f"{key}={OmegaConf.select(cfg, key)} must be divisible by the number of learner "
+                                f"ranks ({world}).")
     reward = reward_needs(cfg.reward.kind, cfg.reward)
     train_problems, eval_problems = load_problems(cfg.data.train), load_problems(cfg.data.eval)
     require_answers(eval_problems, cfg.data.eval, "evaluation (data.eval)")

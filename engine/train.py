@@ -40,6 +40,7 @@ from engine.inputs import check_inputs, fit_to_model
 from engine.placement import Channels, Placement, launch_rank_and_world, plan_placement, split_default_group
 from engine.metrics import Laps, RunLogger
 from engine.models import load_tokenizer_and_config, resolve_model_path
+from engine.objectives import ROWS_PER_UPDATE, training_loop
 from engine.stop_signals import StopSignals
 from rewards import RewardInputs, turn_correctness, turn_has_answer
 from rewards.checked import RewardError, checked_rewards
@@ -97,7 +98,7 @@ def build_run(cfg: DictConfig, placement: Placement, channels: Channels | None) 
         if channels is not None:  # the workers wait for this before starting vLLM
             channels.store.set("model_path", model_path)
     learner = Learner(model_path, zero_stage=cfg.deepspeed.zero_stage, lr=cfg.train.lr, grad_clip=cfg.train.grad_clip,
-                      episodes_per_rank=cfg.rollout.prompts_per_step // world * cfg.rollout.n,
+                      episodes_per_rank=ROWS_PER_UPDATE[cfg.algo.kind](cfg) // world,
                       micro_batch_size=cfg.train.micro_batch_size, dtype=cfg.model.dtype,
                       logprob_impl=cfg.learner.logprob_impl, trust_remote_code=cfg.model.trust_remote_code)
     if channels is None:
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if placement.is_worker:
         return run_worker(cfg, placement, channels)
     init_distributed()
-    return train(build_run(cfg, placement, channels))
+    return training_loop(cfg.algo.kind)(build_run(cfg, placement, channels))  # pg: train() below
 
 
 def train(run: Run) -> dict:
@@ -354,7 +355,8 @@ def train_loop(run: Run, guard: CollapseGuard, signals: StopSignals, state: dict
 
 
 def write_checkpoint(run: Run, steps_done: int, before: dict, history: list, alarms: list,
-                     guard: CollapseGuard) -> None:
+                     guard: CollapseGuard, extra: dict | None = None) -> None:
+    """`extra`: the objective's own loop state (dpo: round, step within the round), restored into the state."""
     cfg = run.cfg
     meta = {"step": steps_done,
             "stage": algo.stage_at(steps_done, cfg.algo.stage1_steps),  # the stage of the next step
@@ -362,13 +364,14 @@ def write_checkpoint(run: Run, steps_done: int, before: dict, history: list, ala
             "data_position": {"next_step": steps_done, "seed": cfg.train.seed},
             "run": run_identity(cfg.train.output_dir),
             "before": before, "history": history, "alarms": alarms, "guard_history": guard.history,
-            "config": OmegaConf.to_container(cfg, resolve=True)}
+            "config": OmegaConf.to_container(cfg, resolve=True), **(extra or {})}
     path = save_checkpoint(run, steps_done, meta, cfg.train.keep_checkpoints)
     run.log(f"[checkpoint] step {steps_done} saved to {path}")
 
 
-def finish(run: Run, before: dict, history: list, alarms: list, started: float) -> dict:
-    """The final evaluation, the HParams summary and summary.json (whose presence marks the run done)."""
+def finish(run: Run, before: dict, history: list, alarms: list, started: float, extra: dict | None = None) -> dict:
+    """The final evaluation, the HParams summary and summary.json (whose presence marks the run done).
+    `extra`: the objective's own sections of the summary."""
     cfg = run.cfg
     after = run_eval(run, len(history))
     summary = {
@@ -376,7 +379,7 @@ def finish(run: Run, before: dict, history: list, alarms: list, started: float) 
             "steps": len(history),
             "last_step": history[-1] if history else {},
             "history": history,
-            "logprob_mismatch_per_step": [s["logprob_mismatch"] for s in history],
+            "logprob_mismatch_per_step": [s["logprob_mismatch"] for s in history if "logprob_mismatch" in s],
             "mean_step_seconds": sum(s["step_seconds"] for s in history) / max(len(history), 1),
             "wall_seconds": time.time() - started,
             "guard_alarms": alarms,
@@ -384,6 +387,7 @@ def finish(run: Run, before: dict, history: list, alarms: list, started: float) 
         },
         "data": {"skipped_problems": run.skipped_problems},
         "eval": {"before": before, "after": after},
+        **(extra or {}),
     }
     run.rollouts.stop()
     run.logger.hparams(OmegaConf.to_container(cfg, resolve=True), after)
@@ -403,4 +407,6 @@ def cli(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":  # vLLM may spawn helpers; the guard keeps them from re-running training
-    cli()
+    from engine.train import cli as package_cli  # one copy of this module: the one objectives import
+
+    package_cli()

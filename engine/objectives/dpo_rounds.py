@@ -1,0 +1,155 @@
+"""algo.kind=dpo: preference rounds on the engine's own rollouts (RLSF, EVOLVE).
+
+Each round r of dpo.rounds:
+  1. the current policy's weights go to vLLM; the round's prompts are sampled with (train.seed, r);
+  2. the pair builder (pairs.kind) turns this policy's rollouts into preference pairs, scored by the
+     reward (pairs/builders.py); every rank builds its share, all ranks gather them all;
+  3. pairs whose responses are the same tokens are dropped, a seeded shuffle keeps dpo.pairs_per_round,
+     and they are written to <output_dir>/pairs/round-NNN.jsonl (ids and texts, for reading);
+  4. dpo.epochs passes of DPO updates, dpo.batch_pairs pairs each (engine/objectives/dpo_step.py);
+  5. an evaluation (the last round's is the final one) and a checkpoint.
+A round where no pair passes the filter is reported and skipped. A run stopped inside a round resumes at
+the round and update it stopped at, training on the round's saved pairs: the same result as a straight run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from engine.distributed import gather_objects
+from engine.guard import CollapseGuard
+from engine.objectives.dpo_step import collate_pairs, dpo_update
+from engine.stop_signals import StopSignals
+from engine.train import Run, finish, resume_or_start, run_eval, write_checkpoint
+from pairs.builders import PAIR_BUILDERS, PreferencePair, RoundInputs, informative
+from rollout.service import share
+
+DPO_SCALARS = ("loss", "margin", "chosen_logp", "rejected_logp", "pairs", "accuracy", "grad_norm", "lr")
+
+
+def train_rounds(run: Run) -> dict:
+    cfg = run.cfg
+    started, signals = time.time(), StopSignals()
+    guard = CollapseGuard(0.0, 0)  # the preference loop keeps no guard; the checkpoint format has its slot
+    state = resume_or_start(run, guard)
+    before, history, alarms = state["before"], state["history"], state["alarms"]
+    rounds = state.get("rounds", [])
+    start_round, start_update = state.get("round", 0), state.get("round_update", 0)
+    for rnd in range(start_round, cfg.dpo.rounds):
+        resumed_inside = rnd == start_round and start_update > 0
+        pairs = load_pairs(run, rnd) if resumed_inside else round_pairs(run, rnd, rounds, len(history))
+        schedule = pair_schedule(len(pairs), cfg.dpo.batch_pairs, cfg.dpo.epochs, cfg.train.seed, rnd)
+        for update in range(start_update if resumed_inside else 0, len(schedule)):
+            started_step = time.time()
+            stats = preference_step(run, [pairs[i] for i in share(schedule[update], run.rank, run.world)])
+            stats.update(round=float(rnd), step_seconds=time.time() - started_step)
+            history.append(stats)
+            log_update(run, rnd, update, len(schedule), len(history), stats)
+            loop_state = {"round": rnd, "round_update": update + 1, "rounds": rounds}
+            stop = signals.requested()
+            if stop or (cfg.train.save_every and len(history) % cfg.train.save_every == 0):
+                write_checkpoint(run, len(history), before, history, alarms, guard, loop_state)
+            if stop:
+                run.log(f"[signal] {signal.Signals(stop).name}: stopped in round {rnd + 1}, after update "
+                        f"{update + 1}/{len(schedule)}; the same command resumes")
+                run.rollouts.stop()
+                run.logger.close()
+                sys.exit(128 + stop)
+        if pairs and rnd + 1 < cfg.dpo.rounds:  # the last round's evaluation is the final one
+            rounds[-1]["eval"] = run_eval(run, len(history))
+        write_checkpoint(run, len(history), before, history, alarms, guard,
+                         {"round": rnd + 1, "round_update": 0, "rounds": rounds})
+    return finish(run, before, history, alarms, started, {"rounds": rounds})
+
+
+def round_pairs(run: Run, rnd: int, rounds: list, version: int) -> list[PreferencePair]:
+    """Sample with the current policy (`version` updates so far), build, gather, filter, cap and save the
+    round's pairs; an empty round is reported (and trains nothing)."""
+    cfg = run.cfg
+    run.rollouts.push_weights(version)
+    prompts = random.Random(cfg.train.seed * 1_000_003 + 7_919 * (rnd + 1)).sample(run.train_problems,
+                                                                                   cfg.dpo.prompts_per_round)
+    started = time.time()
+    inputs = RoundInputs(run.rollouts.engine, run.tokenizer, cfg, run.learner,
+                         share(prompts, run.rank, run.world), rnd)
+    built = [p for part in gather_objects(PAIR_BUILDERS[cfg.pairs.kind](inputs)) for p in part]
+    kept = informative(built)
+    random.Random(cfg.train.seed * 1_000_003 + rnd).shuffle(kept)
+    kept = kept[:cfg.dpo.pairs_per_round]
+    kinds = {k: sum(p.kind == k for p in kept) for k in sorted({p.kind for p in kept})}
+    record = {"round": rnd + 1, "pairs_built": len(built), "pairs_kept": len(kept), "kinds": kinds,
+              "seconds": time.time() - started}
+    rounds.append(record)
+    save_pairs(run, rnd, kept)
+    run.logger.scalars("pairs", {"built": len(built), "kept": len(kept)}, rnd + 1)
+    if not kept:
+        run.log(f"[round {rnd + 1}/{cfg.dpo.rounds}] no pair passed the filter ({len(built)} built from "
+                f"{len(prompts)} prompts; pairs.kind={cfg.pairs.kind}, pairs.threshold={cfg.pairs.threshold}): "
+                f"round skipped, the policy is unchanged")
+    else:
+        run.log(f"[round {rnd + 1}/{cfg.dpo.rounds}] {len(kept)} pairs {kinds} of {len(built)} built from "
+                f"{len(prompts)} prompts in {record['seconds']:.1f}s -> {pairs_path(run, rnd)}")
+    return kept
+
+
+def pair_schedule(pairs: int, batch_pairs: int, epochs: int, seed: int, rnd: int) -> list[list[int]]:
+    """Indices of the pairs of each update: per epoch a seeded shuffle cut into batches of batch_pairs; a
+    last partial batch is filled from the start of the epoch's order, so every update has batch_pairs pairs
+    (the learner's accumulation cycle is fixed)."""
+    if pairs == 0:
+        return []
+    updates = []
+    for epoch in range(epochs):
+        order = list(range(pairs))
+        random.Random(seed * 1_000_003 + 104_729 * (rnd + 1) + epoch).shuffle(order)
+        for start in range(0, pairs, batch_pairs):
+            batch = order[start:start + batch_pairs]
+            while len(batch) < batch_pairs:
+                batch += order[:batch_pairs - len(batch)]
+            updates.append(batch)
+    return updates
+
+
+def preference_step(run: Run, pairs: list[PreferencePair]) -> dict[str, float]:
+    """One DPO update on this rank's pairs of the batch."""
+    cfg = run.cfg
+    batch = collate_pairs(pairs, run.tokenizer.pad_token_id)
+    stats = dpo_update(run.learner, batch, torch.tensor([p.weight for p in pairs]), cfg.dpo.beta,
+                       temperature=cfg.rollout.temperature)
+    return {name: float(getattr(stats, name)) for name in DPO_SCALARS}
+
+
+def log_update(run: Run, rnd: int, update: int, updates: int, step: int, stats: dict) -> None:
+    run.logger.scalars("dpo", {k: stats[k] for k in DPO_SCALARS}, step)
+    run.logger.scalars("perf", {"step_seconds": stats["step_seconds"]}, step)
+    run.log(f"[round {rnd + 1}/{run.cfg.dpo.rounds} update {update + 1}/{updates}] dpo loss {stats['loss']:.4f} "
+            f"margin {stats['margin']:+.4f} acc {stats['accuracy']:.2f} logp {stats['chosen_logp']:.2f}/"
+            f"{stats['rejected_logp']:.2f} | {stats['step_seconds']:.1f}s")
+
+
+def pairs_path(run: Run, rnd: int) -> Path:
+    return Path(run.cfg.train.output_dir) / "pairs" / f"round-{rnd + 1:03d}.jsonl"
+
+
+def save_pairs(run: Run, rnd: int, pairs: list[PreferencePair]) -> None:
+    if not run.is_main:
+        return
+    path = pairs_path(run, rnd)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(p.to_json()) + "\n" for p in pairs))
+    tmp.replace(path)
+
+
+def load_pairs(run: Run, rnd: int) -> list[PreferencePair]:
+    path = pairs_path(run, rnd)
+    pairs = [PreferencePair(**json.loads(line)) for line in path.read_text().splitlines()]
+    run.log(f"[resume] round {rnd + 1}: training on its {len(pairs)} saved pairs ({path})")
+    return pairs

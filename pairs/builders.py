@@ -1,0 +1,134 @@
+"""Pair builders (`pairs.kind`): preference pairs from the current policy's own rollouts, scored by the
+registered reward `reward.kind` (label-free by default; reward.kind=gold when asked).
+
+- `rlsf` (arXiv 2507.21931): CoT decoding (the top-`pairs.branches` first tokens, each continued greedily)
+  gives a prompt's traces; their confidence (the reward, any metric) ranks them: i is preferred to j when
+  c_i >= pairs.threshold and c_j < c_i, weighted by exp(c_i - c_j).
+- `evolve` (arXiv 2502.05605): K-turn refinement chains (rollout.turns, rollout.n per prompt). A refinement
+  pair sits in the refinement's context (prompt, earlier turns, correction request): the turn-k answer is
+  preferred to the turn-(k-1) answer it refined when its reward is higher, and the other way round when
+  lower, so the model learns both to fix and to keep. Direct pairs (pairs.direct) rank a prompt's turn-1
+  samples by their rewards, in the prompt's context.
+
+Each builder runs on every learner rank over its share of the round's prompts and returns that share's pairs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from engine.batch import collate
+from pairs.selection import confidence_pairs, ranked_pairs, refinement_pairs
+from rewards import RewardInputs, turn_has_answer
+from rewards.checked import checked_rewards
+from rewards.registry import reward_needs
+from rollout.answer_probe import probe_answer_spans
+from rollout.cot_decoding import cot_decode
+from rollout.episodes import Episode, encode_prompt
+from rollout.service import sample_step
+
+
+@dataclass
+class PreferencePair:
+    kind: str  # confidence (rlsf) | refine | direct (evolve)
+    prompt: str  # the problem's prompt, for reading
+    context_ids: list[int]  # what both responses answer: the chat-templated prompt (and earlier turns)
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    chosen_text: str
+    rejected_text: str
+    chosen_score: float  # the reward that ranked them
+    rejected_score: float
+    weight: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RoundInputs:
+    engine: object  # rollout.vllm_engine.RolloutEngine holding the round's policy
+    tokenizer: object
+    cfg: object
+    learner: object  # scores token statistics for the reward
+    problems: list  # this rank's share of the round's prompts
+    round: int
+
+
+PairBuilder = Callable[[RoundInputs], list[PreferencePair]]
+PAIR_BUILDERS: dict[str, PairBuilder] = {}
+
+
+def register(kind: str):
+    def add(fn: PairBuilder) -> PairBuilder:
+        PAIR_BUILDERS[kind] = fn
+        return fn
+    return add
+
+
+def turn_rewards(inputs: RoundInputs, episodes: list[Episode]) -> list[list[float]]:
+    """reward.kind's reward per turn, [turn][episode]; a turn without a locatable answer gets 0."""
+    stats = inputs.learner.score(collate(episodes, inputs.tokenizer.pad_token_id))
+    reward = RewardInputs(episodes, inputs.tokenizer, inputs.cfg.reward, stats)
+    spec = reward_needs(inputs.cfg.reward.kind, inputs.cfg.reward)
+    rewards, _ = checked_rewards(inputs.cfg.reward.kind, spec.fn, reward, inputs.round + 1, "error")
+    return [(r * has).tolist() for r, has in zip(rewards, turn_has_answer(episodes, inputs.tokenizer))]
+
+
+def _pair(kind, ep, context, chosen, rejected, scores, weight) -> PreferencePair:
+    (ci, c), (ri, r) = chosen, rejected
+    return PreferencePair(kind=kind, prompt=ep.problem.prompt, context_ids=list(context), chosen_ids=list(c.token_ids),
+                          rejected_ids=list(r.token_ids), chosen_text=c.text, rejected_text=r.text,
+                          chosen_score=scores[ci], rejected_score=scores[ri], weight=weight)
+
+
+@register("rlsf")
+def rlsf_pairs(inputs: RoundInputs) -> list[PreferencePair]:
+    cfg, tokenizer = inputs.cfg, inputs.tokenizer
+    prompts = [encode_prompt(tokenizer, p.prompt) for p in inputs.problems]
+    traces = cot_decode(inputs.engine, tokenizer, prompts, cfg.pairs.branches, cfg.rollout.max_tokens)
+    episodes = [Episode(problem, g, [ids], [trace])
+                for g, (problem, ids, branch) in enumerate(zip(inputs.problems, prompts, traces)) for trace in branch]
+    probe_answer_spans(inputs.engine, tokenizer, episodes, cfg.reward.probe_prompt, cfg.reward.probe_tokens,
+                       cfg.reward.probe_min_tokens)
+    (confidence,) = turn_rewards(inputs, episodes)
+    out = []
+    for g in range(len(inputs.problems)):
+        rows = list(range(g * cfg.pairs.branches, (g + 1) * cfg.pairs.branches))
+        scores = [confidence[r] for r in rows]
+        for p in confidence_pairs(scores, cfg.pairs.threshold):
+            a, b = episodes[rows[p.chosen]], episodes[rows[p.rejected]]
+            out.append(_pair("confidence", a, a.prompt_ids, (p.chosen, a.turns[0]), (p.rejected, b.turns[0]),
+                             scores, p.weight))
+    return out
+
+
+@register("evolve")
+def evolve_pairs(inputs: RoundInputs) -> list[PreferencePair]:
+    episodes = sample_step(inputs.engine, inputs.tokenizer, inputs.cfg, inputs.problems)
+    rewards = turn_rewards(inputs, episodes)
+    out = []
+    for row, ep in enumerate(episodes):
+        scores = [r[row] for r in rewards]
+        for p in refinement_pairs(scores):  # the later turn's context: prompt, earlier turns, the request
+            context = ep.turn_prompt_ids[max(p.chosen, p.rejected)]
+            out.append(_pair("refine", ep, context, (p.chosen, ep.turns[p.chosen]), (p.rejected, ep.turns[p.rejected]),
+                             scores, p.weight))
+    if inputs.cfg.pairs.direct:
+        groups = defaultdict(list)
+        for row, ep in enumerate(episodes):
+            groups[ep.group].append(row)
+        for rows in groups.values():
+            scores = [rewards[0][r] for r in rows]
+            for p in ranked_pairs(scores):
+                a, b = episodes[rows[p.chosen]], episodes[rows[p.rejected]]
+                out.append(_pair("direct", a, a.prompt_ids, (p.chosen, a.turns[0]), (p.rejected, b.turns[0]),
+                                 scores, p.weight))
+    return out
+
+
+def informative(pairs: list[PreferencePair]) -> list[PreferencePair]:
+    """Drops pairs whose two responses are the same tokens (their DPO gradient is zero)."""
+    return [p for p in pairs if p.chosen_ids != p.rejected_ids]
