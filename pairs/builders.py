@@ -94,11 +94,15 @@ def rlsf_pairs(inputs: RoundInputs) -> list[PreferencePair]:
     probe_answer_spans(inputs.engine, tokenizer, episodes, cfg.reward.probe_prompt, cfg.reward.probe_tokens,
                        cfg.reward.probe_min_tokens)
     (confidence,) = turn_rewards(inputs, episodes)
+    return confidence_ranked(episodes, confidence, cfg.pairs.threshold)
+
+
+def confidence_ranked(episodes: list[Episode], confidence: list[float], threshold: float) -> list[PreferencePair]:
+    """RLSF's pairs among the single-turn traces of each prompt (episodes sharing a group)."""
     out = []
-    for g in range(len(inputs.problems)):
-        rows = list(range(g * cfg.pairs.branches, (g + 1) * cfg.pairs.branches))
+    for rows in _groups(episodes):
         scores = [confidence[r] for r in rows]
-        for p in confidence_pairs(scores, cfg.pairs.threshold):
+        for p in confidence_pairs(scores, threshold):
             a, b = episodes[rows[p.chosen]], episodes[rows[p.rejected]]
             out.append(_pair("confidence", a, a.prompt_ids, (p.chosen, a.turns[0]), (p.rejected, b.turns[0]),
                              scores, p.weight))
@@ -108,7 +112,11 @@ def rlsf_pairs(inputs: RoundInputs) -> list[PreferencePair]:
 @register("evolve")
 def evolve_pairs(inputs: RoundInputs) -> list[PreferencePair]:
     episodes = sample_step(inputs.engine, inputs.tokenizer, inputs.cfg, inputs.problems)
-    rewards = turn_rewards(inputs, episodes)
+    return refinement_and_direct(episodes, turn_rewards(inputs, episodes), inputs.cfg.pairs.direct)
+
+
+def refinement_and_direct(episodes: list[Episode], rewards: list[list[float]], direct: bool) -> list[PreferencePair]:
+    """EVOLVE's pairs from K-turn chains with per-turn rewards [turn][episode]."""
     out = []
     for row, ep in enumerate(episodes):
         scores = [r[row] for r in rewards]
@@ -116,17 +124,22 @@ def evolve_pairs(inputs: RoundInputs) -> list[PreferencePair]:
             context = ep.turn_prompt_ids[max(p.chosen, p.rejected)]
             out.append(_pair("refine", ep, context, (p.chosen, ep.turns[p.chosen]), (p.rejected, ep.turns[p.rejected]),
                              scores, p.weight))
-    if inputs.cfg.pairs.direct:
-        groups = defaultdict(list)
-        for row, ep in enumerate(episodes):
-            groups[ep.group].append(row)
-        for rows in groups.values():
+    if direct:
+        for rows in _groups(episodes):
             scores = [rewards[0][r] for r in rows]
             for p in ranked_pairs(scores):
                 a, b = episodes[rows[p.chosen]], episodes[rows[p.rejected]]
                 out.append(_pair("direct", a, a.prompt_ids, (p.chosen, a.turns[0]), (p.rejected, b.turns[0]),
                                  scores, p.weight))
     return out
+
+
+def _groups(episodes: list[Episode]) -> list[list[int]]:
+    """Row indices of each prompt's episodes, in order of first appearance."""
+    groups = defaultdict(list)
+    for row, ep in enumerate(episodes):
+        groups[ep.group].append(row)
+    return list(groups.values())
 
 
 def informative(pairs: list[PreferencePair]) -> list[PreferencePair]:
