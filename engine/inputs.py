@@ -118,6 +118,7 @@ def require_chat_template(model_spec: str, tokenizer) -> None:
 
 
 def _check_enough_prompts(cfg: DictConfig, inputs: Inputs) -> None:
-    if len(inputs.train) < cfg.rollout.prompts_per_step:
-        raise UserError(f"rollout.prompts_per_step={cfg.rollout.prompts_per_step} is more than the "
-                        f"{len(inputs.train)} problems in {cfg.data.train}. Hint: lower rollout.prompts_per_step.")
+    key = "dpo.prompts_per_round" if cfg.algo.kind == "dpo" else "rollout.prompts_per_step"
+    if len(inputs.train) < OmegaConf.select(cfg, key):
+        raise UserError(f"{key}={OmegaConf.select(cfg, key)} is more than the {len(inputs.train)} problems in "
+                        f"{cfg.data.train}. Hint: lower {key}.")

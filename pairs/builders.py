@@ -15,6 +15,7 @@ Each builder runs on every learner rank over its share of the round's prompts an
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -73,8 +74,11 @@ def turn_rewards(inputs: RoundInputs, episodes: list[Episode]) -> list[list[floa
     stats = inputs.learner.score(collate(episodes, inputs.tokenizer.pad_token_id))
     reward = RewardInputs(episodes, inputs.tokenizer, inputs.cfg.reward, stats)
     spec = reward_needs(inputs.cfg.reward.kind, inputs.cfg.reward)
-    rewards, _ = checked_rewards(inputs.cfg.reward.kind, spec.fn, reward, inputs.round + 1, "error")
-    return [(r * has).tolist() for r, has in zip(rewards, turn_has_answer(episodes, inputs.tokenizer))]
+    rewards, skipped = checked_rewards(inputs.cfg.reward.kind, spec.fn, reward, inputs.round + 1,
+                                       inputs.cfg.reward.nonfinite)
+    # reward.nonfinite=skip: a skipped episode's turns score NaN, and `informative` drops their pairs
+    return [(r * has).masked_fill(skipped, float("nan")).tolist()
+            for r, has in zip(rewards, turn_has_answer(episodes, inputs.tokenizer))]
 
 
 def _pair(kind, ep, context, chosen, rejected, scores, weight) -> PreferencePair:
@@ -143,5 +147,7 @@ def _groups(episodes: list[Episode]) -> list[list[int]]:
 
 
 def informative(pairs: list[PreferencePair]) -> list[PreferencePair]:
-    """Drops pairs whose two responses are the same tokens (their DPO gradient is zero)."""
-    return [p for p in pairs if p.chosen_ids != p.rejected_ids]
+    """Drops pairs whose two responses are the same tokens (their DPO gradient is zero) and pairs with a
+    skipped (non-finite) score."""
+    return [p for p in pairs if p.chosen_ids != p.rejected_ids
+            and math.isfinite(p.chosen_score) and math.isfinite(p.rejected_score)]

@@ -73,15 +73,20 @@ def turn_overhead(tokenizer, prompt: str, max_tokens: int, instruction: str, tur
 
 def sample_episodes(engine: RolloutEngine, tokenizer, problems: Sequence[Problem], n: int, max_tokens: int,
                     temperature: float, instruction: str, turns: int = 2, progress: bool = False) -> list[Episode]:
-    """Turn 1: n samples per problem. Each later turn: one correction per chain, one vLLM call per turn.
-    `progress` shows vLLM's progress bar for each turn."""
+    """Turn 1: n samples per problem. Each later turn: one correction per chain, one vLLM call per turn, of
+    at most max_tokens or the room left in the engine's context. `progress` shows vLLM's progress bar for
+    each turn."""
     prompt_ids = [encode_prompt(tokenizer, p.prompt) for p in problems]
     first = engine.generate(prompt_ids, n=n, max_tokens=max_tokens, temperature=temperature, progress=progress)
     episodes = [Episode(problems[g], g, [prompt_ids[g]], [c]) for g, comps in enumerate(first) for c in comps]
     for _ in range(1, turns):
         contexts = [ep.input_ids + correction_request_ids(tokenizer, ep.problem.prompt, ep.turns, instruction)
                     for ep in episodes]
-        outputs = engine.generate(contexts, n=1, max_tokens=max_tokens, temperature=temperature, progress=progress)
+        budgets = [min(max_tokens, engine.max_model_len - len(c)) for c in contexts]
+        # Training checks up front that every episode fits (engine.inputs.fit_to_model), so budgets are
+        # max_tokens; a longer chain at inference (evaluate with more turns) gets the room that is left.
+        budget = max_tokens if min(budgets) == max_tokens else budgets
+        outputs = engine.generate(contexts, n=1, max_tokens=budget, temperature=temperature, progress=progress)
         for ep, context, out in zip(episodes, contexts, outputs):
             ep.turn_prompt_ids.append(context)
             ep.turns.append(out[0])

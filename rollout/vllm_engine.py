@@ -67,21 +67,27 @@ class RolloutEngine:
                 f"model.dtype={dtype}; vLLM's log above may say more.") from err
         self.max_model_len = max_model_len
 
-    def generate(self, prompts: Sequence[list[int]], n: int, max_tokens: int, temperature: float,
+    def generate(self, prompts: Sequence[list[int]], n: int, max_tokens: int | Sequence[int], temperature: float,
                  top_k_logprobs: int = 0, progress: bool = False) -> list[list[Completion]]:
-        """`n` completions for each prompt (token ids). Randomness comes from the engine's seed: vLLM's
-        CPU sampler rejects per-request seeds ("CPU Generator does not use offset")."""
+        """`n` completions for each prompt (token ids); `max_tokens` for all or one per prompt. Randomness
+        comes from the engine's seed: vLLM's CPU sampler rejects per-request seeds ("CPU Generator does not
+        use offset")."""
         from vllm import SamplingParams
 
-        too_long = [i for i, p in enumerate(prompts) if len(p) + max_tokens > self.max_model_len]
+        budgets = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)
+        too_long = [i for i, (p, m) in enumerate(zip(prompts, budgets)) if len(p) + m > self.max_model_len or m < 1]
         if too_long:
             i = too_long[0]
             raise UserError(
-                f"prompt {i} has {len(prompts[i])} tokens; with rollout.max_tokens={max_tokens} it exceeds "
+                f"prompt {i} has {len(prompts[i])} tokens; with rollout.max_tokens={budgets[i]} it exceeds "
                 f"the engine's max_model_len={self.max_model_len}. Hint: raise rollout.max_model_len or "
                 f"shorten the prompts."
             )
-        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, logprobs=top_k_logprobs)
+
+        def sampling(tokens: int):
+            return SamplingParams(n=n, temperature=temperature, max_tokens=tokens, logprobs=top_k_logprobs)
+
+        params = sampling(max_tokens) if isinstance(max_tokens, int) else [sampling(m) for m in budgets]
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=progress)
         return [[_to_completion(c, top_k_logprobs) for c in out.outputs] for out in outputs]
 

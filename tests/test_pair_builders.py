@@ -67,3 +67,14 @@ def test_pair_schedule_fills_the_last_batch_and_covers_every_pair_each_epoch():
     assert updates == pair_schedule(5, 2, 2, seed=0, rnd=0)  # seeded: a resumed run sees the same order
     assert updates[:3] != pair_schedule(5, 2, 2, seed=0, rnd=1)[:3]
     assert pair_schedule(0, 2, 2, 0, 0) == []
+
+
+def test_threshold_outside_the_unit_interval_is_a_startup_error_naming_the_key():
+    import pytest
+
+    from engine.config import ConfigError, load_config
+
+    for bad in ("1.5", "-0.1"):
+        with pytest.raises(ConfigError, match=rf"pairs.threshold={bad} is outside \[0, 1\]"):
+            load_config(["configs/rlsf_dpo.yaml", f"pairs.threshold={bad}"])
+    assert load_config(["configs/rlsf_dpo.yaml", "pairs.threshold=1.0"]).pairs.threshold == 1.0

@@ -88,7 +88,7 @@ def round_pairs(run: Run, rnd: int, rounds: list, version: int) -> list[Preferen
               "seconds": time.time() - started}
     rounds.append(record)
     save_pairs(run, rnd, kept)
-    run.logger.scalars("pairs", {"built": len(built), "kept": len(kept)}, rnd + 1)
+    run.logger.scalars("pairs", {"built": len(built), "kept": len(kept)}, version)  # x axis: updates so far
     if not kept:
         run.log(f"[round {rnd + 1}/{cfg.dpo.rounds}] no pair passed the filter ({len(built)} built from "
                 f"{len(prompts)} prompts; pairs.kind={cfg.pairs.kind}, pairs.threshold={cfg.pairs.threshold}): "
