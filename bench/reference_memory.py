@@ -75,7 +75,7 @@ def child(model_dir: str) -> None:
     episodes = [_episode(tok, f"{i}+{i}=?", f"Final Answer: {2 * i}", f"Final Answer: {2 * i + 1}") for i in range(4)]
     learner = Learner(model_dir, zero_stage=3, lr=1e-4, grad_clip=1.0, episodes_per_rank=4, micro_batch_size=2)
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
-    learner.update(collate(episodes, tok.pad_token_id), adv, -adv, TurnWeights(1.0, 0.1, 0.1), "k2")
+    learner.update(collate(episodes, tok.pad_token_id), [adv, -adv], TurnWeights(pg=(1.0, 1.0), kl=(0.1, 0.1)), "k2")
     row = {"rank": rank, "reference_mib": resident_bytes(learner.reference) / 2**20,
            "policy_mib": resident_bytes(learner.engine.module) / 2**20,
            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}

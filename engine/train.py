@@ -5,7 +5,7 @@
 Each step: vLLM samples turn-1 answers and rollout.turns - 1 corrections; rewards score every turn;
 the learner takes one policy-gradient step (Stage I: the last turn's reward, earlier turns held near
 the base by a strong KL; Stage II: every turn, a correction bonus on each turn after the first); the
-new weights go back into vLLM. algo.kind=dpo trains on preference pairs instead (engine/preference/).
+new weights go back into vLLM. algo.kind=dpo trains on preference pairs instead (engine/objectives/).
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ def resume_or_start(run: Run, guard: CollapseGuard) -> dict:
     state = load_checkpoint(run, path)
     guard.history = [tuple(h) for h in state.pop("guard_history")]
     run.logger.rewind(state["step"])
-    run.log(f"[resume] continuing from {path} (step {state['step']}/{run.cfg.train.steps})")
+    run.log(f"[resume] continuing from {path} (after {state['step']} updates)")
     return state
 
 

@@ -84,10 +84,14 @@ def sample_episodes(engine: RolloutEngine, tokenizer, problems: Sequence[Problem
                     for ep in episodes]
         budgets = [min(max_tokens, engine.max_model_len - len(c)) for c in contexts]
         # Training checks up front that every episode fits (engine.inputs.fit_to_model), so budgets are
-        # max_tokens; a longer chain at inference (evaluate with more turns) gets the room that is left.
-        budget = max_tokens if min(budgets) == max_tokens else budgets
-        outputs = engine.generate(contexts, n=1, max_tokens=budget, temperature=temperature, progress=progress)
-        for ep, context, out in zip(episodes, contexts, outputs):
+        # max_tokens; a longer chain at inference (evaluate with more turns) gets the room that is left,
+        # and a chain with no room left gets an empty, unfinished turn (no answer: scored wrong).
+        room = [i for i, b in enumerate(budgets) if b > 0]
+        budget = max_tokens if min(budgets) == max_tokens else [budgets[i] for i in room]
+        outputs = engine.generate([contexts[i] for i in room], n=1, max_tokens=budget, temperature=temperature,
+                                  progress=progress) if room else []
+        sampled = dict(zip(room, (out[0] for out in outputs)))
+        for i, (ep, context) in enumerate(zip(episodes, contexts)):
             ep.turn_prompt_ids.append(context)
-            ep.turns.append(out[0])
+            ep.turns.append(sampled.get(i) or Completion(token_ids=[], logprobs=[], text="", finished=False))
     return episodes

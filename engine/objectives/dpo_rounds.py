@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from engine.distributed import gather_objects
+from engine.distributed import gather_objects, reduce_max
+from engine.errors import UserError
 from engine.guard import CollapseGuard
 from engine.objectives.dpo_step import collate_pairs, dpo_update
 from engine.stop_signals import StopSignals
@@ -66,6 +67,12 @@ def train_rounds(run: Run) -> dict:
             rounds[-1]["eval"] = run_eval(run, len(history))
         write_checkpoint(run, len(history), before, history, alarms, guard,
                          {"round": rnd + 1, "round_update": 0, "rounds": rounds})
+        stop = signals.requested()  # a signal during sampling or the evaluation: stop at the round's end
+        if stop and rnd + 1 < cfg.dpo.rounds:
+            run.log(f"[signal] {signal.Signals(stop).name}: stopped after round {rnd + 1}; the same command resumes")
+            run.rollouts.stop()
+            run.logger.close()
+            sys.exit(128 + stop)
     return finish(run, before, history, alarms, started, {"rounds": rounds})
 
 
@@ -79,7 +86,7 @@ def round_pairs(run: Run, rnd: int, rounds: list, version: int) -> list[Preferen
     started = time.time()
     inputs = RoundInputs(run.rollouts.engine, run.tokenizer, cfg, run.learner,
                          share(prompts, run.rank, run.world), rnd)
-    built = [p for part in gather_objects(PAIR_BUILDERS[cfg.pairs.kind](inputs)) for p in part]
+    built = [p for part in gather_objects(build_on_every_rank(cfg.pairs.kind, inputs)) for p in part]
     kept = informative(built)
     random.Random(cfg.train.seed * 1_000_003 + rnd).shuffle(kept)
     kept = kept[:cfg.dpo.pairs_per_round]
@@ -88,7 +95,7 @@ def round_pairs(run: Run, rnd: int, rounds: list, version: int) -> list[Preferen
               "seconds": time.time() - started}
     rounds.append(record)
     save_pairs(run, rnd, kept)
-    run.logger.scalars("pairs", {"built": len(built), "kept": len(kept)}, version)  # x axis: updates so far
+    run.logger.scalars("pairs", {"built": len(built), "kept": len(kept)}, rnd + 1)  # x axis: the round
     if not kept:
         run.log(f"[round {rnd + 1}/{cfg.dpo.rounds}] no pair passed the filter ({len(built)} built from "
                 f"{len(prompts)} prompts; pairs.kind={cfg.pairs.kind}, pairs.threshold={cfg.pairs.threshold}): "
@@ -97,6 +104,19 @@ def round_pairs(run: Run, rnd: int, rounds: list, version: int) -> list[Preferen
         run.log(f"[round {rnd + 1}/{cfg.dpo.rounds}] {len(kept)} pairs {kinds} of {len(built)} built from "
                 f"{len(prompts)} prompts in {record['seconds']:.1f}s -> {pairs_path(run, rnd)}")
     return kept
+
+
+def build_on_every_rank(kind: str, inputs: RoundInputs) -> list[PreferencePair]:
+    """The builder's pairs for this rank's prompts; when it fails on any rank (a reward error, a bad
+    option), every rank raises, rather than the others waiting in the gather."""
+    try:
+        pairs, failure = PAIR_BUILDERS[kind](inputs), None
+    except UserError as err:
+        pairs, failure = [], err
+    if reduce_max(float(failure is not None)):
+        raise failure or UserError(f"building round {inputs.round + 1}'s pairs failed on another rank; that "
+                                   f"rank's error line says why.")
+    return pairs
 
 
 def pair_schedule(pairs: int, batch_pairs: int, epochs: int, seed: int, rnd: int) -> list[list[int]]:
