@@ -42,6 +42,7 @@ def slug(name: str) -> str:
 def run(command: list[str], log: Path) -> float:
     """Runs a command from the repository root, its output to `log`; returns its wall seconds."""
     print("$ " + " ".join(command), flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with log.open("w") as out:
         code = subprocess.call(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
