@@ -101,8 +101,8 @@ def test_probe_fallback_locates_an_answer_without_format():
     assert probe_answer_spans(engine, tok, [ep], " So the answer is", 4) == 1  # only turn 1 lacks a format
     prompts, max_tokens, temperature = engine.calls[0]
     assert tok.decode(prompts[0]).endswith("assistant\nit is 5 I think So the answer is") and temperature == 0.0
-    assert locate_answer(tok, ep.turn1) == (5, 7)  # " 5" in "it is 5 I think"
-    assert locate_answer(tok, ep.turn2) == (14, 15)  # the format wins where there is one
+    assert locate_answer(tok, ep.turns[0]) == (5, 7)  # " 5" in "it is 5 I think"
+    assert locate_answer(tok, ep.turns[1]) == (14, 15)  # the format wins where there is one
 
 
 def test_probe_finds_no_answer_in_a_response_without_one():
@@ -114,6 +114,6 @@ def test_probe_finds_no_answer_in_a_response_without_one():
     eps = [_episode(tok, "2+3=?", "I am not sure.", "Final Answer: 5"),
            _episode(tok, "2+3=?", "it is 5 I think", "no idea")]
     assert probe_answer_spans(GreedyAnswers(tok, " 5."), tok, eps, " So the answer is", 4) == 3
-    assert eps[0].turn1.probe_span is None  # a shared space is no answer
+    assert eps[0].turns[0].probe_span is None  # a shared space is no answer
     h1, h2 = turn_has_answer(eps, tok)
     assert h1.tolist() == [0.0, 1.0] and h2.tolist() == [1.0, 0.0]

@@ -190,7 +190,24 @@ def test_context_settings_are_checked_against_the_model(folders):
         _fit_inputs(folders["model"], ["rollout.max_tokens=128"], "builtin:arith", print)
 
 
-def _episodes(prompts):
+def test_context_fit_counts_every_turn(folders):
+    """rollout.turns sets how many turns of rollout.max_tokens and correction requests an episode holds."""
+    assert _fit_inputs(folders["model"], ["rollout.turns=1"], "builtin:arith", print).skipped == {}
+    assert _fit_inputs(folders["model"], ["rollout.turns=3", "rollout.max_tokens=24"], "builtin:arith",
+                       print).skipped == {}
+    # a shorter correction request leaves room for longer turns (the three-turn end-to-end runs)
+    assert _fit_inputs(folders["model"], ["rollout.turns=3", "rollout.max_tokens=40", "rollout.correction_instruction=Check."],
+                       "builtin:arith", print).skipped == {}
+    with pytest.raises(UserError, match=r"3 turn\(s\) of rollout.max_tokens=48 \(rollout.turns\), the correction "
+                                        r"requests and the answer probe take \d+ tokens, leaving no room"):
+        _fit_inputs(folders["model"], ["rollout.turns=3"], "builtin:arith", print)
+    # 32 tokens a turn leave room, but not for the builtin prompts
+    with pytest.raises(UserError, match=r"\(3 turn\(s\) of rollout.max_tokens=32, the correction requests, the "
+                                        r"answer probe\), more than rollout.max_model_len=256"):
+        _fit_inputs(folders["model"], ["rollout.turns=3", "rollout.max_tokens=32"], "builtin:arith", print)
+
+
+def _episodes(prompts, turns=2):
     from rollout.data import Problem
     from rollout.episodes import Episode
     from rollout.vllm_engine import Completion
@@ -198,7 +215,8 @@ def _episodes(prompts):
     def turn(text):
         return Completion(token_ids=[1], logprobs=[0.0], text=text, finished=True)
 
-    return [Episode(Problem(p, None, line), i // 2, [0], turn(f"answer {i}"), [0], turn(f"fixed {i}"))
+    texts = ["answer {}", "fixed {}", "refixed {}"][:turns]
+    return [Episode(Problem(p, None, line), i // 2, [[0]] * turns, [turn(t.format(i)) for t in texts])
             for i, (p, line) in enumerate(prompts)]
 
 
@@ -215,7 +233,7 @@ def test_a_reward_that_raises_is_named_with_the_episode():
         r = torch.ones(len(inputs.episodes))
         for i, episode in enumerate(inputs.episodes):
             r[i] = 1 / (len(episode.problem.prompt) - 3)  # "1+2" has 3 characters
-        return r, r
+        return [r, r]
 
     episodes = _episodes([("10+11", 1), ("10+11", 1), ("1+2", 7), ("1+2", 7)])
     with pytest.raises(RewardError) as err:
@@ -230,13 +248,13 @@ def test_nonfinite_rewards_are_an_error_or_a_counted_skip():
     from rewards.checked import RewardError, checked_rewards
 
     def half_nan(inputs):
-        return torch.tensor([1.0, float("nan"), 0.0, 1.0]), torch.tensor([1.0, 1.0, float("inf"), 0.0])
+        return [torch.tensor([1.0, float("nan"), 0.0, 1.0]), torch.tensor([1.0, 1.0, float("inf"), 0.0])]
 
     episodes = _episodes([("a", 1), ("a", 1), ("b", 2), ("b", 2)])
     with pytest.raises(RewardError, match=r"reward 'half_nan' returned a non-finite reward \(turn 1: nan, turn 2: 1.0\) "
                                           r"for episode 1 of step 3 .*; 2 of 4 episodes this step. Hint: reward.nonfinite=skip"):
         checked_rewards("half_nan", half_nan, _reward_inputs(episodes), step=3, nonfinite="error")
-    r1, r2, skipped = checked_rewards("half_nan", half_nan, _reward_inputs(episodes), step=3, nonfinite="skip")
+    (r1, r2), skipped = checked_rewards("half_nan", half_nan, _reward_inputs(episodes), step=3, nonfinite="skip")
     assert skipped.tolist() == [False, True, True, False] and r1[0] == 1.0
 
 
@@ -245,7 +263,45 @@ def test_a_reward_of_the_wrong_shape_is_named():
 
     with pytest.raises(RewardError, match=r"reward 'flat' returned \(\) as its turn-1 rewards at step 1; expected a "
                                           r"tensor of shape \(2,\)"):
-        checked_rewards("flat", lambda _: (torch.tensor(1.0), torch.ones(2)), _reward_inputs(_episodes([("a", 1)] * 2)),
+        checked_rewards("flat", lambda _: [torch.tensor(1.0), torch.ones(2)], _reward_inputs(_episodes([("a", 1)] * 2)),
+                        step=1, nonfinite="error")
+
+
+def test_a_reward_with_the_wrong_number_of_turns_names_rollout_turns():
+    from rewards.checked import RewardError, checked_rewards
+
+    two = _reward_inputs(_episodes([("a", 1)] * 2))
+    with pytest.raises(RewardError, match=r"reward 'pair' returned 2 values at step 4; expected one tensor per turn "
+                                          r"\(rollout.turns=3\)"):
+        checked_rewards("pair", lambda _: [torch.ones(2), torch.ones(2)], _reward_inputs(_episodes([("a", 1)] * 2, 3)),
+                        step=4, nonfinite="error")
+    with pytest.raises(RewardError, match=r"reward 'triple' returned 3 values at step 1; .*\(rollout.turns=2\)"):
+        checked_rewards("triple", lambda _: [torch.ones(2)] * 3, two, step=1, nonfinite="error")
+    with pytest.raises(RewardError, match=r"reward 'bare' returned Tensor at step 1; .*\(rollout.turns=2\)"):
+        checked_rewards("bare", lambda _: torch.ones(2, 2), two, step=1, nonfinite="error")  # not one per turn
+
+
+def test_checked_rewards_of_three_turns():
+    from rewards.checked import RewardError, checked_rewards
+
+    episodes = _episodes([("a", 1), ("a", 1)], turns=3)
+    rewards, skipped = checked_rewards("three", lambda _: (torch.ones(2), torch.zeros(2), torch.tensor([1, 0])),
+                                       _reward_inputs(episodes), step=1, nonfinite="error")
+    assert [r.tolist() for r in rewards] == [[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]] and skipped.tolist() == [False, False]
+    assert all(r.dtype == torch.float32 for r in rewards)  # integer rewards come back as floats
+
+    def late_nan(inputs):
+        return [torch.ones(2), torch.ones(2), torch.tensor([0.0, float("nan")])]
+
+    with pytest.raises(RewardError, match=r"non-finite reward \(turn 1: 1.0, turn 2: 1.0, turn 3: nan\) for episode 1 "
+                                          r"of step 2 \(prompt 'a', data line 1; turn 1 'answer 1'; turn 2 'fixed 1'; "
+                                          r"turn 3 'refixed 1'\); 1 of 2 episodes"):
+        checked_rewards("late_nan", late_nan, _reward_inputs(episodes), step=2, nonfinite="error")
+    rewards, skipped = checked_rewards("late_nan", late_nan, _reward_inputs(episodes), step=2, nonfinite="skip")
+    assert skipped.tolist() == [False, True] and len(rewards) == 3
+    with pytest.raises(RewardError, match=r"returned \(3,\) as its turn-3 rewards at step 1; expected a tensor of "
+                                          r"shape \(2,\)"):
+        checked_rewards("long", lambda _: [torch.ones(2), torch.ones(2), torch.ones(3)], _reward_inputs(episodes),
                         step=1, nonfinite="error")
 
 

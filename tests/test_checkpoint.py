@@ -49,8 +49,8 @@ def test_checkpoint_model_folder_holds_the_trained_weights(tiny_model_dir, tmp_p
     episodes = [_episode(tok, f"{i}+1=?", f"Final Answer: {i + 1}", f"Final Answer: {i}") for i in range(2)]
     learner = Learner(str(tiny_model_dir), zero_stage=0, lr=1e-2, grad_clip=1e6, episodes_per_rank=2,
                       micro_batch_size=2)
-    learner.update(collate(episodes, tok.pad_token_id), torch.tensor([1.0, -1.0]), torch.tensor([-1.0, 1.0]),
-                   TurnWeights(pg_turn1=1.0, kl_turn1=0.0, kl_turn2=0.0), "k2")
+    learner.update(collate(episodes, tok.pad_token_id), [torch.tensor([1.0, -1.0]), torch.tensor([-1.0, 1.0])],
+                   TurnWeights(pg=(1.0, 1.0), kl=(0.0, 0.0)), "k2")
     cfg = OmegaConf.create({"train": {"output_dir": str(tmp_path), "keep_checkpoints": 1}})
     run = SimpleNamespace(cfg=cfg, learner=learner, tokenizer=tok, rank=0, is_main=True)
     checkpoint = save_checkpoint(run, step=1, meta={"step": 1}, keep=1)

@@ -41,7 +41,7 @@ def test_answer_scope_reductions(metric, reduction, expected):
 
 def test_response_scope_covers_every_sampled_token_of_the_turn():
     ep, stats = _one_episode_stats()
-    s, e = ep.turn1_span
+    s, e = ep.span(0)
     n = e - s
     assert n == len("Final Answer: 46") + 1  # the characters and the sampled end-of-turn token
     probs = {"mean": (n - 3 + 0.5 + 0.25 + 0.2) / n, "min": 0.2, "geomean": (0.5 * 0.25 * 0.2) ** (1 / n)}
@@ -116,7 +116,7 @@ def test_agreement_votes_weighed_by_each_samples_min_probability():
     eps = [_episode(TOK, "2+3=?", f"Final Answer: {a}", f"Final Answer: {b}") for a, b in [(5, 5), (5, 6), (6, 6)]]
     stats = _stats_with(eps, lambda name, shape: torch.zeros(shape))  # log p = 0: p(chosen) = 1
     for row, weakest in enumerate([0.2, 0.4, 0.9]):  # one weak token in each turn-1 response
-        stats.logprob[row, eps[row].turn1_span[0] + 2] = math.log(weakest)
+        stats.logprob[row, eps[row].span(0)[0] + 2] = math.log(weakest)
     opts = dict(vote_weight="confidence", vote_metric="prob", scope="response", reduction="min")
     r1, r2 = REWARDS["agreement"].fn(_inputs(eps, stats, **opts))
     # turn 1: "5" holds .2 + .4 of 1.5, "6" holds .9 of 1.5; turn 2: every weight 1, "5" 1 of 3, "6" 2 of 3
@@ -130,7 +130,7 @@ def test_weighted_votes_count_unanswered_samples_in_the_total():
     eps = [_episode(TOK, "2+3=?", t, "Final Answer: 5") for t in ("Final Answer: 5", "Final Answer: 5", "not sure")]
     stats = _stats_with(eps, lambda name, shape: torch.zeros(shape))  # p(chosen) = 1 everywhere
     for row in (0, 1):
-        stats.logprob[row, eps[row].turn1_span[0] + 2] = math.log(0.5)
+        stats.logprob[row, eps[row].span(0)[0] + 2] = math.log(0.5)
     opts = dict(vote_weight="confidence", vote_metric="prob", scope="response", reduction="min")
     r1, _ = REWARDS["agreement"].fn(_inputs(eps, stats, **opts))
     # "5" holds .5 + .5 of the total 2.0: the unanswered sample's confidence (1) counts, as its one vote

@@ -99,7 +99,7 @@ def test_gold_matching_and_majority_share_one_notion_of_equal_answers():
     from rollout.data import Problem
 
     texts = ["Final Answer: 12.0", "\\boxed{12}", "Final Answer: 12", "Final Answer: 13"]
-    episodes = [SimpleNamespace(turn1=SimpleNamespace(text=t), turn2=SimpleNamespace(text=t),
+    episodes = [SimpleNamespace(turns=[SimpleNamespace(text=t), SimpleNamespace(text=t)],
                                 problem=Problem("7+5=?", "12")) for t in texts]
     c1, c2 = turn_correctness(episodes)
     assert c1.tolist() == c2.tolist() == [1.0, 1.0, 1.0, 0.0]

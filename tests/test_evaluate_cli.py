@@ -18,9 +18,39 @@ def test_edit_distance_ratio_by_hand():
     assert edit_distance_ratio([], []) == 0.0
     import torch
 
-    m = turn_shape_metrics(torch.tensor([2, 4]), torch.tensor([3, 3]), torch.tensor([0.0, 0.5]))
+    m = turn_shape_metrics([torch.tensor([2, 4]), torch.tensor([3, 3])], [torch.tensor([0.0, 0.5])])
     assert (m["len_t1"], m["len_t2"], m["edit_ratio"]) == (3.0, 3.0, 0.25)
     assert m["se_len_t1"] == pytest.approx(1 / 2 ** 0.5) and m["se_len_t2"] == 0.0
+
+
+def test_turn_shape_metrics_of_three_turns_by_hand():
+    import torch
+
+    m = turn_shape_metrics([torch.tensor([2, 4]), torch.tensor([3, 3]), torch.tensor([1, 5])],
+                           [torch.tensor([0.0, 0.5]), torch.tensor([1.0, 0.5])])
+    assert (m["len_t1"], m["len_t2"], m["len_t3"]) == (3.0, 3.0, 3.0)
+    assert (m["edit_ratio"], m["edit_ratio_t3"]) == (0.25, 0.75)  # t1 -> t2, then t2 -> t3
+    assert m["se_len_t3"] == pytest.approx(2 / 2 ** 0.5) and m["se_edit_ratio_t3"] == pytest.approx(0.25 / 2 ** 0.5)
+    assert "edit_ratio_t2" not in m and "len_t4" not in m
+    one = turn_shape_metrics([torch.tensor([2, 4])], [])  # one turn: a length, no edit ratio
+    assert set(one) == {"len_t1", "se_len_t1"} and one["len_t1"] == 3.0
+
+
+def test_table_rows_name_every_turn():
+    from engine.evaluate import format_table, table_rows
+
+    keys = [key for _, key in table_rows(2)]
+    assert keys == ["acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "ece_t1", "ece_t2", "len_t1", "len_t2",
+                    "edit_ratio"]
+    rows = dict((key, label) for label, key in table_rows(3))
+    assert rows["acc_t3"] == "Acc@t3" and rows["delta"] == "Δ(t1,t3)" and rows["edit_ratio_t3"] == "edit ratio t2→t3"
+    assert rows["delta_i2c_t2"] == "Δ i→c (t1→t2)" and rows["delta_c2i_t3"] == "Δ c→i (t2→t3)"
+    assert rows["edit_ratio"] == "edit ratio t1→t2" and "acc_t4" not in rows
+    assert [key for _, key in table_rows(1)][:2] == ["acc_t1", "delta"] and "edit_ratio" not in dict(table_rows(1)).values()
+    metrics = {"n": 4, "acc_t1": 0.25, "se_acc_t1": 0.1, "acc_t2": 0.5, "acc_t3": 0.75, "delta_i2c_t3": 0.25}
+    table = format_table(metrics)
+    assert "| Acc@t3 | 0.750 | nan |" in table and "| Δ i→c (t2→t3) | 0.250 | nan |" in table
+    assert "| Acc@t1 | 0.250 | 0.100 |" in table and table.startswith("| metric (n=4) |")
 
 
 @pytest.mark.slow
@@ -35,6 +65,30 @@ def test_evaluate_cli_scores_a_model_folder(tiny_model_dir, tmp_path):
     assert metrics["delta"] == pytest.approx(metrics["delta_i2c"] - metrics["delta_c2i"])
     assert metrics["len_t1"] > 0 and "se_delta" in metrics
     assert "| Acc@t2 |" in proc.stdout and "| edit ratio t1→t2 |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_evaluate_cli_scores_three_turn_refinement_chains(tiny_model_dir, tmp_path):
+    """rollout.turns=3 at evaluation: Acc@t1..t3, the t1 -> t3 delta and each consecutive move. Three turns of
+    the default 48 tokens and two correction requests overflow the tiny model's 256 positions; with the
+    settings of tests/test_integration.py (K3_FIT) every chain gets its full turns."""
+    out = tmp_path / "eval.json"
+    proc = run_script([sys.executable, "-m", "engine.evaluate", "configs/default.yaml", f"model.path={tiny_model_dir}",
+                       "eval.problems=8", "rollout.turns=3", "rollout.max_tokens=40", "rollout.correction_instruction=Check.",
+                       "--json", str(out)], timeout=600)
+    metrics = json.loads(out.read_text())
+    assert metrics["n"] == 8 and metrics["turns"] == 3
+    for key in ("acc_t1", "acc_t2", "acc_t3", "delta_i2c", "delta_c2i", "delta_i2c_t2", "delta_c2i_t2",
+                "delta_i2c_t3", "delta_c2i_t3", "ece_t1", "ece_t2", "ece_t3", "edit_ratio", "edit_ratio_t3"):
+        assert 0.0 <= metrics[key] <= 1.0 and metrics[f"se_{key}"] >= 0.0, key
+    assert "acc_t4" not in metrics and "len_t4" not in metrics and metrics["len_t3"] > 0
+    assert metrics["delta"] == pytest.approx(metrics["acc_t3"] - metrics["acc_t1"])
+    assert metrics["delta"] == pytest.approx(metrics["delta_i2c"] - metrics["delta_c2i"])
+    for k in (2, 3):  # each consecutive move: Acc@tk - Acc@t(k-1) = i2c - c2i
+        assert metrics[f"acc_t{k}"] - metrics[f"acc_t{k - 1}"] == pytest.approx(
+            metrics[f"delta_i2c_t{k}"] - metrics[f"delta_c2i_t{k}"]), k
+    assert "3 turns" in proc.stdout and "| Acc@t3 |" in proc.stdout and "| Δ(t1,t3) |" in proc.stdout
+    assert "| edit ratio t2→t3 |" in proc.stdout and "| Δ i→c (t2→t3) |" in proc.stdout
 
 
 @pytest.mark.parametrize("args, needle", [

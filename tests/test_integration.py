@@ -64,23 +64,42 @@ def _read_events(tb_dir):
     return scalars, texts, set(acc.PluginTagToContent("hparams"))
 
 
-def _check_run_dir(run_dir, steps):
+def for_turns(names, turns: int) -> list[str]:
+    """The two-turn names above for episodes of `turns` turns: a name of turn 2 stands for each turn from 2 on
+    (none with one turn), an edit ratio (t1 -> t2) for each consecutive pair (edit_ratio, edit_ratio_t3, ...).
+    For two turns, the names themselves."""
+    out = []
+    for name in names:
+        if name.endswith("_t2"):
+            out += [f"{name[:-1]}{k}" for k in range(2, turns + 1)]
+        elif name.endswith("edit_ratio"):
+            out += ([name] if turns > 1 else []) + [f"{name}_t{k}" for k in range(3, turns + 1)]
+        else:
+            out.append(name)
+    return out
+
+
+def _check_run_dir(run_dir, steps, turns=2):
     assert (run_dir / "config.yaml").is_file()
     scalars, _, hparam_tags = _read_events(run_dir / "tb")
-    missing = [t for t in TB_SCALARS if t not in scalars]
+    missing = [t for t in for_turns(TB_SCALARS, turns) if t not in scalars]
     assert not missing, missing
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= hparam_tags
     assert all(math.isfinite(v) for values in scalars.values() for v in values)
-    assert all(0.0 <= v <= 1.0 for tag in RATES if tag in scalars for v in scalars[tag]), "a rate outside [0, 1]"
+    assert all(0.0 <= v <= 1.0 for tag in for_turns(RATES, turns) if tag in scalars for v in scalars[tag]), \
+        "a rate outside [0, 1]"
     assert all(v > 0 for tag in ("perf/rollout_s", "perf/update_s", "perf/tokens_per_s", "train/lr")
                for v in scalars[tag])
     assert len(scalars["train/loss"]) == steps
     samples = [json.loads(l) for l in (run_dir / "samples.jsonl").read_text().splitlines()]
-    assert samples and {"prompt", "turn1", "turn2", "reward_t1", "reward_t2"} <= samples[0].keys()
+    per_turn = {f"turn{k}" for k in range(1, turns + 1)} | {f"reward_t{k}" for k in range(1, turns + 1)}
+    assert samples and {"prompt"} | per_turn <= samples[0].keys()
+    assert f"turn{turns + 1}" not in samples[0] and f"reward_t{turns + 1}" not in samples[0]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["train"]["steps"] == steps
     for when in ("before", "after"):
-        assert EVAL_KEYS <= summary["eval"][when].keys()
+        assert set(for_turns(EVAL_KEYS, turns)) <= summary["eval"][when].keys()
+        assert f"acc_t{turns + 1}" not in summary["eval"][when]
     return scalars, summary
 
 
@@ -115,6 +134,50 @@ def test_two_step_training_run(tiny_model_dir, tmp_path):
     assert _trajectory(run_dir) == json.loads(K2_TRAJECTORY.read_text())  # rollout.turns=2 is today's run
     assert re.search(r"\[step 2/2\] stage 2 \| reward [\d.]+/[\d.]+ \| acc [\d.]+/[\d.]+ \| kl [\d.]+/[\d.]+ \| "
                      r"[\d.]+s \| eta 0m00s", proc.stdout), proc.stdout[-2000:]
+
+
+# Three turns of the default 48 tokens, two correction requests and the answer probe overflow the tiny model's
+# 256 positions (the trainer refuses them up front). Fewer tokens a turn cut off the answers (24 leave none and
+# every reward 0, so the policy never moves): a one-word instruction leaves room for 40, enough for most answers.
+K3_FIT = ["rollout.max_tokens=40", "rollout.correction_instruction=Check."]
+
+
+@pytest.mark.parametrize("turns, extra", [(1, []), (3, K3_FIT)])
+def test_k_turn_training_run(tiny_model_dir, tmp_path, turns, extra):
+    """rollout.turns=1 (single-turn RL) and 3 (two corrections) train end to end: per-turn rewards, KL, gold
+    accuracy, samples and evaluation metrics for turns 1..K and none beyond, and the weights in sync."""
+    run_dir = tmp_path / "run"
+    proc = run_script([
+        sys.executable, "engine/train.py", "configs/default.yaml", f"model.path={tiny_model_dir}",
+        f"rollout.turns={turns}", *extra, "train.steps=2", "algo.stage1_steps=1", "eval.problems=8",
+        "rollout.prompts_per_step=4", "log.text_every=1", "log.text_episodes=2", f"train.output_dir={run_dir}",
+    ], timeout=600)
+    scalars, summary = _check_run_dir(run_dir, steps=2, turns=turns)
+    ks = range(1, turns + 1)
+    assert scalars["train/stage"] == [1.0, 2.0]
+    history = summary["train"]["history"]
+    for step in history:
+        for name in ("reward", "kl", "acc"):
+            assert all(math.isfinite(step[f"{name}_t{k}"]) for k in ks), (name, step)
+            assert f"{name}_t{turns + 1}" not in step, name
+    # the first update scores the base model against itself; after it the policy has moved on every turn
+    assert [history[0][f"kl_t{k}"] for k in ks] == [0.0] * turns
+    assert all(history[1][f"kl_t{k}"] > 0 for k in ks), history[1]
+    assert_weights_synced(history)
+    after = summary["eval"]["after"]
+    assert after["n"] == 8 and all(0.0 <= after[f"acc_t{k}"] <= 1.0 for k in ks)
+    assert after["delta"] == pytest.approx(after[f"acc_t{turns}"] - after["acc_t1"])
+    if turns > 2:  # each consecutive move, evaluated and logged
+        moves = [f"delta_{kind}_t{k}" for k in range(2, turns + 1) for kind in ("i2c", "c2i")]
+        assert all(0.0 <= after[key] <= 1.0 for key in moves) and all(f"eval/{key}" in scalars for key in moves)
+    _, texts, _ = _read_events(run_dir / "tb")
+    assert f"**y{turns}** (r{turns} " in texts["episodes/text_summary"][0]
+    assert f"**y{turns + 1}**" not in texts["episodes/text_summary"][0]
+    # the progress line: K rewards, K gold accuracies and K KLs, each separated by '/'
+    each = "/".join([r"[\d.]+"] * turns)
+    assert re.search(rf"\[step 2/2\] stage 2 \| reward {each} \| acc {each} \| kl {each} \| [\d.]+s \| eta 0m00s",
+                     proc.stdout), proc.stdout[-2000:]
+    assert re.search(r"\[eval\] step 2: " + " ".join(f"acc_t{k} [\\d.]+" for k in ks) + " delta", proc.stdout)
 
 
 def test_self_reward_trains_on_prompts_without_answers(tiny_model_dir, tmp_path):

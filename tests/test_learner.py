@@ -29,7 +29,7 @@ def _grad_norm_and_loss(model_dir, batch, adv1, adv2, micro_batch):
         return step(*args, **kwargs)
 
     optimizer.step = record_then_step
-    stats = learner.update(batch, adv1, adv2, TurnWeights(pg_turn1=1.0, kl_turn1=0.1, kl_turn2=0.1), "k2")
+    stats = learner.update(batch, [adv1, adv2], TurnWeights(pg=(1.0, 1.0), kl=(0.1, 0.1)), "k2")
     assert len(seen) == 1  # one optimizer step per update, however many micro-batches
     return seen[0], stats.loss, learner.grad_accum
 
@@ -69,7 +69,7 @@ def test_fused_head_matches_naive_logits_in_the_learner(tiny_model_dir, zero_sta
             step = learner.engine.optimizer.step
             learner.engine.optimizer.step = lambda *a, **k: (norms.append(torch.cat(
                 [p.grad.flatten() for p in learner.engine.module.parameters()]).norm().item()), step(*a, **k))[1]
-        stats = learner.update(batch, adv1, adv2, TurnWeights(pg_turn1=1.0, kl_turn1=0.1, kl_turn2=0.1), "k2")
+        stats = learner.update(batch, [adv1, adv2], TurnWeights(pg=(1.0, 1.0), kl=(0.1, 0.1)), "k2")
         norm = norms[0] if zero_stage == 0 else float(learner.engine.get_global_grad_norm())  # ZeRO-3's own norm
         seen[impl] = (stats.loss, norm, stats.logprob_mismatch)
     assert seen["chunked"][1] > 0

@@ -32,6 +32,15 @@ TURN1 = [[2, 3, 4], [1, 2], [2, 3, 4, 5], [1, 2]]  # 11 tokens
 TURN2 = [[6, 7, 8, 9], [4, 5, 6, 7, 8, 9], [7, 8], [4, 5, 6]]  # 15 tokens: a count distinct from turn 1's
 ADV1 = torch.tensor([1.0, -0.5, 2.0, 0.25])
 ADV2 = torch.tensor([-1.5, 0.75, 0.5, -2.0])  # swapping ADV1 and ADV2 moves the gradient
+# Three-turn episodes, same rows: prompt, turn 1, instruction, turn 2, instruction, turn 3, padding.
+TURNS3 = [
+    [[1, 2, 3], [1], [1, 2], [1]],  # 7 tokens
+    [[5, 6], [3, 4, 5, 6], [4], [3]],  # 8 tokens
+    [[8, 9], [8, 9], [6, 7, 8], [5, 6]],  # 9 tokens: each turn's count distinct
+]
+ADV3 = torch.tensor([0.5, -1.0, 1.25, -0.75])
+LAYOUTS = {1: [TURN2], 2: [TURN1, TURN2], 3: TURNS3}  # per number of turns, each turn's positions per row
+ADVS = {1: [ADV2], 2: [ADV1, ADV2], 3: [ADV1, ADV2, ADV3]}
 # log pi_rollout - log pi on the sampled tokens, in row-major order, cycled: the IS ratio is exp(-offset),
 # so -1.5 and -1.0 give 4.5 and 2.7, above the cap of 2; the others give 1.2, 1, 0.74 and 0.45.
 IS_OFFSETS = [-1.5, 0.3, -0.2, -1.0, 0.0, 0.8]
@@ -79,19 +88,20 @@ def _models_and_learners(tmp_path_factory):
     return policy, reference, learners
 
 
-def make_batch(policy, temperature: float = 1.0) -> TrainBatch:
+def make_batch(policy, temperature: float = 1.0, turns: int = 2) -> TrainBatch:
     B, T = len(LENGTHS), max(LENGTHS)
     ids = torch.arange(B * T).reshape(B, T) % 29 + 3  # hand-fixed, varied token ids in [3, 32)
     attention = torch.zeros(B, T, dtype=torch.long)
-    turn1, turn2 = torch.zeros(B, T), torch.zeros(B, T)
+    masks = torch.zeros(B, turns, T)
     for row in range(B):
         attention[row, : LENGTHS[row]] = 1
-        turn1[row, TURN1[row]] = 1.0
-        turn2[row, TURN2[row]] = 1.0
+        for k, positions in enumerate(LAYOUTS[turns]):
+            masks[row, k, positions[row]] = 1.0
+    assert masks.sum(dim=1).max() == 1  # no token in two turns
     ids[attention == 0] = 0  # pad id
-    batch = TrainBatch(ids, attention, turn1, turn2, torch.zeros(B, T))
+    batch = TrainBatch(ids, attention, masks, torch.zeros(B, T))
     # Rollout log-probs: the policy's own, shifted by the hand-chosen offsets (a stale rollout).
-    sampled = (turn1 + turn2) > 0
+    sampled = masks.sum(dim=1) > 0
     with torch.no_grad():
         lp = token_logprobs(policy, batch, temperature)
     offsets = torch.tensor(IS_OFFSETS).repeat(int(sampled.sum()) // len(IS_OFFSETS) + 1)[: int(sampled.sum())]
@@ -107,12 +117,15 @@ def token_logprobs(model, batch: TrainBatch, temperature: float = 1.0):
     return torch.cat([torch.zeros_like(picked[:, :1]), picked], dim=1)
 
 
-def expected_gradient(policy, reference, batch, adv1, adv2, stage, kl_estimator, is_cap, temperature=1.0):
+def expected_gradient(policy, reference, batch, advs, stage, kl_estimator, is_cap, temperature=1.0):
     """Autograd of the SCoRe loss, written out per token (N1, N2: the batch's turn-1 and turn-2 token counts):
         L = sum_turn1 [-a1 * w1 * rho * log pi + b1 * KL] / N1 + sum_turn2 [-a2 * rho * log pi + b2 * KL] / N2
     Stage I: no reward term on turn 1 (w1 = 0), turn 1 held to the reference by b1 = beta2, turn 2 by
     b2 = beta1. Stage II: w1 = 1, b1 = b2 = beta1. rho = min(pi / pi_rollout, cap) without gradient, or 1.
-    pi and ref are the tempered policies softmax(logits / T), the ones vLLM samples from at temperature T."""
+    pi and ref are the tempered policies softmax(logits / T), the ones vLLM samples from at temperature T.
+    With K turns (advs: one advantage per turn) the sum runs over every turn k, each over its own count N_k;
+    in Stage I every turn before the last is as turn 1 above (w = 0, beta2) and the last as turn 2 (w = 1,
+    beta1); in Stage II every turn has w = 1 and beta1. One turn alone is the last: w = 1, beta1."""
     lp = token_logprobs(policy, batch, temperature)
     with torch.no_grad():
         ref = token_logprobs(reference, batch, temperature)
@@ -122,14 +135,17 @@ def expected_gradient(policy, reference, batch, adv1, adv2, stage, kl_estimator,
     rho = torch.ones_like(lp)
     if is_cap is not None:
         rho = torch.exp(lp.detach() - batch.rollout_logprobs).clamp(max=is_cap)
-    m1, m2 = batch.turn1_mask, batch.turn2_mask
-    turn1 = (-adv1[:, None] * w1 * rho * lp + b1 * kl) * m1
-    turn2 = (-adv2[:, None] * rho * lp + b2 * kl) * m2
-    loss = turn1.sum() / m1.sum() + turn2.sum() / m2.sum()
+    assert len(advs) == batch.turns
+    loss = 0.0
+    for k, adv in enumerate(advs):
+        last = k == len(advs) - 1
+        w, b = (1.0, b2) if last else (w1, b1)  # the last turn as turn 2, every earlier one as turn 1
+        m = batch.turn_mask(k)
+        loss = loss + ((-adv[:, None] * w * rho * lp + b * kl) * m).sum() / m.sum()
     return torch.autograd.grad(loss, list(policy.parameters()))
 
 
-def learner_gradient(learner, batch, adv1, adv2, stage, kl_estimator, is_cap, temperature=1.0):
+def learner_gradient(learner, batch, advs, stage, kl_estimator, is_cap, temperature=1.0):
     """The gradient DeepSpeed hands the optimizer (at ZeRO 0, on p.grad); the step itself is skipped
     so the weights stay those of the saved model and the learner can be reused."""
     params = list(learner.policy.parameters())
@@ -137,7 +153,7 @@ def learner_gradient(learner, batch, adv1, adv2, stage, kl_estimator, is_cap, te
         p.grad = None  # nothing left over from a previous case
     seen = []
     learner.engine.optimizer.step = lambda *a, **k: seen.append([p.grad.detach().clone() for p in params])
-    learner.update(batch, adv1, adv2, turn_weights(stage, BETA1, BETA2), kl_estimator, is_cap=is_cap,
+    learner.update(batch, advs, turn_weights(stage, BETA1, BETA2, turns=len(advs)), kl_estimator, is_cap=is_cap,
                    temperature=temperature)
     assert len(seen) == 1  # one optimizer step per update, after the last micro-batch
     return seen[0]
@@ -156,36 +172,46 @@ def relative_distance(a, b) -> float:
     return ((flat(a) - flat(b)).norm() / flat(b).norm()).item()
 
 
-@pytest.mark.parametrize("stage, kl_estimator, is_cap, micro_batch, temperature", [
-    (1, "k2", None, 4, 1.0),
-    (2, "k2", None, 4, 1.0),
-    (2, "k2", IS_CAP, 4, 1.0),
-    (2, "k3", IS_CAP, 2, 1.0),  # two micro-batches: gradient accumulation and per-batch token counts
-    (1, "k2", IS_CAP, 2, 1.0),
-    (2, "k2", IS_CAP, 2, 0.7),  # sampled at T = 0.7: scored as logits / 0.7
+@pytest.mark.parametrize("stage, kl_estimator, is_cap, micro_batch, temperature, turns", [
+    (1, "k2", None, 4, 1.0, 2),
+    (2, "k2", None, 4, 1.0, 2),
+    (2, "k2", IS_CAP, 4, 1.0, 2),
+    (2, "k3", IS_CAP, 2, 1.0, 2),  # two micro-batches: gradient accumulation and per-batch token counts
+    (1, "k2", IS_CAP, 2, 1.0, 2),
+    (2, "k2", IS_CAP, 2, 0.7, 2),  # sampled at T = 0.7: scored as logits / 0.7
+    (1, "k2", None, 2, 1.0, 3),  # three turns: turns 1 and 2 held by beta2 without a reward term
+    (2, "k3", IS_CAP, 4, 1.0, 3),
+    (1, "k2", IS_CAP, 2, 1.0, 1),  # one turn: single-turn RL, the same in both stages
 ])
-def test_learner_gradient_matches_hand_computed(setup, stage, kl_estimator, is_cap, micro_batch, temperature):
+def test_learner_gradient_matches_hand_computed(setup, stage, kl_estimator, is_cap, micro_batch, temperature,
+                                                turns):
     policy, reference, learners = setup
-    batch = make_batch(policy, temperature)
+    batch = make_batch(policy, temperature, turns)
+    advs = ADVS[turns]
     assert [p.shape for p in learners[micro_batch].policy.parameters()] == [p.shape for p in policy.parameters()]
 
-    got = learner_gradient(learners[micro_batch], batch, ADV1, ADV2, stage, kl_estimator, is_cap, temperature)
-    want = expected_gradient(policy, reference, batch, ADV1, ADV2, stage, kl_estimator, is_cap, temperature)
+    got = learner_gradient(learners[micro_batch], batch, advs, stage, kl_estimator, is_cap, temperature)
+    want = expected_gradient(policy, reference, batch, advs, stage, kl_estimator, is_cap, temperature)
     assert flat(want).norm() > 1e-3
     assert_close(got, want)
 
     # Teeth: each wiring error below would move the gradient far beyond the tolerance.
     def variant(**change):
-        args = dict(adv1=ADV1, adv2=ADV2, stage=stage, kl_estimator=kl_estimator, is_cap=is_cap,
+        args = dict(advs=advs, stage=stage, kl_estimator=kl_estimator, is_cap=is_cap,
                     temperature=temperature) | change
         return expected_gradient(policy, reference, batch, **args)
 
-    assert relative_distance(got, variant(adv1=ADV2, adv2=ADV1)) > FAR  # swapped turn advantages
-    assert relative_distance(got, variant(stage=3 - stage)) > FAR  # the other stage's weights
-    swapped_masks = TrainBatch(batch.input_ids, batch.attention_mask, batch.turn2_mask, batch.turn1_mask,
-                               batch.rollout_logprobs)
-    assert relative_distance(got, expected_gradient(policy, reference, swapped_masks, ADV1, ADV2, stage,
-                                                    kl_estimator, is_cap, temperature)) > FAR  # turn masks swapped
+    if turns > 1:
+        # swapped turn advantages (rotated: with three turns in Stage I only the last one's counts)
+        assert relative_distance(got, variant(advs=advs[1:] + advs[:1])) > FAR
+        assert relative_distance(got, variant(stage=3 - stage)) > FAR  # the other stage's weights
+        swapped_masks = TrainBatch(batch.input_ids, batch.attention_mask, batch.turn_masks.roll(1, dims=1),
+                                   batch.rollout_logprobs)
+        assert relative_distance(got, expected_gradient(policy, reference, swapped_masks, advs, stage,
+                                                        kl_estimator, is_cap, temperature)) > FAR  # masks swapped
+    else:
+        assert relative_distance(got, variant(advs=[-advs[0]])) > FAR  # the advantage's sign
+        assert relative_distance(got, variant(stage=3 - stage)) < 1e-6  # one turn: no Stage I hold
     if temperature != 1.0:
         assert relative_distance(got, variant(temperature=1.0)) > FAR  # scored at T = 1
     if is_cap is None:

@@ -27,7 +27,7 @@ def _stats_with(episodes, fill):
 
 
 def _answer_positions(ep, turn):
-    completion, (start, _) = (ep.turn1, ep.turn1_span) if turn == 1 else (ep.turn2, ep.turn2_span)
+    completion, (start, _) = ep.turns[turn - 1], ep.span(turn - 1)
     i = completion.text.index("Final Answer: ") + len("Final Answer: ")
     return [start + j for j in range(i, len(completion.text))]
 
@@ -75,7 +75,7 @@ def test_no_answer_gets_zero():
 def test_self_certainty_averages_all_response_tokens():
     ep = _episode(TOK, "2+3=?", "Final Answer: 5", "Final Answer: 5")
     stats = _stats_with([ep], lambda name, shape: torch.zeros(shape))
-    s, e = ep.turn2_span
+    s, e = ep.span(1)
     stats.self_certainty[0, s:e] = torch.arange(e - s, dtype=torch.float)
     _, r2 = REWARDS["self_certainty"].fn(_inputs([ep], stats))
     assert r2.item() == pytest.approx((e - s - 1) / 2)  # mean of 0..n-1
@@ -130,3 +130,28 @@ def test_answer_probability_is_the_product_over_the_answer_span():
     stats.logprob[0, _answer_positions(eps[0], 1)] = torch.log(torch.tensor([0.5, 0.8]))
     c1, c2 = answer_probability(_inputs(eps, stats))
     assert c1.item() == pytest.approx(0.4) and c2.item() == 0.0
+
+
+def test_rewards_score_every_turn_of_three_turn_episodes():
+    from rewards.registry import turn_correctness, turn_has_answer
+    from tests.test_episodes import _chain
+
+    answers = [(5, 5, 6), (5, 6, 6), (6, 6, "none")]
+    eps = [_chain(TOK, "2+3=?", [f"Final Answer: {a}" if a != "none" else "no idea" for a in row]) for row in answers]
+    # majority per turn: turn 1 answers 5, 5, 6; turn 2 5, 6, 6; turn 3 6, 6 and no answer
+    r1, r2, r3 = REWARDS["majority"].fn(_inputs(eps))
+    assert (r1.tolist(), r2.tolist(), r3.tolist()) == ([1.0, 1.0, 0.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0])
+    c = turn_correctness(eps)  # gold answer 5
+    assert [t.tolist() for t in c] == [[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    assert [t.tolist() for t in turn_has_answer(eps, TOK)] == [[1.0] * 3, [1.0] * 3, [1.0, 1.0, 0.0]]
+    # self-certainty averages each turn's own tokens: 0..n-1 on turn 3 of episode 0, 2 on its turn 2
+    stats = _stats_with(eps, lambda name, shape: torch.zeros(shape))
+    s, e = eps[0].span(2)
+    stats.self_certainty[0, s:e] = torch.arange(e - s, dtype=torch.float)
+    stats.self_certainty[0, slice(*eps[0].span(1))] = 2.0
+    q1, q2, q3 = REWARDS["self_certainty"].fn(_inputs(eps, stats))
+    assert q3[0].item() == pytest.approx((e - s - 1) / 2) and q2[0].item() == pytest.approx(2.0)
+    assert q1[0].item() == 0.0 and q3[1:].tolist() == [0.0, 0.0]
+    # mix: per turn, 2 x majority + 1 x gold
+    m = REWARDS["mix"].fn(_inputs(eps, stats, weights={"majority": 2.0, "gold": 1.0}))
+    assert len(m) == 3 and m[2].tolist() == [2.0, 2.0, 0.0] and m[0].tolist() == [3.0, 3.0, 0.0]

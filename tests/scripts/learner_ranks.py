@@ -44,10 +44,11 @@ def main() -> None:
     learner = Learner(model_dir, zero_stage=zero_stage, lr=1e-3, grad_clip=1e6, episodes_per_rank=len(mine),
                       micro_batch_size=2)
     # The reference is the base model: KL is 0 until the policy moves, so take one update first.
-    weights = TurnWeights(pg_turn1=1.0, kl_turn1=0.1, kl_turn2=0.1)
-    learner.update(batch, adv1[mine], adv2[mine], weights, "k2")
-    update = learner.update(batch, adv1[mine], adv2[mine], weights, "k2")
-    rank_stats = {"loss": update.loss, "kl_t1": update.kl_turn1, "kl_t2": update.kl_turn2}
+    weights = TurnWeights(pg=(1.0, 1.0), kl=(0.1, 0.1))
+    learner.update(batch, [adv1[mine], adv2[mine]], weights, "k2")
+    update = learner.update(batch, [adv1[mine], adv2[mine]], weights, "k2")
+    assert len(update.kl_turns) == 2
+    rank_stats = {"loss": update.loss, "kl_t1": update.kl_turns[0], "kl_t2": update.kl_turns[1]}
     logged = reduce_mean(rank_stats)  # what train_step hands the logger
     if rank == 0:
         print("RESULT " + json.dumps({"world": world, "logged": logged, "grad_norm": update.grad_norm,

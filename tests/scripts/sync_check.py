@@ -53,7 +53,7 @@ def main() -> None:
                                    instruction="Check your answer and fix any mistake.")
         batch = collate(episodes, tok.pad_token_id)
         adv = torch.randn(len(episodes)) * 5
-        stats = learner.update(batch, adv, -adv, TurnWeights(pg_turn1=1.0, kl_turn1=0.0, kl_turn2=0.0), "k2",
+        stats = learner.update(batch, [adv, -adv], TurnWeights(pg=(1.0, 1.0), kl=(0.0, 0.0)), "k2",
                                temperature=temperature)
         mismatches.append(stats.logprob_mismatch)
         engine.load_weights(learner.full_state_dict().items())
@@ -62,7 +62,7 @@ def main() -> None:
                                        instruction="Check your answer and fix any mistake."), tok.pad_token_id)
 
     def max_diff(lp, batch):
-        sampled = (batch.turn1_mask + batch.turn2_mask) > 0
+        sampled = batch.response_mask > 0
         return (lp - batch.rollout_logprobs).abs()[sampled].max().item()
 
     # vLLM's log-probs are those of the tempered policy it sampled from: a plain forward says so.
@@ -87,12 +87,12 @@ def main() -> None:
     # How far the weights moved: the base (reference) model's log-probs on the last batch.
     with torch.no_grad(), sampling_temperature(learner.reference_lm, temperature):  # as vLLM's, tempered
         ref_lp = grid(learner.reference(batch.input_ids, batch.attention_mask)[0], targets_of(batch.attention_mask))
-    sampled = (batch.turn1_mask + batch.turn2_mask) > 0
+    sampled = batch.response_mask > 0
     drift = (ref_lp - batch.rollout_logprobs).abs()[sampled].max().item()
     tied = learner.policy.config.tie_word_embeddings
     # One more update, pushed without the tied head: vLLM's reload does not fill it from embed_tokens, so
     # its head keeps the previous weights.
-    learner.update(fresh, adv, -adv, TurnWeights(pg_turn1=1.0, kl_turn1=0.0, kl_turn2=0.0), "k2",
+    learner.update(fresh, [adv, -adv], TurnWeights(pg=(1.0, 1.0), kl=(0.0, 0.0)), "k2",
                    temperature=temperature)
     state = learner.full_state_dict()
     plain.load_state_dict(state)
