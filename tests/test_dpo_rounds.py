@@ -31,7 +31,8 @@ def _train(tiny_model_dir, run_dir, *overrides, recipe="configs/evolve.yaml"):
 
 def test_evolve_rounds_train_and_save_their_pairs(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "evolve"
-    proc = _train(tiny_model_dir, run_dir, "rollout.turns=3", "rollout.max_tokens=24")  # 3 turns fit 256 positions
+    # 3 turns fit 256 positions with answers intact: 40-token turns and a short correction request
+    proc = _train(tiny_model_dir, run_dir, "rollout.turns=3", "rollout.max_tokens=40", "rollout.correction_instruction=Check.")
     summary = json.loads((run_dir / "summary.json").read_text())
     rounds = summary["rounds"]
     assert [r["round"] for r in rounds] == [1, 2] and all(r["pairs_kept"] > 0 for r in rounds)
