@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NoReturn
 from pathlib import Path
 
 if __package__ in (None, ""):  # `deepspeed engine/train.py` runs this file as a script
@@ -309,11 +310,16 @@ def train(run: Run) -> dict:
         write_checkpoint(run, len(history), before, history, alarms, guard)
         raise
     if stopped:
-        run.log(f"[signal] {signal.Signals(stopped).name}: stopped after step {len(history)}; the same command resumes")
-        run.rollouts.stop()
-        run.logger.close()
-        sys.exit(128 + stopped)
+        exit_after_signal(run, stopped, f"after step {len(history)}")
     return finish(run, before, history, alarms, started)
+
+
+def exit_after_signal(run: Run, sig: int, where: str) -> NoReturn:
+    """The checkpoint is written: stop the rollout engines, close the logs, exit 128 + signal."""
+    run.log(f"[signal] {signal.Signals(sig).name}: stopped {where}; the same command resumes")
+    run.rollouts.stop()
+    run.logger.close()
+    sys.exit(128 + sig)
 
 
 def train_loop(run: Run, guard: CollapseGuard, signals: StopSignals, state: dict) -> int:

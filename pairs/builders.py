@@ -16,7 +16,6 @@ Each builder runs on every learner rank over its share of the round's prompts an
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -27,7 +26,7 @@ from rewards.checked import checked_rewards
 from rewards.registry import reward_needs
 from rollout.answer_probe import probe_answer_spans
 from rollout.cot_decoding import cot_decode
-from rollout.episodes import Episode, encode_prompt
+from rollout.episodes import Episode, encode_prompt, rows_by_prompt
 from rollout.service import sample_step
 
 
@@ -104,7 +103,7 @@ def rlsf_pairs(inputs: RoundInputs) -> list[PreferencePair]:
 def confidence_ranked(episodes: list[Episode], confidence: list[float], threshold: float) -> list[PreferencePair]:
     """RLSF's pairs among the single-turn traces of each prompt (episodes sharing a group)."""
     out = []
-    for rows in _groups(episodes):
+    for rows in rows_by_prompt(episodes):
         scores = [confidence[r] for r in rows]
         for p in confidence_pairs(scores, threshold):
             a, b = episodes[rows[p.chosen]], episodes[rows[p.rejected]]
@@ -129,21 +128,13 @@ def refinement_and_direct(episodes: list[Episode], rewards: list[list[float]], d
             out.append(_pair("refine", ep, context, (p.chosen, ep.turns[p.chosen]), (p.rejected, ep.turns[p.rejected]),
                              scores, p.weight))
     if direct:
-        for rows in _groups(episodes):
+        for rows in rows_by_prompt(episodes):
             scores = [rewards[0][r] for r in rows]
             for p in ranked_pairs(scores):
                 a, b = episodes[rows[p.chosen]], episodes[rows[p.rejected]]
                 out.append(_pair("direct", a, a.prompt_ids, (p.chosen, a.turns[0]), (p.rejected, b.turns[0]),
                                  scores, p.weight))
     return out
-
-
-def _groups(episodes: list[Episode]) -> list[list[int]]:
-    """Row indices of each prompt's episodes, in order of first appearance."""
-    groups = defaultdict(list)
-    for row, ep in enumerate(episodes):
-        groups[ep.group].append(row)
-    return list(groups.values())
 
 
 def informative(pairs: list[PreferencePair]) -> list[PreferencePair]:

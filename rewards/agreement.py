@@ -22,6 +22,7 @@ from torch import Tensor
 from rewards.answer import answers_match, extract_answer
 from rewards.confidence import turn_confidence
 from rewards.registry import RewardInputs, register
+from rollout.episodes import rows_by_prompt
 
 
 def answer_classes(answers: Sequence[str | None]) -> list[int | None]:
@@ -65,11 +66,8 @@ def majority_votes(answers: Sequence[str | None]) -> list[float]:
 
 def per_group(inputs: RewardInputs, score, weights: Sequence[Tensor] | None = None) -> list[Tensor]:
     """`score(answers of one prompt's samples of one turn[, their weights]) -> values`, per prompt and turn."""
-    groups: dict[int, list[int]] = defaultdict(list)
-    for row, ep in enumerate(inputs.episodes):
-        groups[ep.group].append(row)
     out = torch.zeros(len(inputs.episodes[0].turns), len(inputs.episodes))
-    for rows in groups.values():
+    for rows in rows_by_prompt(inputs.episodes):
         for turn in range(out.shape[0]):
             answers = [extract_answer(inputs.episodes[r].turns[turn].text) for r in rows]
             values = score(answers) if weights is None else score(answers, weights[turn][rows].tolist())

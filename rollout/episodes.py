@@ -34,6 +34,14 @@ class Episode:
         return start, start + len(self.turns[turn].token_ids)
 
 
+def rows_by_prompt(episodes: Sequence[Episode]) -> list[list[int]]:
+    """Row indices of each prompt's episodes (those sharing a group), in order of first appearance."""
+    groups: dict[int, list[int]] = {}
+    for row, ep in enumerate(episodes):
+        groups.setdefault(ep.group, []).append(row)
+    return list(groups.values())
+
+
 def _render(tokenizer, messages: list[dict]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.checkpoint import latest_checkpoint  # noqa: E402
+from scripts.compare import across_seeds  # noqa: E402  (mean, SE across seeds)
 
 METHODS = [  # (name, recipe): the SCoRe pair, then the preference route
     ("SCoRe, gold reward", "configs/gold.yaml"),
@@ -70,13 +71,6 @@ def train(recipe: str, run_dir: Path, seed: int) -> float:
 
 def cell(value: float, se: float) -> str:
     return f"{value:.3f} ± {se:.3f}" if math.isfinite(se) else f"{value:.3f}"
-
-
-def across_seeds(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, float("nan")
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -9,19 +10,49 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-@pytest.fixture(autouse=True)
-def _no_rendezvous_leak():
-    """A test that starts a process group in this process (init_distributed sets MASTER_PORT and friends
-    for a world of one) must not hand that rendezvous to the processes later tests start."""
+@contextmanager
+def rendezvous_restored():
+    """A process group started inside (init_distributed sets MASTER_PORT and friends for a world of one)
+    must not hand that rendezvous to the processes later tests start: the variables are put back after."""
     from engine.distributed import RENDEZVOUS_VARS
 
     before = {k: os.environ.get(k) for k in RENDEZVOUS_VARS}
-    yield
-    for key, value in before.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def _no_rendezvous_leak():
+    with rendezvous_restored():
+        yield
+
+
+def random_policy_and_reference(model_dir: Path):
+    """A random tiny Qwen2 (the project's tiny-model config, smaller; seed 0) saved to `model_dir`, loaded
+    as the policy, and a reference moved away from it: at policy == reference the KL gradient and the DPO
+    margin would be zero and go untested."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
+
+    from engine.tiny_model import TinyArithRecipe, model_config
+
+    torch.manual_seed(0)
+    config = model_config(TinyArithRecipe(hidden_size=64, intermediate_size=128, num_layers=2), vocab_size=32,
+                          eos_id=1, pad_id=0, bos_id=2)
+    config.initializer_range = 0.1  # larger than HF's 0.02, so the log-probs are not all near-uniform
+    Qwen2ForCausalLM(config).save_pretrained(model_dir)
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).requires_grad_(False)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return policy, reference
 
 
 @pytest.fixture(scope="session")

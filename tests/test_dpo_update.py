@@ -4,19 +4,16 @@ The update goes through the fused log-prob head in two passes (sequence log-prob
 per-token loss); here the expected gradient is autograd of the weighted DPO loss on full logits, so a
 wrong coefficient, a swapped pair or a dropped weight shows up as a different gradient."""
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
 
 from engine.batch import TrainBatch
-from engine.distributed import RENDEZVOUS_VARS, init_distributed
+from engine.distributed import init_distributed
 from engine.learner import Learner
 from engine.objectives.dpo_step import collate_pairs, dpo_update
-from engine.tiny_model import TinyArithRecipe, model_config
 from pairs.builders import PreferencePair
+from tests.conftest import random_policy_and_reference, rendezvous_restored
 
 BETA = 0.5
 WEIGHTS = torch.tensor([2.0, 0.5])  # unequal: dropping the weights moves the gradient
@@ -33,20 +30,10 @@ PAIRS = [_pair([3, 4, 5], [6, 7, 8, 1], [9, 10, 1], 2.0), _pair([11, 12], [13, 1
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    saved = {k: os.environ.get(k) for k in RENDEZVOUS_VARS}
-    try:
+    with rendezvous_restored():  # a module fixture runs outside conftest's per-test guard
         init_distributed()
-        torch.manual_seed(0)
-        config = model_config(TinyArithRecipe(hidden_size=64, intermediate_size=128, num_layers=2), vocab_size=32,
-                              eos_id=1, pad_id=0, bos_id=2)
-        config.initializer_range = 0.1
         model_dir = tmp_path_factory.mktemp("dpo-model")
-        Qwen2ForCausalLM(config).save_pretrained(model_dir)
-        policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).requires_grad_(False)
-        with torch.no_grad():  # a reference away from the policy: the margin is not 0 at the start
-            for p in reference.parameters():
-                p.add_(0.05 * torch.randn_like(p))
+        policy, reference = random_policy_and_reference(model_dir)
 
         def learner(micro_batch: int) -> Learner:
             made = Learner(str(model_dir), zero_stage=0, lr=1e-2, grad_clip=1e6, episodes_per_rank=4,
@@ -56,12 +43,6 @@ def setup(tmp_path_factory):
         # Built here, while the rendezvous variables DeepSpeed reads are set: micro-batches of 4 and 1, and one
         # that takes real steps.
         return policy, reference, {"4": learner(4), "1": learner(1), "steps": learner(4)}
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def sequence_logprobs(model, batch: TrainBatch):

@@ -9,17 +9,14 @@ World size is 1 in this process, so the learner's world-size factor is 1 here; t
 (each rank's loss scaled by world size over the global token count) is covered by a 2-rank test.
 """
 
-import os
-
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
 
 from engine.algorithms import turn_weights
 from engine.batch import TrainBatch
-from engine.distributed import RENDEZVOUS_VARS, init_distributed
+from engine.distributed import init_distributed
 from engine.learner import Learner
-from engine.tiny_model import TinyArithRecipe, model_config
+from tests.conftest import random_policy_and_reference, rendezvous_restored
 
 BETA1, BETA2 = 0.3, 1.5  # distinct, so Stage I's beta2 on turn 1 shows up in the gradient
 RTOL, ATOL = 1e-4, 1e-6
@@ -51,32 +48,14 @@ IS_CAP = 2.0
 def setup(tmp_path_factory):
     """A random tiny Qwen2 (the project's tiny-model config, smaller), its reference moved away from it,
     and learners with micro-batches of 4 (one pass) and 2 (gradient accumulation over two)."""
-    saved = {k: os.environ.get(k) for k in RENDEZVOUS_VARS}  # a module fixture runs outside conftest's env guard
-    try:
+    with rendezvous_restored():  # a module fixture runs outside conftest's per-test guard
         init_distributed()
         return _models_and_learners(tmp_path_factory)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _models_and_learners(tmp_path_factory):
-    torch.manual_seed(0)
-    recipe = TinyArithRecipe(hidden_size=64, intermediate_size=128, num_layers=2)
-    config = model_config(recipe, vocab_size=32, eos_id=1, pad_id=0, bos_id=2)
-    config.initializer_range = 0.1  # larger than HF's 0.02, so the log-probs are not all near-uniform
     model_dir = tmp_path_factory.mktemp("grad-model")
-    Qwen2ForCausalLM(config).save_pretrained(model_dir)
-
-    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).requires_grad_(False)
-    # At step 0 policy == reference, where the k2/k3 KL gradient is zero and the betas would go untested.
-    with torch.no_grad():
-        for p in reference.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    policy, reference = random_policy_and_reference(model_dir)
 
     learners = {}
     for micro_batch in (4, 2):

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
-import sys
 import time
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from engine.errors import UserError
 from engine.guard import CollapseGuard
 from engine.objectives.dpo_step import collate_pairs, dpo_update
 from engine.stop_signals import StopSignals
-from engine.train import Run, finish, resume_or_start, run_eval, write_checkpoint
+from engine.train import Run, exit_after_signal, finish, resume_or_start, run_eval, write_checkpoint
 from pairs.builders import PAIR_BUILDERS, PreferencePair, RoundInputs, informative
 from rollout.service import share
 
@@ -58,21 +56,14 @@ def train_rounds(run: Run) -> dict:
             if stop or (cfg.train.save_every and len(history) % cfg.train.save_every == 0):
                 write_checkpoint(run, len(history), before, history, alarms, guard, loop_state)
             if stop:
-                run.log(f"[signal] {signal.Signals(stop).name}: stopped in round {rnd + 1}, after update "
-                        f"{update + 1}/{len(schedule)}; the same command resumes")
-                run.rollouts.stop()
-                run.logger.close()
-                sys.exit(128 + stop)
+                exit_after_signal(run, stop, f"in round {rnd + 1}, after update {update + 1}/{len(schedule)}")
         if pairs and rnd + 1 < cfg.dpo.rounds:  # the last round's evaluation is the final one
             rounds[-1]["eval"] = run_eval(run, len(history))
         write_checkpoint(run, len(history), before, history, alarms, guard,
                          {"round": rnd + 1, "round_update": 0, "rounds": rounds})
         stop = signals.requested()  # a signal during sampling or the evaluation: stop at the round's end
         if stop and rnd + 1 < cfg.dpo.rounds:
-            run.log(f"[signal] {signal.Signals(stop).name}: stopped after round {rnd + 1}; the same command resumes")
-            run.rollouts.stop()
-            run.logger.close()
-            sys.exit(128 + stop)
+            exit_after_signal(run, stop, f"after round {rnd + 1}")
     return finish(run, before, history, alarms, started, {"rounds": rounds})
 
 
