@@ -81,6 +81,9 @@ class AlgoConfig:
     kl_estimator: str = "k2"  # k1 | k2 | k3
     advantage: str = "rloo"  # reinforce | rloo | grpo
     turn1_credit: str = "own"  # turn 1's return: own (Stage I: none; II: r1) | trajectory (the episode's whole return)
+    # With token-level rewards (reward.kind=seq2seq), the baseline a token's return is compared with: the other
+    # samples' mean per-turn return (turn_mean) or their mean return at the same token position (position).
+    token_baseline: str = "turn_mean"
 
 
 @dataclass
@@ -96,6 +99,12 @@ class RewardConfig:
     probe_tokens: int = 8  # greedy tokens of the fallback probe; 0 = no fallback
     probe_min_tokens: int = 1  # shortest probed answer run (it also needs a letter or digit, not just " " or ".")
     nonfinite: str = "error"  # a NaN/inf reward: error | skip (the episode gets no policy gradient; counted)
+    # kind=seq2seq (token-level rewards from a rewriting reward model, `python -m engine.train_rm`):
+    model: str = ""  # the reward model's Hugging Face folder (rm.output_dir/model after train_rm)
+    rewrite_instruction: str = "Check your answer and fix any mistake."  # asks the reward model to rewrite
+    keep: float = 1.0  # reward of a response token the rewrite keeps
+    change: float = -1.0  # reward of a response token the rewrite changes or deletes (or inserts before)
+    identical: float = 1.0  # every token's reward when the rewrite is the response itself (sequence-level)
 
 
 @dataclass
@@ -171,6 +180,7 @@ CHOICES = {
     "reward.vote_weight": ("uniform", "confidence"),
     "reward.vote_metric": ("prob", "disparity"),
     "algo.turn1_credit": ("own", "trajectory"),
+    "algo.token_baseline": ("turn_mean", "position"),
     "guard.action": ("warn", "stop"),
     "learner.logprob_impl": ("auto", "naive", "chunked", "triton"),
     "train.resume": ("auto", "never"),
