@@ -111,14 +111,15 @@ def stage_at(step: int, stage1_steps: int) -> int:
 def token_coefficients(turn_masks: Tensor, advantages: Sequence[Tensor], weights: TurnWeights,
                        turn_tokens: Sequence[float]) -> tuple[Tensor, Tensor]:
     """Per-token weights (policy-gradient, KL) of the loss, [B, T] from masks [B, K, T] and per-turn
-    advantages [B].
+    advantages: [B] (one per episode) or [B, T] (one per token, already placed in the batch's positions).
 
     Each turn's terms are divided by that turn's token count across the whole batch, so the loss summed
     over micro-batches is a token mean per turn. Padding and prompt tokens get weight 0."""
     pg = kl = 0.0
     for k, (advantage, tokens) in enumerate(zip(advantages, turn_tokens)):
         per = turn_masks[:, k] / max(tokens, 1.0)
-        term_pg, term_kl = weights.pg[k] * advantage.unsqueeze(-1) * per, weights.kl[k] * per
+        per_token = advantage.unsqueeze(-1) if advantage.dim() == 1 else advantage
+        term_pg, term_kl = weights.pg[k] * per_token * per, weights.kl[k] * per
         pg, kl = (term_pg, term_kl) if k == 0 else (pg + term_pg, kl + term_kl)
     return pg, kl
 
@@ -129,6 +130,67 @@ def token_loss(logprobs: Tensor, ref_logprobs: Tensor, pg_coef: Tensor, kl_coef:
     -A * grad log pi. Elementwise, so the fused head can take its gradient chunk by chunk."""
     ratio = torch.exp(logprobs - logprobs.detach())
     return -pg_coef * ratio + kl_coef * kl_per_token(logprobs, ref_logprobs, kl_estimator)
+
+
+# --- token-level rewards: a turn's reward given per sampled token, [B, L] (L: its longest response) ------
+
+def turn_means(token_rewards: Tensor, lengths: Tensor) -> Tensor:
+    """[B] mean reward over each response's own tokens (0 for an empty response): the turn's scalar reward,
+    which the SCoRe returns, the logs and the metrics use."""
+    valid = positions_within(lengths, token_rewards.shape[1])
+    return (token_rewards * valid).sum(-1) / lengths.clamp(min=1)
+
+
+def positions_within(lengths: Tensor, width: int) -> Tensor:
+    """[B, width] float mask, 1 at positions before each row's length."""
+    return (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(-1)).float()
+
+
+def own_reward_coefficients(stage: int, alpha: float, turns: int, turn1_credit: str = "own") -> list[float]:
+    """Per turn k, dR_k / dr_k: how much turn k's return moves with its own reward. turn_returns is linear, so
+    it is the return of turn k when r_k = 1 and every other reward is 0 (Stage II, own credit: 1 for turn 1,
+    1 + alpha after; Stage I: 1 for the last turn, 0 before it)."""
+    coefficients = []
+    for k in range(turns):
+        unit = [torch.tensor([float(j == k)]) for j in range(turns)]
+        coefficients.append(turn_returns(unit, stage, alpha, turn1_credit)[k].item())
+    return coefficients
+
+
+def token_advantages(advantages: Tensor, returns: Tensor, token_rewards: Tensor, lengths: Tensor, coefficient: float,
+                     n: int, baseline: str) -> Tensor:
+    """Per-token advantages [B, L] of one turn with token-level rewards, groups of n consecutive rows.
+
+    A token's return is its turn's return with the turn's mean reward replaced by the token's own reward:
+    R_t = R + c * (r_t - mean_t r), c = own_reward_coefficients (so the correction bonus still applies).
+    - turn_mean: A_t = A + c * (r_t - mean_t r), A the turn's advantage from algo.advantage (for rloo: R_t minus
+      the other samples' mean turn return). The deviations sum to 0 over a response, so the turn-level signal
+      is unchanged and the token terms only move credit inside the response, onto the tokens that were wrong.
+    - position: A_t = R_t - the mean of the other samples' R_t at the same position (leave-one-out; where no
+      other sample is that long, their mean turn return). Ignores algo.advantage."""
+    width = token_rewards.shape[1]
+    valid = positions_within(lengths, width)
+    deviation = (token_rewards - turn_means(token_rewards, lengths).unsqueeze(-1)) * valid
+    if baseline == "turn_mean":
+        return (advantages.unsqueeze(-1) + coefficient * deviation) * valid
+    if baseline != "position":
+        raise ValueError(f"token baseline must be 'turn_mean' or 'position', got {baseline!r}")
+    token_returns = (returns.unsqueeze(-1) + coefficient * deviation) * valid
+    grouped, counts = token_returns.view(-1, n, width), valid.view(-1, n, width)
+    others_sum = grouped.sum(1, keepdim=True) - grouped
+    others = counts.sum(1, keepdim=True) - counts
+    turn_baseline = (returns.view(-1, n).sum(-1, keepdim=True) - returns.view(-1, n)) / max(n - 1, 1)
+    baseline_at = torch.where(others > 0, others_sum / others.clamp(min=1), turn_baseline.unsqueeze(-1))
+    return (token_returns - baseline_at.reshape(-1, width)) * valid
+
+
+def place_turn_tokens(values: Tensor, turn_mask: Tensor) -> Tensor:
+    """[B, L] values of a turn's tokens (position j: its j-th sampled token) -> [B, T] at the turn's positions
+    in the batch (turn_mask [B, T]: 1 on them, contiguous), 0 elsewhere."""
+    if values.shape[1] == 0:
+        return torch.zeros_like(turn_mask)
+    index = (turn_mask.cumsum(-1) - 1).clamp(min=0, max=values.shape[1] - 1).long()
+    return values.gather(1, index) * turn_mask
 
 
 def fill_skipped(rewards: Tensor, skipped: Tensor, n: int) -> Tensor:

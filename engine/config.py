@@ -88,7 +88,7 @@ class AlgoConfig:
 
 @dataclass
 class RewardConfig:
-    kind: str = "confidence"  # gold | confidence | self_certainty | agreement | majority | mix
+    kind: str = "confidence"  # gold | confidence | self_certainty | agreement | majority | mix | seq2seq
     metric: str = "disparity"  # confidence metric: disparity | prob | neg_entropy | agreement (turn-level)
     scope: str = "answer"  # confidence over the final-answer tokens | every sampled token of the turn (response)
     reduction: str = "mean"  # over the scope's tokens: mean | min | geomean (exp of the mean log-confidence)
@@ -105,6 +105,7 @@ class RewardConfig:
     keep: float = 1.0  # reward of a response token the rewrite keeps
     change: float = -1.0  # reward of a response token the rewrite changes or deletes (or inserts before)
     identical: float = 1.0  # every token's reward when the rewrite is the response itself (sequence-level)
+    rewrite_max_tokens: int = 64  # the longest rewrite the reward model may produce
 
 
 @dataclass
@@ -146,6 +147,24 @@ class PairsConfig:
 
 
 @dataclass
+class RMConfig:
+    """`python -m engine.train_rm`: a sequence-to-sequence reward model (arXiv 2409.00162), trained by sequence
+    MLE to rewrite a response into the preferred one; reward.kind=seq2seq loads its rm.output_dir/model."""
+    # builder: sample pairs with the base policy now (pairs.kind, ranked by rm.reward) | a JSONL file of
+    # {"prompt", "chosen", "rejected"} (chosen_text/rejected_text, as the DPO rounds write, also read)
+    pairs: str = "builder"
+    reward: str = "gold"  # the registered reward that ranks the builder's pairs (label-free ones allowed)
+    prompts: int = 512  # training prompts the builder samples pairs from (split across ranks)
+    heldout_pairs: int = 64  # about this many pairs (whole prompts) stay out of training for the rewrite check
+    epochs: int = 2  # passes over the training examples (two per pair: rejected -> chosen, chosen -> chosen)
+    batch_size: int = 32  # examples per optimizer step, all ranks (divisible by the ranks)
+    lr: float = 1e-3
+    save_every: int = 100  # checkpoint every N steps (and on SIGINT/SIGTERM); 0 = only on a signal
+    eval_every: int = 0  # held-out rewrite check every N steps; 0 = before and after training only
+    output_dir: str = "runs/seq2seq_rm/rm"  # pairs.jsonl, checkpoints/, tb/, model/, summary.json
+
+
+@dataclass
 class DeepSpeedSection:
     zero_stage: int = 0
 
@@ -165,6 +184,7 @@ class Config:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
+    rm: RMConfig = field(default_factory=RMConfig)
 
 
 CHOICES = {
@@ -193,11 +213,12 @@ POSITIVE = ("train.keep_checkpoints", "rollout.turns", "train.steps", "rollout.n
             "eval.problems", "train.micro_batch_size", "rollout.max_model_len", "rollout.kv_cache_gib",
             "rollout.workers", "rollout.worker_timeout_s", "rollout.sync_bucket_mb", "rollout.is_cap",
             "reward.probe_min_tokens", "dpo.beta", "dpo.rounds", "dpo.prompts_per_round", "dpo.pairs_per_round",
-            "dpo.batch_pairs", "dpo.epochs", "pairs.branches")
+            "dpo.batch_pairs", "dpo.epochs", "pairs.branches", "reward.rewrite_max_tokens",
+            "rm.prompts", "rm.epochs", "rm.batch_size", "rm.lr")
 NON_NEGATIVE = ("eval.every", "train.save_every", "algo.stage1_steps", "algo.beta1", "algo.beta2", "algo.alpha",
                 "train.lr", "rollout.temperature", "eval.temperature", "train.grad_clip", "eval.samples_logged",
                 "guard.min_entropy", "guard.patience", "reward.probe_tokens", "log.text_every", "log.text_episodes",
-                "rollout.max_staleness")
+                "rollout.max_staleness", "rm.heldout_pairs", "rm.save_every", "rm.eval_every")
 
 
 class ConfigError(UserError):

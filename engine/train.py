@@ -92,6 +92,9 @@ def build_run(cfg: DictConfig, placement: Placement, channels: Channels | None) 
     model_path = model_path or resolve_model_path(cfg.model.path, is_builder=False)
     tokenizer, model_config = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
     inputs = fit_to_model(cfg, inputs, tokenizer, model_config, log=print if rank == 0 else lambda _: None)
+    reward = reward_needs(cfg.reward.kind, cfg.reward)
+    if reward.check is not None:  # e.g. seq2seq: reward.model must be a causal LM sharing the policy's tokenizer
+        reward.check(cfg.reward, tokenizer)
     run_dir = Path(cfg.train.output_dir)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +112,7 @@ def build_run(cfg: DictConfig, placement: Placement, channels: Channels | None) 
         rollouts = RemoteRollouts(channels, placement, cfg, learner)
     return Run(cfg=cfg, rank=rank, world=world, tokenizer=tokenizer, train_problems=inputs.train,
                eval_problems=inputs.eval, skipped_problems=inputs.skipped,
-               reward=reward_needs(cfg.reward.kind, cfg.reward), rollouts=rollouts, learner=learner,
+               reward=reward, rollouts=rollouts, learner=learner,
                logger=RunLogger(run_dir, enabled=rank == 0))
 
 
@@ -164,12 +167,19 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     token_stats = run.learner.score(batch)
     rewards, skipped = rewards_on_every_rank(run, step, RewardInputs(episodes, run.tokenizer, cfg.reward, token_stats))
     has_answer = turn_has_answer(episodes, run.tokenizer)
+    # A token-level reward (reward.kind=seq2seq) enters the returns as its turn's mean over the turn's tokens.
+    token_rewards = [r if r.dim() == 2 else None for r in rewards]
+    lengths = [batch.turn_mask(k).sum(-1) for k in range(batch.turns)]
+    rewards = [algo.turn_means(r, n) if r.dim() == 2 else r for r, n in zip(rewards, lengths)]
     # A skipped (NaN/inf) episode takes its group's mean reward, then no policy gradient; a turn without a
     # locatable answer earns nothing.
     rewards = [algo.fill_skipped(r, skipped, cfg.rollout.n) * has for r, has in zip(rewards, has_answer)]
     returns = algo.turn_returns(rewards, stage, cfg.algo.alpha, cfg.algo.turn1_credit)
     estimator = algo.ADVANTAGE_ESTIMATORS[cfg.algo.advantage]
     advantages = [estimator(ret.view(-1, cfg.rollout.n)).flatten().masked_fill(skipped, 0.0) for ret in returns]
+    if any(t is not None for t in token_rewards):
+        advantages = per_token_advantages(cfg, stage, batch, advantages, returns, token_rewards, lengths,
+                                          has_answer, skipped)
     laps.end("score_s")
 
     # 3. One learner update (its weights go out at the start of the next step, or before an evaluation).
@@ -195,12 +205,32 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         "policy_lag": float(step - run.rollouts.sampled_version),
         "skipped_episodes": float(skipped.sum()) * run.world,  # the mean over ranks is then the total
     }
+    dense = [(t, n) for t, n in zip(token_rewards, lengths) if t is not None]
+    if dense:  # token-level rewards: the share of sampled tokens the reward marks as wrong (below 0)
+        stats["negative_token_frac"] = (sum((t < 0).sum().item() for t, _ in dense) /
+                                        max(sum(n.sum().item() for _, n in dense), 1))
     if run.train_has_answers:  # gold accuracy of the training samples, whatever the reward
         stats.update({f"acc_t{k}": acc.mean().item() for k, acc in enumerate(turn_correctness(episodes), 1)})
     if cfg.train.grad_clip > 0:
         stats["grad_clipped"] = float(update.grad_norm > cfg.train.grad_clip)
     return {**reduce_mean(stats), "logprob_mismatch": reduce_max(update.logprob_mismatch),
             "reference_drift": reduce_max(update.reference_drift)}
+
+
+def per_token_advantages(cfg, stage: int, batch, advantages, returns, token_rewards, lengths, has_answer, skipped):
+    """Turns with token-level rewards get per-token advantages [B, T] (algo.token_advantages, baseline
+    algo.token_baseline); the others keep their per-episode advantages [B]."""
+    coefficients = algo.own_reward_coefficients(stage, cfg.algo.alpha, batch.turns, cfg.algo.turn1_credit)
+    out = []
+    for k, (advantage, ret, tokens) in enumerate(zip(advantages, returns, token_rewards)):
+        if tokens is None:
+            out.append(advantage)
+            continue
+        tokens = tokens.masked_fill(skipped.unsqueeze(-1), 0.0) * has_answer[k].unsqueeze(-1)
+        per_token = algo.token_advantages(advantage, ret, tokens, lengths[k], coefficients[k], cfg.rollout.n,
+                                          cfg.algo.token_baseline).masked_fill(skipped.unsqueeze(-1), 0.0)
+        out.append(algo.place_turn_tokens(per_token, batch.turn_mask(k)))
+    return out
 
 
 def rewards_on_every_rank(run: Run, step: int, inputs: RewardInputs):

@@ -19,6 +19,9 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+import torch
+
+from engine.algorithms import turn_means
 from engine.batch import collate
 from pairs.selection import confidence_pairs, ranked_pairs, refinement_pairs
 from rewards import RewardInputs, turn_has_answer
@@ -75,6 +78,8 @@ def turn_rewards(inputs: RoundInputs, episodes: list[Episode]) -> list[list[floa
     spec = reward_needs(inputs.cfg.reward.kind, inputs.cfg.reward)
     rewards, skipped = checked_rewards(inputs.cfg.reward.kind, spec.fn, reward, inputs.round + 1,
                                        inputs.cfg.reward.nonfinite)
+    lengths = [torch.tensor([len(e.turns[k].token_ids) for e in episodes]) for k in range(len(rewards))]
+    rewards = [turn_means(r, n) if r.dim() == 2 else r for r, n in zip(rewards, lengths)]  # token-level: the mean
     # reward.nonfinite=skip: a skipped episode's turns score NaN, and `informative` drops their pairs
     return [(r * has).masked_fill(skipped, float("nan")).tolist()
             for r, has in zip(rewards, turn_has_answer(episodes, inputs.tokenizer))]

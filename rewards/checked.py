@@ -21,8 +21,9 @@ class RewardError(UserError):
 
 def checked_rewards(kind: str, fn: Callable, inputs: RewardInputs, step: int,
                     nonfinite: str) -> tuple[list[Tensor], Tensor]:
-    """(rewards, skipped): per turn, float rewards per episode, and a bool mask of episodes whose reward is
-    not finite (all False unless nonfinite='skip'). `step` is 1-based, as in the progress lines."""
+    """(rewards, skipped): per turn, float rewards per episode [episodes] or per sampled token [episodes,
+    longest response] (see _checked_turn), and a bool mask of episodes whose reward is not finite (all False
+    unless nonfinite='skip'). `step` is 1-based, as in the progress lines."""
     try:
         rewards = fn(inputs)
     except Exception as err:
@@ -32,22 +33,36 @@ def checked_rewards(kind: str, fn: Callable, inputs: RewardInputs, step: int,
         got = f"{len(rewards)} values" if isinstance(rewards, (list, tuple)) else type(rewards).__name__
         raise RewardError(f"reward '{kind}' returned {got} at step {step}; expected one tensor per turn "
                           f"(rollout.turns={turns}).")
-    for turn, r in enumerate(rewards, 1):
-        if not isinstance(r, Tensor) or tuple(r.shape) != (n,):
-            got = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
-            raise RewardError(f"reward '{kind}' returned {got} as its turn-{turn} rewards at step {step}; expected "
-                              f"a tensor of shape ({n},), one value per episode.")
-    rewards = [r.float() for r in rewards]
-    skipped = ~torch.stack([torch.isfinite(r) for r in rewards]).all(dim=0)
+    rewards = [_checked_turn(kind, r, turn, [len(e.turns[turn].token_ids) for e in inputs.episodes], step)
+               for turn, r in enumerate(rewards)]
+    skipped = ~torch.stack([torch.isfinite(r) if r.dim() == 1 else torch.isfinite(r).all(dim=-1)
+                            for r in rewards]).all(dim=0)
     if skipped.any() and nonfinite != "skip":
         i = int(skipped.nonzero()[0])
-        values = ", ".join(f"turn {k}: {r[i].item()}" for k, r in enumerate(rewards, 1))
+        values = ", ".join(f"turn {k}: {r[i].tolist()}" for k, r in enumerate(rewards, 1))
         raise RewardError(
             f"reward '{kind}' returned a non-finite reward ({values}) for "
             f"{describe_episode(inputs.episodes[i], i, step)}; {int(skipped.sum())} of {n} episodes this step. "
             f"Hint: reward.nonfinite=skip leaves such episodes out of the policy gradient and counts them "
             f"(train/skipped_episodes); the same command then resumes from the last checkpoint.")
     return rewards, skipped
+
+
+def _checked_turn(kind: str, r, turn: int, lengths: list[int], step: int) -> Tensor:
+    """A turn's rewards: [episodes] (one per episode) or [episodes, L >= its longest response] (one per sampled
+    token; columns past a response's end are ignored), returned as [episodes] or [episodes, longest], float,
+    0 past each response's end."""
+    n, longest = len(lengths), max(lengths)
+    per_token = isinstance(r, Tensor) and r.dim() == 2 and r.shape[0] == n and r.shape[1] >= longest
+    if not isinstance(r, Tensor) or not (tuple(r.shape) == (n,) or per_token):
+        got = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
+        raise RewardError(f"reward '{kind}' returned {got} as its turn-{turn + 1} rewards at step {step}; expected a "
+                          f"tensor of shape ({n},), one value per episode, or ({n}, L) with L >= {longest}, one value "
+                          f"per sampled token of the turn.")
+    if not per_token:
+        return r.float()
+    within = torch.arange(longest).unsqueeze(0) < torch.tensor(lengths).unsqueeze(-1)
+    return torch.where(within, r[:, :longest].float(), torch.zeros(()))
 
 
 def describe_episode(episode, index: int, step: int) -> str:

@@ -32,14 +32,16 @@ class RewardSpec:
     fn: Callable[[RewardInputs], Sequence[Tensor]]
     needs_token_stats: bool  # per-token distribution statistics from the policy's scoring pass
     needs_gold: bool  # a gold `answer` on every training problem
+    # At start-up, (reward options, the policy's tokenizer) -> None, or a UserError naming the bad key
+    check: Callable[[Any, Any], None] | None = None
 
 
 REWARDS: dict[str, RewardSpec] = {}
 
 
-def register(name: str, needs_token_stats: bool = False, needs_gold: bool = False):
+def register(name: str, needs_token_stats: bool = False, needs_gold: bool = False, check=None):
     def add(fn):
-        REWARDS[name] = RewardSpec(fn, needs_token_stats, needs_gold)
+        REWARDS[name] = RewardSpec(fn, needs_token_stats, needs_gold, check)
         return fn
     return add
 
@@ -61,7 +63,9 @@ def reward_needs(kind: str, options) -> RewardSpec:
     parts = [get_reward(k) for k in options.weights if k != "mix"]
     if "mix" in options.weights:
         raise UserError("reward.weights cannot contain 'mix' itself.")
-    return RewardSpec(spec.fn, any(p.needs_token_stats for p in parts), any(p.needs_gold for p in parts))
+    checks = [p.check for p in parts if p.check is not None]
+    return RewardSpec(spec.fn, any(p.needs_token_stats for p in parts), any(p.needs_gold for p in parts),
+                      (lambda options, tokenizer: [c(options, tokenizer) for c in checks]) if checks else None)
 
 
 def turn_correctness(episodes: Sequence) -> list[Tensor]:

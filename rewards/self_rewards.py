@@ -11,6 +11,7 @@ from torch import Tensor
 
 from rewards.agreement import agreement_reward, majority_reward, majority_votes  # noqa: F401  (registers)
 from rewards.confidence import answer_probability, confidence_reward, self_certainty_reward  # noqa: F401
+from rewards import seq2seq  # noqa: F401  (registers the seq2seq reward)
 from rewards.registry import REWARDS, RewardInputs, register
 
 
@@ -19,5 +20,12 @@ def mix_reward(inputs: RewardInputs) -> list[Tensor]:
     """sum_k weight_k * reward_k over `reward.weights` (a mapping from reward kind to weight), per turn."""
     total = [torch.zeros(len(inputs.episodes)) for _ in inputs.episodes[0].turns]
     for kind, weight in inputs.options.weights.items():
-        total = [t + weight * r for t, r in zip(total, REWARDS[kind].fn(inputs))]
+        total = [_add(t, weight * r) for t, r in zip(total, REWARDS[kind].fn(inputs))]
     return total
+
+
+def _add(total: Tensor, part: Tensor) -> Tensor:
+    """Per-episode [B] and per-token [B, L] rewards add per token: an episode's value goes to each of its tokens."""
+    if total.dim() == part.dim():
+        return total + part
+    return total.unsqueeze(-1) + part if total.dim() == 1 else total + part.unsqueeze(-1)
