@@ -26,12 +26,16 @@ sys.path.insert(0, str(ROOT))
 from engine.checkpoint import latest_checkpoint  # noqa: E402
 from scripts.compare import across_seeds  # noqa: E402  (mean, SE across seeds)
 
-METHODS = [  # (name, recipe): the SCoRe pair, then the preference route
+METHODS = [  # (name, recipe): the SCoRe pair, the preference route, then token-level and step-level rewards
     ("SCoRe, gold reward", "configs/gold.yaml"),
     ("SCoRe, label-free (default)", "configs/default.yaml"),
     ("RLSF-DPO", "configs/rlsf_dpo.yaml"),
     ("EVOLVE", "configs/evolve.yaml"),
+    ("SCoRe, seq2seq RM token rewards", "configs/seq2seq_rm.yaml"),
+    ("PSRLM (step DPO, self-judged)", "configs/psrlm.yaml"),
 ]
+# Recipes whose reward model is trained first, into <run dir>/rm (its time counts in the method's wall time)
+NEEDS_REWARD_MODEL = ("configs/seq2seq_rm.yaml",)
 COLUMNS = [("Acc@t1", "acc_t1"), ("Acc@t2", "acc_t2"), ("Acc@t3", "acc_t3"), ("Δ(t1,t3)", "delta"),
            ("ECE t1", "ece_t1"), ("ECE t3", "ece_t3")]
 
@@ -63,8 +67,13 @@ def train(recipe: str, run_dir: Path, seed: int) -> float:
     wall = run_dir / "wall.json"
     if not (run_dir / "summary.json").is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
-        seconds = run(["deepspeed", "engine/train.py", recipe, f"train.seed={seed}", f"train.output_dir={run_dir}"],
-                      run_dir.parent / f"{run_dir.name}.log")
+        extra, seconds = [], 0.0
+        if recipe in NEEDS_REWARD_MODEL:
+            seconds += run([sys.executable, "-m", "engine.train_rm", recipe, f"train.seed={seed}",
+                            f"rm.output_dir={run_dir / 'rm'}"], run_dir.parent / f"{run_dir.name}.rm.log")
+            extra = [f"reward.model={run_dir / 'rm' / 'model'}"]
+        seconds += run(["deepspeed", "engine/train.py", recipe, f"train.seed={seed}", f"train.output_dir={run_dir}",
+                        *extra], run_dir.parent / f"{run_dir.name}.log")
         wall.write_text(json.dumps({"seconds": seconds}))
     return json.loads(wall.read_text())["seconds"] if wall.is_file() else float("nan")
 
@@ -78,16 +87,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/methods"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--only", nargs="+", default=None, help="train only the methods whose recipe is listed "
+                        "(the table still shows every method already trained)")
     args = parser.parse_args()
     out = ROOT / args.out if not args.out.is_absolute() else args.out
     results: dict[str, dict[int, dict]] = {"base model": {}}
     for seed in args.seeds:
         results["base model"][seed] = {**evaluate("configs/default.yaml", "builtin:tiny-arith", seed,
                                                   out / f"base-s{seed}.eval3.json"), "wall_seconds": None}
+    if not args.only or "configs/psrlm.yaml" in args.only:  # PSRLM starts from its own base model, M0
+        results["PSRLM's M0 (base + judge data)"] = {
+            seed: {**evaluate("configs/psrlm.yaml", "builtin:tiny-arith-judge", seed, out / f"m0-s{seed}.eval3.json"),
+                   "wall_seconds": None} for seed in args.seeds}
     for name, recipe in METHODS:
         results[name] = {}
         for seed in args.seeds:
             run_dir = out / f"{slug(name)}-s{seed}"
+            if args.only and recipe not in args.only and not (run_dir / "summary.json").is_file():
+                continue
             seconds = train(recipe, run_dir, seed)
             model = latest_checkpoint(run_dir) / "model"
             results[name][seed] = {**evaluate(recipe, str(model), seed, run_dir / "eval3.json"),
