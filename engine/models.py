@@ -16,7 +16,13 @@ def dtype_name(dtype: torch.dtype) -> str:
     """The inverse of DTYPES: torch.bfloat16 -> "bfloat16"."""
     return str(dtype).removeprefix("torch.")
 
-BUILTIN_MODELS = ("builtin:tiny-arith",)
+# Built-in models: name -> the TinyArithRecipe fields that differ from its defaults (engine/tiny_model.py).
+BUILTIN_MODELS: dict[str, dict] = {
+    "builtin:tiny-arith": {},
+    # PSRLM's M0: the same task with judge questions (which next step is right, A or B) as half the episodes and
+    # 2.5x the steps: the judge's label, copied after its own version of the step, is learnt late
+    "builtin:tiny-arith-judge": {"judge_mix": 0.5, "steps": 2000},
+}
 
 
 def resolve_model_path(spec: str, is_builder: bool, log=print) -> str:
@@ -25,9 +31,10 @@ def resolve_model_path(spec: str, is_builder: bool, log=print) -> str:
     if spec.startswith("builtin:"):
         if spec not in BUILTIN_MODELS:
             raise UserError(f"model.path={spec!r} is not a built-in model; known: {list(BUILTIN_MODELS)}.")
-        from engine.tiny_model import build_tiny_arith, cached_tiny_arith
+        from engine.tiny_model import TinyArithRecipe, build_tiny_arith, cached_tiny_arith
 
-        return str(build_tiny_arith(log=log) if is_builder else cached_tiny_arith())
+        recipe = TinyArithRecipe(**BUILTIN_MODELS[spec])
+        return str(build_tiny_arith(recipe, log=log) if is_builder else cached_tiny_arith(recipe))
     path = Path(spec)
     if not (path / "config.json").is_file():
         raise UserError(

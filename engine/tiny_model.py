@@ -23,7 +23,10 @@ import torch
 from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
 from engine.tokenizer import build_char_tokenizer
+from pairs.judge import JUDGE_LABELS, JUDGE_TEMPLATE, judge_prompt
 from rollout.arith import CORRECTION_INSTRUCTION, ArithProblem, arith_problems, sample_slip, worked_answer
+from rollout.arith_steps import slipped_step_pairs
+from rollout.steps import DEFAULT_DELIMITER
 
 BUILD_VERSION = 1  # bump when the recipe below changes in a way the fields do not capture
 
@@ -40,6 +43,10 @@ class TinyArithRecipe:
     p_slip_t1: float = 0.5  # first attempt is wrong this often
     p_fix_t2: float = 0.2  # a wrong first attempt is fixed this often when asked to check
     p_break_t2: float = 0.3  # a right first attempt is broken this often
+    # Share of training episodes that are judge questions (PSRLM's M0: which of two next steps is right, in
+    # pairs/judge.py's default format). At 0 it is left out of the cache key and draws nothing from the RNG,
+    # so the default model stays the one built before the field existed.
+    judge_mix: float = 0.0
 
 
 def model_config(recipe: TinyArithRecipe, vocab_size: int, eos_id: int, pad_id: int, bos_id: int) -> Qwen2Config:
@@ -74,6 +81,25 @@ def _episode_messages(problem: ArithProblem, rng: random.Random, recipe: TinyAri
     ]
 
 
+def _judge_messages(problem: ArithProblem, rng: random.Random) -> list[dict]:
+    """A judge question: the right next step and a slipped one after the right prefix, in random order.
+    The reply is the right step, then its label ("4+8+1=13. A"): a label alone, with nothing worked out
+    first, stayed at chance for this 2-layer model (measured: 600 steps of judge questions only)."""
+    pair = rng.choice(slipped_step_pairs(problem, sample_slip(problem, rng), DEFAULT_DELIMITER))
+    right_first = rng.random() < 0.5
+    a, b = (pair.right, pair.wrong) if right_first else (pair.wrong, pair.right)
+    label = JUDGE_LABELS[0 if right_first else 1]
+    return [{"role": "user", "content": judge_prompt(JUDGE_TEMPLATE, pair.problem, pair.prefix, a, b)},
+            {"role": "assistant", "content": f"{pair.right.strip()} {label}"}]
+
+
+def _training_messages(problems, rng: random.Random, recipe: TinyArithRecipe) -> list[dict]:
+    # `judge_mix and ...`: at 0 no extra draw, so the default recipe's RNG stream is unchanged
+    if recipe.judge_mix and rng.random() < recipe.judge_mix:
+        return _judge_messages(rng.choice(problems), rng)
+    return _episode_messages(rng.choice(problems), rng, recipe)
+
+
 def _encode_episode(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
     """Token ids and a 0/1 mask that is 1 on assistant content and its end-of-turn token."""
     ids: list[int] = []
@@ -92,8 +118,7 @@ def _encode_episode(tokenizer, messages: list[dict]) -> tuple[list[int], list[in
 
 
 def _batch(tokenizer, problems, rng, recipe) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = [_encode_episode(tokenizer, _episode_messages(rng.choice(problems), rng, recipe))
-            for _ in range(recipe.batch_size)]
+    rows = [_encode_episode(tokenizer, _training_messages(problems, rng, recipe)) for _ in range(recipe.batch_size)]
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
     labels = torch.full((len(rows), width), -100)
@@ -128,8 +153,20 @@ def pretrain(model: Qwen2ForCausalLM, tokenizer, recipe: TinyArithRecipe, log=pr
     model.eval()
 
 
+def recipe_fields(recipe: TinyArithRecipe) -> dict:
+    """The recipe as its cache key sees it: judge_mix only when used, then with the judge format it teaches
+    (a format change rebuilds the model)."""
+    fields = asdict(recipe)
+    if not recipe.judge_mix:
+        del fields["judge_mix"]
+    else:
+        fields["judge_format"] = {"template": JUDGE_TEMPLATE, "labels": list(JUDGE_LABELS),
+                                  "delimiter": DEFAULT_DELIMITER}
+    return fields
+
+
 def recipe_key(recipe: TinyArithRecipe) -> str:
-    blob = json.dumps({"version": BUILD_VERSION, **asdict(recipe)}, sort_keys=True)
+    blob = json.dumps({"version": BUILD_VERSION, **recipe_fields(recipe)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -162,7 +199,7 @@ def build_tiny_arith(recipe: TinyArithRecipe = TinyArithRecipe(), cache_dir: Pat
     tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".building-"))
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    (tmp / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+    (tmp / "recipe.json").write_text(json.dumps(recipe_fields(recipe), indent=2))
     try:
         tmp.rename(target)
     except OSError:  # another process finished first

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -35,7 +35,7 @@ from rollout.service import sample_step
 
 @dataclass
 class PreferencePair:
-    kind: str  # confidence (rlsf) | refine | direct (evolve)
+    kind: str  # confidence (rlsf) | refine | direct (evolve) | step (psrlm)
     prompt: str  # the problem's prompt, for reading
     context_ids: list[int]  # what both responses answer: the chat-templated prompt (and earlier turns)
     chosen_ids: list[int]
@@ -58,6 +58,7 @@ class RoundInputs:
     learner: object  # scores token statistics for the reward
     problems: list  # this rank's share of the round's prompts
     round: int
+    stats: dict = field(default_factory=dict)  # a builder's counts for the round ("prefix/name": n), summed over ranks
 
 
 PairBuilder = Callable[[RoundInputs], list[PreferencePair]]

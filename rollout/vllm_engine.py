@@ -68,10 +68,12 @@ class RolloutEngine:
         self.max_model_len = max_model_len
 
     def generate(self, prompts: Sequence[list[int]], n: int, max_tokens: int | Sequence[int], temperature: float,
-                 top_k_logprobs: int = 0, progress: bool = False) -> list[list[Completion]]:
+                 top_k_logprobs: int = 0, progress: bool = False,
+                 stop: Sequence[str] | None = None) -> list[list[Completion]]:
         """`n` completions for each prompt (token ids); `max_tokens` for all or one per prompt. Randomness
         comes from the engine's seed: vLLM's CPU sampler rejects per-request seeds ("CPU Generator does not
-        use offset")."""
+        use offset"). `stop`: strings that end a completion; it keeps the stop string, and its token ids end
+        with the token that completed it (vLLM drops any later ones), e.g. one reasoning step."""
         from vllm import SamplingParams
 
         budgets = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)
@@ -84,8 +86,10 @@ class RolloutEngine:
                 f"shorten the prompts."
             )
 
+        stops = {"stop": list(stop), "include_stop_str_in_output": True} if stop else {}
+
         def sampling(tokens: int):
-            return SamplingParams(n=n, temperature=temperature, max_tokens=tokens, logprobs=top_k_logprobs)
+            return SamplingParams(n=n, temperature=temperature, max_tokens=tokens, logprobs=top_k_logprobs, **stops)
 
         params = sampling(max_tokens) if isinstance(max_tokens, int) else [sampling(m) for m in budgets]
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=progress)

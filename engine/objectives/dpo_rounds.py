@@ -1,9 +1,10 @@
-"""algo.kind=dpo: preference rounds on the engine's own rollouts (RLSF, EVOLVE).
+"""algo.kind=dpo: preference rounds on the engine's own rollouts (RLSF, EVOLVE, PSRLM).
 
 Each round r of dpo.rounds:
   1. the current policy's weights go to vLLM; the round's prompts are sampled with (train.seed, r);
-  2. the pair builder (pairs.kind) turns this policy's rollouts into preference pairs, scored by the
-     reward (pairs/builders.py); every rank builds its share, all ranks gather them all;
+  2. the round probe of pairs.kind, if any, measures this policy (pairs/probes.py: PSRLM's judge accuracy;
+     again after the last round); the pair builder (pairs.kind) turns this policy's rollouts into preference
+     pairs, scored by the reward (pairs/builders.py); every rank builds its share, all ranks gather them all;
   3. pairs whose responses are the same tokens are dropped, a seeded shuffle keeps dpo.pairs_per_round,
      and they are written to <output_dir>/pairs/round-NNN.jsonl (ids and texts, for reading);
   4. dpo.epochs passes of DPO updates, dpo.batch_pairs pairs each (engine/objectives/dpo_step.py);
@@ -25,6 +26,7 @@ from engine.distributed import gather_objects, reduce_max
 from engine.errors import UserError
 from engine.guard import CollapseGuard
 from engine.objectives.dpo_step import collate_pairs, dpo_update
+from engine.objectives.round_extras import log_builder_stats, probe_history, probe_policy, summed_stats
 from engine.stop_signals import StopSignals
 from engine.train import Run, exit_after_signal, finish, resume_or_start, run_eval, write_checkpoint
 from pairs.builders import PAIR_BUILDERS, PreferencePair, RoundInputs, informative
@@ -64,7 +66,8 @@ def train_rounds(run: Run) -> dict:
         stop = signals.requested()  # a signal during sampling or the evaluation: stop at the round's end
         if stop and rnd + 1 < cfg.dpo.rounds:
             exit_after_signal(run, stop, f"after round {rnd + 1}")
-    return finish(run, before, history, alarms, started, {"rounds": rounds})
+    final_probe = probe_policy(run, cfg.dpo.rounds, len(history))  # the trained policy (M<rounds>)
+    return finish(run, before, history, alarms, started, {"rounds": rounds, **probe_history(rounds, final_probe)})
 
 
 def round_pairs(run: Run, rnd: int, rounds: list, version: int) -> list[PreferencePair]:
@@ -72,6 +75,7 @@ def round_pairs(run: Run, rnd: int, rounds: list, version: int) -> list[Preferen
     round's pairs; an empty round is reported (and trains nothing)."""
     cfg = run.cfg
     run.rollouts.push_weights(version)
+    probed = probe_policy(run, rnd, version)  # the policy that builds this round's pairs (M<rnd>)
     prompts = random.Random(cfg.train.seed * 1_000_003 + 7_919 * (rnd + 1)).sample(run.train_problems,
                                                                                    cfg.dpo.prompts_per_round)
     started = time.time()
@@ -84,6 +88,12 @@ def round_pairs(run: Run, rnd: int, rounds: list, version: int) -> list[Preferen
     kinds = {k: sum(p.kind == k for p in kept) for k in sorted({p.kind for p in kept})}
     record = {"round": rnd + 1, "pairs_built": len(built), "pairs_kept": len(kept), "kinds": kinds,
               "seconds": time.time() - started}
+    builder_stats = summed_stats(inputs.stats)
+    if builder_stats:  # the builder's own counts, e.g. PSRLM's steps/*
+        record["builder"] = builder_stats
+        log_builder_stats(run, builder_stats, rnd + 1)
+    if probed is not None:
+        record[probed[0]] = probed[1]
     rounds.append(record)
     save_pairs(run, rnd, kept)
     run.logger.scalars("pairs", {"built": len(built), "kept": len(kept)}, rnd + 1)  # x axis: the round
