@@ -3,8 +3,8 @@
 A question shows the problem, the steps so far and two candidate next steps labelled A and B; the policy
 answers briefly and ends its answer with a label (builtin:tiny-arith-judge first writes the step as it would
 compute it, then the label: "4+8+1=13. A"). Each candidate pair is asked in both orders, and only a verdict
-that names the same step both times counts. Among a prefix's candidates, the one with the best net score (consistent wins minus
-consistent losses) is the chosen step and the one with the worst the rejected step.
+that names the same step both times counts. Among a prefix's candidates, the one with the best net score
+(consistent wins minus consistent losses) is the chosen step and the one with the worst the rejected step.
 """
 
 from __future__ import annotations

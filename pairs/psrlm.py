@@ -9,8 +9,9 @@ depth):
   3. the candidate with the best net score (consistent wins - losses) is chosen over the one with the
      worst: PreferencePair(kind="step", context = prompt + steps so far, chosen, rejected, weight 1);
      ties at either end or no consistent verdict give no pair;
-  4. the prefix grows by the best candidate; a chain ends when that step ends the answer (end-of-turn
-     token, a final answer, or no delimiter) or the response budget (rollout.max_tokens) is spent.
+  4. the prefix grows by the best candidate (with no pair: the best net score, then the most sampled); a chain
+     ends when that step ends the answer (end-of-turn token, a final answer, or no delimiter) or the response
+     budget (rollout.max_tokens) is spent.
 Step DPO is then plain DPO on these pairs (dpo_step.py scores the response after the context).
 The round's counts go to RoundInputs.stats as steps/* (summed over ranks, logged per round).
 """

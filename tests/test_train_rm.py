@@ -114,6 +114,11 @@ def test_update_loss_is_the_token_mean_nll_of_the_targets(tiny_model_dir):
     want = -token_lp[batch.target_mask[:, 1:]].mean().item()
     assert batch.target_mask.sum() == sum(len(ex.target_ids) for ex in examples)
 
+    import deepspeed.utils.groups as deepspeed_groups
+
+    # DeepSpeed caches a clone of the default group; an earlier in-process vLLM engine (another test file) may
+    # have replaced that group since, and the stale clone fails "is not registered" in the engine's broadcast
+    deepspeed_groups._WORLD_GROUP = None
     learner = Learner(str(tiny_model_dir), zero_stage=0, lr=1e-3, grad_clip=1.0, episodes_per_rank=3,
                       micro_batch_size=2)
     first = rewrite_update(learner, batch)
