@@ -18,3 +18,8 @@ def rewrite_context_ids(tokenizer, prompt: str, response: str, instruction: str)
 def rewrite_target_ids(tokenizer, response: str) -> list[int]:
     """What the reward model learns to produce: the preferred response, then the end-of-turn token."""
     return tokenizer(response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+
+
+def cut_at_end_of_turn(generated: list[int], eos_id: int) -> list[int]:
+    """The rewrite: the generated tokens up to and including the first end of turn."""
+    return generated[:generated.index(eos_id) + 1] if eos_id in generated else generated

@@ -19,7 +19,7 @@ from torch import Tensor
 from engine.errors import UserError
 from rewards.alignment import token_rewards
 from rewards.registry import RewardInputs, register
-from rewards.rewrite_format import rewrite_context_ids
+from rewards.rewrite_format import cut_at_end_of_turn, rewrite_context_ids
 
 HINT = "Hint: train one with `python -m engine.train_rm CONFIG` and pass its <rm.output_dir>/model folder."
 
@@ -78,12 +78,8 @@ class Rewriter:
                 mask[row, width - len(context):] = 1
             generated = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=budget,
                                             do_sample=False, eos_token_id=eos_id, pad_token_id=pad_id)
-            out += [_through_eos(row.tolist(), eos_id) for row in generated[:, width:]]
+            out += [cut_at_end_of_turn(row.tolist(), eos_id) for row in generated[:, width:]]
         return out
-
-
-def _through_eos(tokens: list[int], eos_id: int) -> list[int]:
-    return tokens[:tokens.index(eos_id) + 1] if eos_id in tokens else tokens
 
 
 @lru_cache(maxsize=2)

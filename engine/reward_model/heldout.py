@@ -20,6 +20,7 @@ from engine.distributed import all_ranks_sum
 from engine.reward_model.examples import RewriteExample, collate_examples
 from engine.reward_model.update import target_nll_sums
 from rewards.answer import answers_match, extract_answer
+from rewards.rewrite_format import cut_at_end_of_turn
 
 GENERATE_CHUNK = 64  # examples per generate call
 
@@ -31,11 +32,6 @@ def padded_share(items: Sequence, rank: int, world: int) -> tuple[list, int]:
     counted, length = len(share), math.ceil(len(items) / world)
     filler = share[-1:] or list(items[:1])
     return share + filler * (length - counted), counted
-
-
-def cut_at_end_of_turn(generated: list[int], eos_id: int) -> list[int]:
-    """The rewrite: the generated tokens up to and including the first end of turn."""
-    return generated[:generated.index(eos_id) + 1] if eos_id in generated else generated
 
 
 @torch.no_grad()
