@@ -166,6 +166,8 @@ def token_advantages(advantages: Tensor, returns: Tensor, token_rewards: Tensor,
     - turn_mean: A_t = A + c * (r_t - mean_t r), A the turn's advantage from algo.advantage (for rloo: R_t minus
       the other samples' mean turn return). The deviations sum to 0 over a response, so the turn-level signal
       is unchanged and the token terms only move credit inside the response, onto the tokens that were wrong.
+      The token term stays in reward units even with grpo (whose A is in units of the group's std): a group
+      whose samples all earn one return has std 0, and dividing would blow up the token credit exactly there.
     - position: A_t = R_t - the mean of the other samples' R_t at the same position (leave-one-out; where no
       other sample is that long, their mean turn return). Ignores algo.advantage."""
     width = token_rewards.shape[1]

@@ -63,14 +63,13 @@ class Learner:
 
     def __init__(self, model_path: str, zero_stage: int, lr: float, grad_clip: float, episodes_per_rank: int,
                  micro_batch_size: int, dtype: str = "float32", logprob_impl: str = "auto",
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, with_reference: bool = True):
+        """with_reference=False: no frozen reference (a trainer with no KL term, train_rm); update() needs one."""
         def load():
             return AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[dtype],
                                                         trust_remote_code=trust_remote_code)
 
         policy = ScoringModel(load(), logprob_impl)
-        reference = ScoringModel(load(), logprob_impl).eval()
-        reference.requires_grad_(False)
         self.vocab_size = policy.lm.get_output_embeddings().out_features
         self.micro_batch = min(micro_batch_size, episodes_per_rank)
         self.grad_accum = math.ceil(episodes_per_rank / self.micro_batch)
@@ -78,6 +77,11 @@ class Learner:
         config = deepspeed_config(zero_stage, self.micro_batch, self.grad_accum, lr, grad_clip, dtype)
         self.engine, *_ = deepspeed.initialize(model=policy, model_parameters=policy.parameters(), config=config)
         self.device = self.engine.device
+        self.reference = None
+        if not with_reference:
+            return
+        reference = ScoringModel(load(), logprob_impl).eval()
+        reference.requires_grad_(False)
         if zero_stage == 3:  # sharded over the learners like the policy, not a full copy on every rank
             self.reference, *_ = deepspeed.initialize(model=reference, config=reference_config(self.micro_batch, dtype))
             self.reference.eval()

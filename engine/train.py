@@ -165,6 +165,59 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     #    is logged whatever the reward) -> per-turn returns -> advantages against each prompt's group.
     batch = collate(episodes, run.tokenizer.pad_token_id)
     token_stats = run.learner.score(batch)
+    scored = score_episodes(run, step, stage, episodes, batch, token_stats)
+    laps.end("score_s")
+
+    # 3. One learner update (its weights go out at the start of the next step, or before an evaluation).
+    weights = algo.turn_weights(stage, cfg.algo.beta1, cfg.algo.beta2, cfg.rollout.turns, cfg.algo.turn1_credit)
+    update = run.learner.update(batch, scored.advantages, weights, cfg.algo.kl_estimator,
+                                is_cap=cfg.rollout.is_cap if staleness(cfg) else None,
+                                temperature=cfg.rollout.temperature)
+    laps.end("update_s")
+
+    run.logger.samples(step + 1, episodes, scored.rewards, cfg.eval.samples_logged)
+    if cfg.log.text_every and (step + 1) % cfg.log.text_every == 0:
+        run.logger.episodes_text(step + 1, episodes, scored.rewards, cfg.log.text_episodes)
+    stats = {
+        **{f"reward_t{k}": r.mean().item() for k, r in enumerate(scored.rewards, 1)},
+        **{f"kl_t{k}": kl for k, kl in enumerate(update.kl_turns, 1)},
+        "loss": update.loss, "stage": float(stage),
+        "no_answer_frac": 1 - sum(has.mean().item() for has in scored.has_answer) / len(scored.has_answer),
+        "entropy": response_mean(token_stats.entropy, batch), "grad_norm": update.grad_norm, "lr": update.lr,
+        "sync_s": laps.seconds["sync_s"], "rollout_s": run.rollouts.last_rollout_s, "score_s": laps.seconds["score_s"],
+        "update_s": laps.seconds["update_s"], "idle_s": run.rollouts.idle_s - idle_before,
+        "tokens": batch.response_mask.sum().item(),
+        # Updates between the policy that sampled the batch and the one trained on it (<= rollout.max_staleness).
+        "policy_lag": float(step - run.rollouts.sampled_version),
+        "skipped_episodes": float(scored.skipped.sum()) * run.world,  # the mean over ranks is then the total
+    }
+    if scored.token_level:  # summed over ranks (mean x world), for the share of all ranks' tokens below
+        stats.update(negative_tokens=scored.negative_tokens * run.world, dense_tokens=scored.dense_tokens * run.world)
+    if run.train_has_answers:  # gold accuracy of the training samples, whatever the reward
+        stats.update({f"acc_t{k}": acc.mean().item() for k, acc in enumerate(turn_correctness(episodes), 1)})
+    if cfg.train.grad_clip > 0:
+        stats["grad_clipped"] = float(update.grad_norm > cfg.train.grad_clip)
+    stats = reduce_mean(stats)
+    if "dense_tokens" in stats:  # token-level rewards: the share of sampled tokens marked wrong (below 0)
+        stats["negative_token_frac"] = stats.pop("negative_tokens") / max(stats.pop("dense_tokens"), 1.0)
+    return {**stats, "logprob_mismatch": reduce_max(update.logprob_mismatch),
+            "reference_drift": reduce_max(update.reference_drift)}
+
+
+@dataclass
+class Scored:
+    rewards: list[torch.Tensor]  # per turn [B]: the turn's reward (a token-level reward's mean over the turn)
+    advantages: list[torch.Tensor]  # per turn [B], or [B, T] for a turn with token-level rewards
+    skipped: torch.Tensor  # [B] bool: episodes with a non-finite reward (reward.nonfinite=skip)
+    has_answer: list[torch.Tensor]  # per turn [B]: a locatable final answer
+    token_level: bool = False  # some turn has token-level rewards (the same on every rank: one reward.kind)
+    negative_tokens: int = 0  # then this rank's sampled tokens rewarded below 0
+    dense_tokens: int = 0  # ... out of this many
+
+
+def score_episodes(run: Run, step: int, stage: int, episodes, batch, token_stats) -> Scored:
+    """Rewards -> SCoRe returns -> advantages (per token for turns with token-level rewards)."""
+    cfg = run.cfg
     rewards, skipped = rewards_on_every_rank(run, step, RewardInputs(episodes, run.tokenizer, cfg.reward, token_stats))
     has_answer = turn_has_answer(episodes, run.tokenizer)
     # A token-level reward (reward.kind=seq2seq) enters the returns as its turn's mean over the turn's tokens.
@@ -177,44 +230,13 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     returns = algo.turn_returns(rewards, stage, cfg.algo.alpha, cfg.algo.turn1_credit)
     estimator = algo.ADVANTAGE_ESTIMATORS[cfg.algo.advantage]
     advantages = [estimator(ret.view(-1, cfg.rollout.n)).flatten().masked_fill(skipped, 0.0) for ret in returns]
-    if any(t is not None for t in token_rewards):
-        advantages = per_token_advantages(cfg, stage, batch, advantages, returns, token_rewards, lengths,
-                                          has_answer, skipped)
-    laps.end("score_s")
-
-    # 3. One learner update (its weights go out at the start of the next step, or before an evaluation).
-    weights = algo.turn_weights(stage, cfg.algo.beta1, cfg.algo.beta2, cfg.rollout.turns, cfg.algo.turn1_credit)
-    update = run.learner.update(batch, advantages, weights, cfg.algo.kl_estimator,
-                                is_cap=cfg.rollout.is_cap if staleness(cfg) else None,
-                                temperature=cfg.rollout.temperature)
-    laps.end("update_s")
-
-    run.logger.samples(step + 1, episodes, rewards, cfg.eval.samples_logged)
-    if cfg.log.text_every and (step + 1) % cfg.log.text_every == 0:
-        run.logger.episodes_text(step + 1, episodes, rewards, cfg.log.text_episodes)
-    stats = {
-        **{f"reward_t{k}": r.mean().item() for k, r in enumerate(rewards, 1)},
-        **{f"kl_t{k}": kl for k, kl in enumerate(update.kl_turns, 1)},
-        "loss": update.loss, "stage": float(stage),
-        "no_answer_frac": 1 - sum(has.mean().item() for has in has_answer) / len(has_answer),
-        "entropy": response_mean(token_stats.entropy, batch), "grad_norm": update.grad_norm, "lr": update.lr,
-        "sync_s": laps.seconds["sync_s"], "rollout_s": run.rollouts.last_rollout_s, "score_s": laps.seconds["score_s"],
-        "update_s": laps.seconds["update_s"], "idle_s": run.rollouts.idle_s - idle_before,
-        "tokens": batch.response_mask.sum().item(),
-        # Updates between the policy that sampled the batch and the one trained on it (<= rollout.max_staleness).
-        "policy_lag": float(step - run.rollouts.sampled_version),
-        "skipped_episodes": float(skipped.sum()) * run.world,  # the mean over ranks is then the total
-    }
     dense = [(t, n) for t, n in zip(token_rewards, lengths) if t is not None]
-    if dense:  # token-level rewards: the share of sampled tokens the reward marks as wrong (below 0)
-        stats["negative_token_frac"] = (sum((t < 0).sum().item() for t, _ in dense) /
-                                        max(sum(n.sum().item() for _, n in dense), 1))
-    if run.train_has_answers:  # gold accuracy of the training samples, whatever the reward
-        stats.update({f"acc_t{k}": acc.mean().item() for k, acc in enumerate(turn_correctness(episodes), 1)})
-    if cfg.train.grad_clip > 0:
-        stats["grad_clipped"] = float(update.grad_norm > cfg.train.grad_clip)
-    return {**reduce_mean(stats), "logprob_mismatch": reduce_max(update.logprob_mismatch),
-            "reference_drift": reduce_max(update.reference_drift)}
+    if not dense:
+        return Scored(rewards, advantages, skipped, has_answer)
+    advantages = per_token_advantages(cfg, stage, batch, advantages, returns, token_rewards, lengths, has_answer,
+                                      skipped)
+    return Scored(rewards, advantages, skipped, has_answer, token_level=True, negative_tokens=sum(int((t < 0).sum()) for t, _ in dense),
+                  dense_tokens=sum(int(n.sum()) for _, n in dense))
 
 
 def per_token_advantages(cfg, stage: int, batch, advantages, returns, token_rewards, lengths, has_answer, skipped):

@@ -54,7 +54,7 @@ from engine.reward_model.update import rewrite_update
 from engine.stop_signals import StopSignals
 from rewards import REWARDS
 from rewards.registry import reward_needs
-from rewards.rewrite_format import rewrite_context_ids, rewrite_target_ids
+from rewards.rewrite_format import REWRITE_FILE, rewrite_context_ids, rewrite_target_ids
 from rollout.data import Problem, load_problems, require_answers
 from rollout.service import share
 
@@ -124,9 +124,16 @@ def check_rm_inputs(cfg: DictConfig) -> Sources:
         return Sources(saved=read_pairs(saved_pairs_path(cfg)))
     if cfg.rm.pairs != "builder":
         return Sources(from_file=read_pairs(cfg.rm.pairs))
-    if cfg.rm.reward not in REWARDS or cfg.rm.reward == "seq2seq":  # seq2seq needs the model trained here
+    if cfg.pairs.kind == "psrlm":
+        raise UserError("rm.pairs=builder with pairs.kind=psrlm: PSRLM's pairs are next steps after a prefix, not "
+                        "whole responses, so they cannot teach rewriting a response. Hint: pairs.kind=evolve or "
+                        "rlsf (the seq2seq recipe uses evolve).")
+    # seq2seq needs the model trained here (also inside a mix)
+    if cfg.rm.reward not in REWARDS or cfg.rm.reward == "seq2seq" or \
+            (cfg.rm.reward == "mix" and "seq2seq" in cfg.reward.weights):
         known = sorted(set(REWARDS) - {"seq2seq"})
-        raise UserError(f"rm.reward={cfg.rm.reward!r} cannot rank the builder's pairs; known: {known}.")
+        raise UserError(f"rm.reward={cfg.rm.reward!r} cannot rank the builder's pairs (a mix may not hold seq2seq "
+                        f"either); known: {known}.")
     if cfg.rm.prompts % world:
         raise UserError(f"rm.prompts={cfg.rm.prompts} must be divisible by the number of ranks ({world}).")
     problems = load_problems(cfg.data.train)
@@ -152,7 +159,7 @@ def build_rm_run(cfg: DictConfig) -> RMRun:
     learner = Learner(model_path, zero_stage=cfg.deepspeed.zero_stage, lr=cfg.rm.lr, grad_clip=cfg.train.grad_clip,
                       episodes_per_rank=cfg.rm.batch_size // world, micro_batch_size=cfg.train.micro_batch_size,
                       dtype=cfg.model.dtype, logprob_impl=cfg.learner.logprob_impl,
-                      trust_remote_code=cfg.model.trust_remote_code)
+                      trust_remote_code=cfg.model.trust_remote_code, with_reference=False)
     return RMRun(cfg=cfg, rank=rank, world=world, tokenizer=tokenizer, model_config=model_config,
                  model_path=model_path, learner=learner, logger=RunLogger(Path(cfg.rm.output_dir), enabled=rank == 0),
                  max_len=min(cfg.rollout.max_model_len, positions))
@@ -220,9 +227,25 @@ def resume_or_start(run: RMRun, data: RMData, steps: int) -> dict:
     if state["pairs_sha256"] != data.digest:
         raise UserError(f"{data.pairs_file} is not the file the checkpoint {path} trained on (its sha256 differs). "
                         f"Hint: restore it, or start over in another rm.output_dir.")
+    check_same_schedule(run.cfg, state["config"], path)
     run.logger.rewind(state["step"])
     run.log(f"[resume] continuing from {path} (after {state['step']}/{steps} steps)")
     return state
+
+
+# What fixes the step schedule and the examples: a resumed run must agree with its checkpoint on each.
+RESUME_KEYS = ("model.path", "train.seed", "rm.epochs", "rm.batch_size", "rm.lr", "rm.heldout_pairs",
+               "reward.rewrite_instruction", "rollout.max_model_len")
+
+
+def check_same_schedule(cfg: DictConfig, saved: dict, path: Path) -> None:
+    before = OmegaConf.create(saved)
+    for key in RESUME_KEYS:
+        now, then = OmegaConf.select(cfg, key), OmegaConf.select(before, key)
+        if now != then:
+            raise UserError(f"{key}={now!r}, but the checkpoint {path} was trained with {key}={then!r}: resuming "
+                            f"would not continue the same run. Hint: pass {key}={then!r}, or start over in another "
+                            f"rm.output_dir (or train.resume=never there after removing it).")
 
 
 def write_checkpoint(run: RMRun, data: RMData, state: dict) -> None:
@@ -272,7 +295,8 @@ def save_model(run: RMRun) -> Path:
     if run.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
     run.learner.save_weights(tmp, run.tokenizer, run.is_main)  # every rank: ZeRO-3 gathers
-    if run.is_main:
+    if run.is_main:  # the question it was trained to answer: reward.kind=seq2seq must ask the same one
+        (tmp / REWRITE_FILE).write_text(json.dumps({"rewrite_instruction": run.cfg.reward.rewrite_instruction}))
         shutil.rmtree(final, ignore_errors=True)  # left by a run that died before its summary
         os.replace(tmp, final)
     barrier()

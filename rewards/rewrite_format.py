@@ -7,6 +7,9 @@ shape of a correction turn, so the reward model is a corrector.
 
 from __future__ import annotations
 
+# Saved by train_rm in the reward model's folder: {"rewrite_instruction": ...}, the question it learned to answer.
+REWRITE_FILE = "rewrite.json"
+
 
 def rewrite_context_ids(tokenizer, prompt: str, response: str, instruction: str) -> list[int]:
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response},

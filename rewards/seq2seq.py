@@ -10,6 +10,7 @@ learner turns it into per-token advantages (engine/algorithms.py, token_advantag
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from torch import Tensor
 from engine.errors import UserError
 from rewards.alignment import token_rewards
 from rewards.registry import RewardInputs, register
-from rewards.rewrite_format import cut_at_end_of_turn, rewrite_context_ids
+from rewards.rewrite_format import REWRITE_FILE, cut_at_end_of_turn, rewrite_context_ids
 
 HINT = "Hint: train one with `python -m engine.train_rm CONFIG` and pass its <rm.output_dir>/model folder."
 
@@ -43,6 +44,12 @@ def check_reward_model(options, tokenizer) -> None:
         raise UserError(f"reward.model={options.model!r} holds a {config.model_type} model "
                         f"({', '.join(architectures) or 'no architecture named'}), not a causal LM: the seq2seq "
                         f"reward needs a decoder that rewrites responses. {HINT}")
+    saved = path / REWRITE_FILE
+    trained_on = json.loads(saved.read_text()).get("rewrite_instruction") if saved.is_file() else None
+    if trained_on is not None and trained_on != options.rewrite_instruction:
+        raise UserError(f"reward.rewrite_instruction={options.rewrite_instruction!r}, but reward.model="
+                        f"{options.model!r} was trained to answer {trained_on!r} ({saved}): it would be asked a "
+                        f"question it never saw. Hint: pass reward.rewrite_instruction={trained_on!r}.")
     probe = "12+34=?\n2+4=6, 1+3+0=4. Final Answer: 46"
     theirs = AutoTokenizer.from_pretrained(path)
     if theirs(probe, add_special_tokens=False).input_ids != tokenizer(probe, add_special_tokens=False).input_ids:

@@ -37,6 +37,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     curves = {run: acc_t2_curve(run) for run in [*args.reference, *args.runs]}
+    empty = [str(run) for run, curve in curves.items() if not curve]
+    if empty:
+        sys.exit(f"no eval/acc_t2 in the TensorBoard logs of {', '.join(empty)}: is it a training run directory "
+                 f"(with tb/), trained with eval.every > 0?")
     missing = [str(run) for run in args.reference if args.at not in curves[run]]
     if missing:
         sys.exit(f"no eval/acc_t2 at step {args.at} in {', '.join(missing)}: train them with eval.every dividing {args.at}")

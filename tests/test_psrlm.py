@@ -197,6 +197,8 @@ def test_steps_and_judge_config_is_checked():
                               ("judge.labels=[A,A]", "two different one-word labels"),
                               ("judge.labels=['A.',B]", "two different one-word labels"),
                               ("judge.template='{a} or {c}'", "needs {a} and {b}"),
+                              ("judge.template='{a} or {b'", "judge.template cannot be formatted"),
+                              ("rollout.temperature=0", "samples its candidate steps at rollout.temperature=0"),
                               ("steps.candidates=1", "steps.candidates=1 gives a prefix one candidate"),
                               ("judge.eval_pairs=-1", "judge.eval_pairs must be >= 0")]:
         with pytest.raises(ConfigError, match=re.escape(message)):

@@ -2,6 +2,8 @@
 reward.model, and a short training run whose learner takes per-token advantages."""
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 
@@ -89,6 +91,43 @@ def test_reward_model_start_up_checks_name_reward_model(tiny_model_dir, tmp_path
     (classifier / "config.json").write_text(json.dumps({**config, "architectures": ["Qwen2ForSequenceClassification"]}))
     with pytest.raises(UserError, match=r"holds a qwen2 model \(Qwen2ForSequenceClassification\), not a causal LM"):
         check_reward_model(_options(classifier), tokenizer)
+
+
+def test_a_reward_model_asked_another_question_than_it_learned_is_refused(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from engine.errors import UserError
+    from rewards.rewrite_format import REWRITE_FILE
+    from rewards.seq2seq import check_reward_model
+
+    model = tmp_path / "rm"
+    shutil.copytree(tiny_model_dir, model)
+    (model / REWRITE_FILE).write_text(json.dumps({"rewrite_instruction": "Fix it."}))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    check_reward_model(_options(model, rewrite_instruction="Fix it."), tokenizer)
+    with pytest.raises(UserError, match=r"reward.rewrite_instruction='Check your answer and fix any mistake.', but "
+                                        r"reward.model=.* was trained to answer 'Fix it.'.*Hint: pass "
+                                        r"reward.rewrite_instruction='Fix it.'"):
+        check_reward_model(_options(model), tokenizer)
+
+
+def test_seq2seq_config_checks_name_the_key():
+    from engine.config import ConfigError, load_config
+
+    cfg = load_config(["configs/seq2seq_rm.yaml"])
+    assert cfg.reward.rewrite_max_tokens >= cfg.rollout.max_tokens + 1
+    load_config(["configs/seq2seq_rm.yaml", "reward.rewrite_max_tokens=49"])  # 48 tokens and the end of turn
+    load_config(["configs/seq2seq_rm.yaml", "algo.turn1_credit=trajectory", "algo.alpha=1"])
+    for overrides, message in [
+        (["reward.rewrite_max_tokens=48"], "reward.rewrite_max_tokens=48 is shorter than a response of "
+                                           "rollout.max_tokens=48 plus its end-of-turn token"),
+        (["algo.turn1_credit=trajectory", "algo.alpha=2"], "algo.turn1_credit=trajectory with algo.alpha=2.0 > 1"),
+        (["reward.kind=mix", "reward.weights.seq2seq=1", "reward.weights.gold=1", "reward.rewrite_max_tokens=8"],
+         "reward.rewrite_max_tokens=8 is shorter"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(["configs/seq2seq_rm.yaml", *overrides])
+    load_config(["configs/default.yaml", "reward.rewrite_max_tokens=8"])  # no seq2seq reward: not read
 
 
 def test_a_missing_reward_model_stops_training_at_start_up(tmp_path):

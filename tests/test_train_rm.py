@@ -4,6 +4,7 @@ from the pair builder, kill-and-resume, and bad inputs."""
 
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -198,6 +199,8 @@ def test_a_run_from_pairs_learns_and_saves_a_causal_lm(straight_run, tiny_model_
                                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[0, len(context):]
     assert tok.decode(generated, skip_special_tokens=True) == "OK"
     assert not list(out.glob(".tmp*")) and not (out / "checkpoints").exists()  # rm.save_every=0
+    assert json.loads((out / "model" / "rewrite.json").read_text()) == {
+        "rewrite_instruction": "Check your answer and fix any mistake."}  # what reward.kind=seq2seq checks
 
 
 @pytest.mark.slow
@@ -271,12 +274,20 @@ def _bad_pairs(tmp_path):
     return no_chosen, malformed
 
 
-@pytest.mark.parametrize("case", ["missing", "no_chosen", "malformed", "reward"])
+@pytest.mark.parametrize("case", ["missing", "no_chosen", "malformed", "reward", "step_pairs", "psrlm", "mix"])
 def test_bad_inputs_are_one_error_line(case, tmp_path, capsys):
     from engine.train_rm import cli
 
     no_chosen, malformed = _bad_pairs(tmp_path)
+    step_pairs = tmp_path / "step_pairs.jsonl"  # as PSRLM's rounds write them
+    step_pairs.write_text(json.dumps({"kind": "step", "prompt": "1+1=?", "chosen_text": "2.", "rejected_text": "3."})
+                          + "\n")
     args, needle = {
+        "step_pairs": ([f"rm.pairs={step_pairs}"], f"{step_pairs}:1: a step pair (kind 'step', written by PSRLM's "
+                                                   f"rounds)"),
+        "psrlm": (["pairs.kind=psrlm"], "rm.pairs=builder with pairs.kind=psrlm: PSRLM's pairs are next steps"),
+        "mix": (["rm.reward=mix", "reward.weights.seq2seq=1", "reward.weights.gold=1"],
+                "rm.reward='mix' cannot rank the builder's pairs (a mix may not hold seq2seq either)"),
         "missing": (["rm.pairs=nope.jsonl"], "rm.pairs=nope.jsonl: file not found. Hint:"),
         "no_chosen": ([f"rm.pairs={no_chosen}"],
                       f"{no_chosen}:2: each line needs a string field 'chosen' or 'chosen_text' (got ['prompt', "
@@ -290,6 +301,24 @@ def test_bad_inputs_are_one_error_line(case, tmp_path, capsys):
     assert exit_.value.code == 2 and f"error: {needle}" in err, err[-2000:]
     assert "Traceback" not in err and sum(line.startswith("error:") for line in err.splitlines()) == 1
     assert not (tmp_path / "run").exists()  # nothing was set up
+
+
+def test_a_resumed_run_must_keep_the_schedule_of_its_checkpoint(tmp_path):
+    from omegaconf import OmegaConf
+
+    from engine.config import load_config
+    from engine.errors import UserError
+    from engine.train_rm import check_same_schedule
+
+    cfg = load_config(["configs/seq2seq_rm.yaml"])
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    check_same_schedule(cfg, saved, tmp_path)
+    check_same_schedule(load_config(["configs/seq2seq_rm.yaml", "rm.save_every=7"]), saved, tmp_path)  # no matter
+    for override, key in [("rm.batch_size=16", "rm.batch_size"), ("train.seed=3", "train.seed"),
+                          ("rm.epochs=2", "rm.epochs"), ("reward.rewrite_instruction=Again.", "reward.rewrite_instruction")]:
+        with pytest.raises(UserError, match=rf"{re.escape(key)}=.*, but the checkpoint .* was trained with "
+                                            rf"{re.escape(key)}="):
+            check_same_schedule(load_config(["configs/seq2seq_rm.yaml", override]), saved, tmp_path)
 
 
 def test_the_real_entry_point_prints_one_error_line(tmp_path):

@@ -5,6 +5,7 @@ label-free reward such as confidence). Each rank builds its share of rm.prompts;
 from __future__ import annotations
 
 import copy
+import gc
 import random
 import time
 from collections import Counter
@@ -52,6 +53,8 @@ def build_pairs(cfg: DictConfig, learner, tokenizer, model_path: str, prompts: l
     ranked_by = overridden(cfg, {"reward.kind": cfg.rm.reward})  # the builders read their reward from reward.kind
     inputs = RoundInputs(engine, tokenizer, ranked_by, learner, share(prompts, rank, world), round=0)
     built = [p for part in gather_objects(build_on_every_rank(cfg.pairs.kind, inputs)) for p in part]
+    del inputs, engine  # the sampler is done: its KV cache and weights are not kept through training
+    gc.collect()
     kept = [RMPair(p.prompt, p.chosen_text, p.rejected_text, origin=p.kind) for p in informative(built)]
     kinds = dict(sorted(Counter(p.origin for p in kept).items()))
     log(f"[pairs] {len(kept)} pairs {kinds} from {len(prompts)} prompts (pairs.kind={cfg.pairs.kind}, "

@@ -61,6 +61,11 @@ def _pair_from_line(line: str, where: str) -> RMPair:
                          f"object, e.g. {EXAMPLE}.") from None
     if not isinstance(row, dict):
         raise PairsError(f"{where}: each line must be a JSON object, got {type(row).__name__}. Hint: e.g. {EXAMPLE}.")
+    if row.get("kind") == "step":  # a PSRLM round's pair: its chosen and rejected continue the prompt's steps so far
+        raise PairsError(f"{where}: a step pair (kind 'step', written by PSRLM's rounds): its chosen and rejected "
+                         f"are next steps after a prefix of steps the file does not keep, not whole responses to "
+                         f"the prompt. Hint: train the reward model on whole-response pairs (rm.pairs=builder, or "
+                         f"an rlsf/evolve round's pairs).")
     values = {name: _text_field(row, name, keys, where) for name, keys in FIELD_KEYS.items()}
     if not values["prompt"].strip():
         raise PairsError(f"{where}: 'prompt' is empty. Hint: e.g. {EXAMPLE}.")

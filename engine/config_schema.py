@@ -1,0 +1,220 @@
+"""The run configuration's schema: one dataclass per section, each field with its default and a comment.
+
+engine/config.py loads YAML files and `key=value` overrides onto it and checks the values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+
+from pairs.judge import JUDGE_LABELS, JUDGE_TEMPLATE
+from rollout.steps import DEFAULT_DELIMITER, DEFAULT_STOPS
+
+@dataclass
+class ModelConfig:
+    path: str = "builtin:tiny-arith"  # or a local Hugging Face causal-LM folder
+    dtype: str = "float32"
+    trust_remote_code: bool = False  # run Python code shipped in the model folder (config.json auto_map)
+
+
+@dataclass
+class DataConfig:
+    train: str = "builtin:arith"  # or a JSONL file with `prompt` and optional `answer`
+    eval: str = "builtin:arith-eval"
+    overlong: str = "error"  # a prompt whose two-turn episode cannot fit rollout.max_model_len: error | skip (counted)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 160
+    seed: int = 0
+    lr: float = 1e-4
+    output_dir: str = "runs/default"
+    save_every: int = 40  # checkpoint every N steps and at the end; 0 = never
+    keep_checkpoints: int = 2  # the newest N complete checkpoints are kept
+    resume: str = "auto"  # auto: continue from the latest complete checkpoint in output_dir | never
+    grad_clip: float = 1.0
+    micro_batch_size: int = 64  # sequences per forward/backward on one rank
+
+
+@dataclass
+class EvalConfig:
+    every: int = 40  # periodic evaluation every N steps; 0 = only before and after training
+    problems: int = 1000
+    temperature: float = 1.0
+    samples_logged: int = 8  # episodes per step written to samples.jsonl
+
+
+@dataclass
+class RolloutConfig:
+    n: int = 4  # samples per prompt at turn 1 (each gets one correction)
+    prompts_per_step: int = 16
+    max_tokens: int = 48
+    turns: int = 2  # K: turn 1 answers, turns 2..K correct the turn before (1: single-turn RL)
+    temperature: float = 1.0
+    max_model_len: int = 256
+    kv_cache_gib: int = 1
+    correction_instruction: str = "Check your answer and fix any mistake."
+    placement: str = "colocated"  # colocated: a vLLM engine on every rank | dedicated: rollout.workers ranks run only vLLM
+    workers: int = 1  # with placement=dedicated: how many of the launch's ranks (the last ones) are rollout workers
+    # rollout.async (a Python keyword, so added in base_config): with placement=dedicated, workers sample the
+    # next steps' episodes while the learners train, at most max_staleness updates behind the policy.
+    max_staleness: int = 1
+    is_cap: float = 2.0  # truncated importance sampling: weight min(pi/pi_rollout, is_cap) on stale episodes
+    worker_timeout_s: float = 600.0  # learners give up on a silent rollout worker after this long
+    sync_bucket_mb: int = 64  # weights go to dedicated workers in buckets of this size
+
+
+@dataclass
+class AlgoConfig:
+    kind: str = "pg"  # the objective (engine/objectives): pg (SCoRe's policy gradient) | dpo (preference rounds)
+    stage1_steps: int = 150
+    alpha: float = 2.0  # correction bonus weight in Stage II: r2 + alpha * (r2 - r1)
+    beta1: float = 0.05  # KL weight on both turns in Stage II and on turn 2 in Stage I
+    beta2: float = 0.5  # strong KL weight on turn 1 in Stage I
+    kl_estimator: str = "k2"  # k1 | k2 | k3
+    advantage: str = "rloo"  # reinforce | rloo | grpo
+    turn1_credit: str = "own"  # turn 1's return: own (Stage I: none; II: r1) | trajectory (the episode's whole return)
+    # With token-level rewards (reward.kind=seq2seq), the baseline a token's return is compared with: the other
+    # samples' mean per-turn return (turn_mean) or their mean return at the same token position (position).
+    token_baseline: str = "turn_mean"
+
+
+@dataclass
+class RewardConfig:
+    kind: str = "confidence"  # gold | confidence | self_certainty | agreement | majority | mix | seq2seq
+    metric: str = "disparity"  # confidence metric: disparity | prob | neg_entropy | agreement (turn-level)
+    scope: str = "answer"  # confidence over the final-answer tokens | every sampled token of the turn (response)
+    reduction: str = "mean"  # over the scope's tokens: mean | min | geomean (exp of the mean log-confidence)
+    vote_weight: str = "uniform"  # agreement: one vote per sample | confidence (vote_metric over scope, reduction)
+    vote_metric: str = "prob"  # with vote_weight=confidence: prob | disparity (both in [0, 1])
+    weights: dict[str, float] = field(default_factory=dict)  # for kind=mix: {reward kind: weight}
+    probe_prompt: str = " So the answer is"  # RLSF fallback for turns with no answer format
+    probe_tokens: int = 8  # greedy tokens of the fallback probe; 0 = no fallback
+    probe_min_tokens: int = 1  # shortest probed answer run (it also needs a letter or digit, not just " " or ".")
+    nonfinite: str = "error"  # a NaN/inf reward: error | skip (the episode gets no policy gradient; counted)
+    # kind=seq2seq (token-level rewards from a rewriting reward model, `python -m engine.train_rm`):
+    model: str = ""  # the reward model's Hugging Face folder (rm.output_dir/model after train_rm)
+    rewrite_instruction: str = "Check your answer and fix any mistake."  # asks the reward model to rewrite
+    keep: float = 1.0  # reward of a response token the rewrite keeps
+    change: float = -1.0  # reward of a response token the rewrite changes or deletes (or inserts before)
+    identical: float = 1.0  # every token's reward when the rewrite is the response itself (sequence-level)
+    rewrite_max_tokens: int = 64  # the longest rewrite the reward model may produce
+
+
+@dataclass
+class GuardConfig:
+    min_entropy: float = 0.0  # alarm when train/entropy (nats per token) falls below; 0 = off
+    patience: int = 0  # alarm when the train reward rises and eval acc_t2 falls over this many evals; 0 = off
+    action: str = "warn"  # warn | stop (saves the policy, ends training early, evaluates, writes the summary)
+
+
+@dataclass
+class LogConfig:
+    text_every: int = 20  # TensorBoard text summary of a few episodes every N steps; 0 = never
+    text_episodes: int = 3  # episodes in each text summary
+
+
+@dataclass
+class LearnerConfig:
+    logprob_impl: str = "auto"  # fused log-prob head: auto (triton on a GPU, else chunked) | naive | chunked | triton
+
+
+@dataclass
+class DPOConfig:
+    """algo.kind=dpo: rounds of (sample with the current policy, build pairs, train on them)."""
+    beta: float = 0.1  # DPO's inverse temperature on the log-ratio margin
+    rounds: int = 2
+    prompts_per_round: int = 64  # training prompts sampled (and turned into pairs) each round
+    pairs_per_round: int = 256  # at most this many of the round's pairs train (a seeded shuffle picks them)
+    batch_pairs: int = 16  # pairs per optimizer step, all ranks
+    epochs: int = 1  # passes over the round's pairs
+
+
+@dataclass
+class PairsConfig:
+    """Preference pairs from the engine's own rollouts, scored by reward.kind (pairs/builders.py)."""
+    # rlsf (CoT-decoded traces ranked by confidence) | evolve (refinement + direct pairs) | psrlm (step pairs
+    # ranked by the policy's own pairwise judge; reads no reward; steps.*, judge.*)
+    kind: str = "evolve"
+    threshold: float = 0.9  # rlsf: a trace is preferred only when its confidence reaches this, in [0, 1]
+    branches: int = 4  # rlsf: CoT decoding's top-k first tokens, one greedy trace each
+    direct: bool = True  # evolve: also pair the turn-1 samples of a prompt by their rewards
+
+
+@dataclass
+class StepsConfig:
+    """pairs.kind=psrlm: answers are written and judged step by step (rollout/steps.py, pairs/psrlm.py)."""
+    # a regex; each match ends a step and stays with it (built-in task: one step per column, then the answer)
+    delimiter: str = DEFAULT_DELIMITER
+    # literal strings vLLM stops a sampled step on (each must match the delimiter; a sample running past a
+    # regex-only delimiter is cut at its first match)
+    stops: list[str] = field(default_factory=lambda: list(DEFAULT_STOPS))
+    max_steps: int = 4  # steps per answer at most (the built-in task's answers have 3)
+    candidates: int = 4  # next steps sampled per prefix (identical samples count once); >= 2 with psrlm
+    max_step_tokens: int = 24  # tokens of one step at most (the whole answer stays within rollout.max_tokens)
+
+
+@dataclass
+class JudgeConfig:
+    """pairs.kind=psrlm: the policy judges two candidate next steps, asked in both orders (pairs/judge.py)."""
+    # the question; {problem}, {prefix} (steps so far), {a}, {b} (the candidates), {label_a}, {label_b}.
+    # builtin:tiny-arith-judge was pre-trained on the default: change it only with a model that learns it.
+    template: str = JUDGE_TEMPLATE
+    labels: list[str] = field(default_factory=lambda: list(JUDGE_LABELS))  # the answers naming {a} and {b}
+    # greedy tokens of the answer, whose last word is the verdict (tiny-arith-judge: the step, then the label)
+    max_tokens: int = 24
+    eval_pairs: int = 200  # held-out step pairs of the built-in task for judge/accuracy each round; 0 = none
+
+
+@dataclass
+class RMConfig:
+    """`python -m engine.train_rm`: a sequence-to-sequence reward model (arXiv 2409.00162), trained by sequence
+    MLE to rewrite a response into the preferred one; reward.kind=seq2seq loads its rm.output_dir/model."""
+    # builder: sample pairs with the base policy now (pairs.kind, ranked by rm.reward) | a JSONL file of
+    # {"prompt", "chosen", "rejected"} (chosen_text/rejected_text, as the DPO rounds write, also read)
+    pairs: str = "builder"
+    reward: str = "gold"  # the registered reward that ranks the builder's pairs (label-free ones allowed)
+    prompts: int = 512  # training prompts the builder samples pairs from (split across ranks)
+    heldout_pairs: int = 64  # about this many pairs (whole prompts) stay out of training for the rewrite check
+    epochs: int = 1  # passes over the training examples (two per pair: rejected -> chosen, chosen -> chosen)
+    batch_size: int = 32  # examples per optimizer step, all ranks (divisible by the ranks)
+    lr: float = 3e-4  # built-in task, held out: 3e-4 fixes 0.95 and keeps 0.95; 1e-3 only 0.85 and 0.91
+    save_every: int = 100  # checkpoint every N steps (and on SIGINT/SIGTERM); 0 = only on a signal
+    eval_every: int = 0  # held-out rewrite check every N steps; 0 = before and after training only
+    output_dir: str = "runs/seq2seq_rm/rm"  # pairs.jsonl, checkpoints/, tb/, model/, summary.json
+
+
+@dataclass
+class DeepSpeedSection:
+    zero_stage: int = 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    steps: StepsConfig = field(default_factory=StepsConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    rm: RMConfig = field(default_factory=RMConfig)
+
+
+def base_config() -> DictConfig:
+    """The defaults: the dataclasses above plus rollout.async, whose name Python reserves."""
+    cfg = OmegaConf.structured(Config)
+    with open_dict(cfg.rollout):
+        cfg.rollout["async"] = False
+    return cfg
