@@ -10,6 +10,7 @@ learner turns it into per-token advantages (engine/algorithms.py, token_advantag
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -50,6 +51,36 @@ def check_reward_model(options, tokenizer) -> None:
                         f"reward compares token ids, so both must share one tokenizer. {HINT}")
 
 
+@torch.no_grad()
+def greedy_rewrites(model, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], pad_id: int,
+                    eos_id: int, batch_size: int = 64, max_positions: int | None = None,
+                    synced: bool | None = None) -> list[list[int]]:
+    """Each context's greedy continuation up to and including the end-of-turn token, in left-padded batches
+    of batch_size; a batch generates as many tokens as the most any of its contexts asks for (max_new_tokens,
+    one per context), cut to what max_positions leaves after the longest context (no room: empty rewrites).
+    synced: transformers' synced_gpus (ZeRO-3 generation on every rank); None lets transformers decide."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(contexts), batch_size):
+        chunk = contexts[start:start + batch_size]
+        width = max(len(c) for c in chunk)
+        budget = max(max_new_tokens[start:start + batch_size])
+        if max_positions is not None:
+            budget = min(budget, max_positions - width)
+        if budget < 1:
+            out += [[] for _ in chunk]
+            continue
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, context in enumerate(chunk):  # left padding: every row's continuation starts at `width`
+            ids[row, width - len(context):] = torch.tensor(context)
+            mask[row, width - len(context):] = 1
+        generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=budget,
+                                   do_sample=False, eos_token_id=eos_id, pad_token_id=pad_id, synced_gpus=synced)
+        out += [cut_at_end_of_turn(row.tolist(), eos_id) for row in generated[:, width:]]
+    return out
+
+
 class Rewriter:
     """The frozen reward model: greedy rewrites of batches of contexts (token ids)."""
 
@@ -59,27 +90,11 @@ class Rewriter:
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         self.max_positions = self.model.config.max_position_embeddings
 
-    @torch.no_grad()
     def rewrite(self, contexts: list[list[int]], max_tokens: int, pad_id: int, eos_id: int,
                 batch_size: int = 64) -> list[list[int]]:
         """Each context's greedy continuation up to and including the end-of-turn token (or the budget)."""
-        out = []
-        for start in range(0, len(contexts), batch_size):
-            chunk = contexts[start:start + batch_size]
-            width = max(len(c) for c in chunk)
-            budget = min(max_tokens, self.max_positions - width)
-            if budget < 1:
-                out += [[] for _ in chunk]
-                continue
-            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, context in enumerate(chunk):  # left padding: every row's continuation starts at `width`
-                ids[row, width - len(context):] = torch.tensor(context)
-                mask[row, width - len(context):] = 1
-            generated = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=budget,
-                                            do_sample=False, eos_token_id=eos_id, pad_token_id=pad_id)
-            out += [cut_at_end_of_turn(row.tolist(), eos_id) for row in generated[:, width:]]
-        return out
+        return greedy_rewrites(self.model, contexts, [max_tokens] * len(contexts), pad_id, eos_id, batch_size,
+                               self.max_positions)
 
 
 @lru_cache(maxsize=2)
