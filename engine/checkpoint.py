@@ -9,7 +9,8 @@
                           the guard's history, the config
 
 A checkpoint is written under `.tmp-step-...` and renamed into place once complete, so a crash while
-writing leaves the previous one intact; directories without meta.json are never resumed from.
+writing leaves the previous one intact; directories without meta.json are never resumed from. A finished
+run's <output_dir>/summary.json (write_summary) is written the same way: whole or not at all.
 """
 
 from __future__ import annotations
@@ -51,6 +52,15 @@ def run_identity(output_dir: str | Path) -> dict:
     record = Path(output_dir) / "sweep_run.json"
     return {"output_dir": str(Path(output_dir).resolve()),
             "sweep": json.loads(record.read_text()) if record.is_file() else None}
+
+
+def write_summary(output_dir: str | Path, summary: dict) -> Path:
+    """<output_dir>/summary.json, whose presence marks the run finished (resume=auto then does nothing):
+    written whole or not at all (a temporary file, then a rename)."""
+    done = Path(output_dir) / "summary.json"
+    done.with_suffix(".tmp").write_text(json.dumps(summary, indent=2))
+    os.replace(done.with_suffix(".tmp"), done)
+    return done
 
 
 def save_checkpoint(run, step: int, meta: dict, keep: int) -> Path:

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine import algorithms as algo
 from engine.batch import collate
-from engine.checkpoint import latest_checkpoint, load_checkpoint, run_identity, save_checkpoint
+from engine.checkpoint import latest_checkpoint, load_checkpoint, run_identity, save_checkpoint, write_summary
 from engine.config import load_config, main_args, save_config, staleness
 from engine.distributed import barrier, init_distributed, reduce_max, reduce_mean
 from engine.errors import run_cli
@@ -450,9 +450,7 @@ def finish(run: Run, before: dict, history: list, alarms: list, started: float, 
     run.rollouts.stop()
     run.logger.hparams(OmegaConf.to_container(cfg, resolve=True), after)
     if run.is_main:
-        done = Path(cfg.train.output_dir) / "summary.json"  # its presence marks the run finished: write it whole
-        done.with_suffix(".tmp").write_text(json.dumps(summary, indent=2))
-        os.replace(done.with_suffix(".tmp"), done)
+        write_summary(cfg.train.output_dir, summary)
         run.log(f"[done] run directory: {cfg.train.output_dir}")
     run.logger.close()
     barrier()

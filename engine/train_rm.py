@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from engine.checkpoint import latest_checkpoint, load_checkpoint, run_identity, save_checkpoint
+from engine.checkpoint import latest_checkpoint, load_checkpoint, run_identity, save_checkpoint, write_summary
 from engine.config import load_config, main_args, save_config
 from engine.distributed import barrier, init_distributed
 from engine.errors import UserError, run_cli
@@ -321,9 +321,7 @@ def finish(run: RMRun, data: RMData, state: dict, started: float) -> dict:
         "model": str(model),
     }
     if run.is_main:
-        done = run.out_dir / "summary.json"
-        done.with_suffix(".tmp").write_text(json.dumps(summary, indent=2))
-        os.replace(done.with_suffix(".tmp"), done)
+        write_summary(run.out_dir, summary)
         run.log(f"[done] reward model: {model}")
     run.logger.close()
     barrier()

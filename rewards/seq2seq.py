@@ -11,6 +11,7 @@ learner turns it into per-token advantages (engine/algorithms.py, token_advantag
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -57,6 +58,36 @@ def check_reward_model(options, tokenizer) -> None:
                         f"reward compares token ids, so both must share one tokenizer. {HINT}")
 
 
+@torch.no_grad()
+def greedy_rewrites(model, contexts: Sequence[Sequence[int]], max_new_tokens: Sequence[int], pad_id: int,
+                    eos_id: int, batch_size: int = 64, max_positions: int | None = None,
+                    synced: bool | None = None) -> list[list[int]]:
+    """Each context's greedy continuation up to and including the end-of-turn token, in left-padded batches
+    of batch_size; a batch generates as many tokens as the most any of its contexts asks for (max_new_tokens,
+    one per context), cut to what max_positions leaves after the longest context (no room: empty rewrites).
+    synced: transformers' synced_gpus (ZeRO-3 generation on every rank); None lets transformers decide."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(contexts), batch_size):
+        chunk = contexts[start:start + batch_size]
+        width = max(len(c) for c in chunk)
+        budget = max(max_new_tokens[start:start + batch_size])
+        if max_positions is not None:
+            budget = min(budget, max_positions - width)
+        if budget < 1:
+            out += [[] for _ in chunk]
+            continue
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, context in enumerate(chunk):  # left padding: every row's continuation starts at `width`
+            ids[row, width - len(context):] = torch.tensor(context)
+            mask[row, width - len(context):] = 1
+        generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=budget,
+                                   do_sample=False, eos_token_id=eos_id, pad_token_id=pad_id, synced_gpus=synced)
+        out += [cut_at_end_of_turn(row.tolist(), eos_id) for row in generated[:, width:]]
+    return out
+
+
 class Rewriter:
     """The frozen reward model: greedy rewrites of batches of contexts (token ids)."""
 
@@ -66,27 +97,21 @@ class Rewriter:
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         self.max_positions = self.model.config.max_position_embeddings
 
-    @torch.no_grad()
     def rewrite(self, contexts: list[list[int]], max_tokens: int, pad_id: int, eos_id: int,
                 batch_size: int = 64) -> list[list[int]]:
         """Each context's greedy continuation up to and including the end-of-turn token (or the budget)."""
-        out = []
-        for start in range(0, len(contexts), batch_size):
-            chunk = contexts[start:start + batch_size]
-            width = max(len(c) for c in chunk)
-            budget = min(max_tokens, self.max_positions - width)
-            if budget < 1:
-                out += [[] for _ in chunk]
-                continue
-            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, context in enumerate(chunk):  # left padding: every row's continuation starts at `width`
-                ids[row, width - len(context):] = torch.tensor(context)
-                mask[row, width - len(context):] = 1
-            generated = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=budget,
-                                            do_sample=False, eos_token_id=eos_id, pad_token_id=pad_id)
-            out += [cut_at_end_of_turn(row.tolist(), eos_id) for row in generated[:, width:]]
-        return out
+        return greedy_rewrites(self.model, contexts, [max_tokens] * len(contexts), pad_id, eos_id, batch_size,
+                               self.max_positions)
+
+
+def check_room(max_positions: int, contexts: list[list[int]], turns, model: str) -> None:
+    """A rewrite cut short by the reward model's context would mark the response's tail as deleted: refuse."""
+    room, longest = max_positions - max(len(c) for c in contexts), max(len(t.token_ids) for t in turns)
+    if room < longest:
+        raise ValueError(f"reward.model={model!r} has {max_positions} positions: after the longest rewrite context "
+                         f"({max_positions - room} tokens) there is room for {room} tokens, fewer than the "
+                         f"{longest}-token response it must rewrite. Hint: a reward model with a longer context "
+                         f"(max_position_embeddings), or a lower rollout.max_tokens")
 
 
 @lru_cache(maxsize=2)
@@ -104,6 +129,7 @@ def seq2seq_reward(inputs: RewardInputs) -> list[Tensor]:
         turns = [e.turns[k] for e in inputs.episodes]
         contexts = [rewrite_context_ids(tokenizer, e.problem.prompt, t.text, options.rewrite_instruction)
                     for e, t in zip(inputs.episodes, turns)]
+        check_room(rewriter.max_positions, contexts, turns, options.model)
         rewrites = rewriter.rewrite(contexts, options.rewrite_max_tokens, tokenizer.pad_token_id,
                                     tokenizer.eos_token_id)
         rows = [token_rewards(t.token_ids, rw, options.keep, options.change, options.identical)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.jsonl import jsonl_rows
 from rollout.arith import arith_problems
 
 BUILTIN = {"builtin:arith": "train", "builtin:arith-eval": "eval"}
@@ -37,27 +37,15 @@ def _load_jsonl(path: Path) -> list[Problem]:
         raise DataError(f"data file '{path}' not found. Hint: data.train / data.eval take a JSONL path or "
                         f"one of {sorted(BUILTIN)}.")
     problems = []
-    with path.open() as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line.rstrip())
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno}). Hint: each line is one "
-                                f"JSON object, e.g. {EXAMPLE}.") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-                got = sorted(row) if isinstance(row, dict) else type(row).__name__
-                raise DataError(f"{where}: each line needs a non-empty string field 'prompt' (got {got}). "
-                                f"Hint: e.g. {EXAMPLE}.")
-            answer = row.get("answer")
-            if answer is not None and not isinstance(answer, (str, int, float)):
-                raise DataError(f"{where}: 'answer' must be a string or a number, got {type(answer).__name__}.")
-            problems.append(Problem(row["prompt"], None if answer is None else str(answer), lineno))
-    if not problems:
-        raise DataError(f"{path}: no problems found (the file is empty or all blank lines). Hint: one JSON "
-                        f"object per line, e.g. {EXAMPLE}.")
+    for where, lineno, row in jsonl_rows(path, DataError, EXAMPLE, "problems"):
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            got = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise DataError(f"{where}: each line needs a non-empty string field 'prompt' (got {got}). "
+                            f"Hint: e.g. {EXAMPLE}.")
+        answer = row.get("answer")
+        if answer is not None and not isinstance(answer, (str, int, float)):
+            raise DataError(f"{where}: 'answer' must be a string or a number, got {type(answer).__name__}.")
+        problems.append(Problem(row["prompt"], None if answer is None else str(answer), lineno))
     return problems
 
 

@@ -64,6 +64,32 @@ def test_token_rewards_come_from_the_reward_models_own_rewrites(tiny_model_dir):
     assert seen & {0.25, -3.0}, "no rewrite differed from its response: the keep/change path went untested"
 
 
+def test_a_reward_model_without_room_for_the_rewrite_is_an_error(tiny_model_dir):
+    """Rewrites cut by the reward model's context would read as deletions: the reward raises instead."""
+    from transformers import AutoTokenizer
+
+    from rewards.registry import RewardInputs
+    from rewards.rewrite_format import rewrite_context_ids
+    from rewards.seq2seq import load_rewriter, seq2seq_reward
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    options = _options(tiny_model_dir)
+    episode = _episode(tokenizer, "57+68=?", "7+8=15, 5+6+0=11. Final Answer: 999")
+    context = rewrite_context_ids(tokenizer, "57+68=?", episode.turns[0].text, options.rewrite_instruction)
+    rewriter = load_rewriter(str(tiny_model_dir))
+    positions = rewriter.max_positions
+    try:
+        rewriter.max_positions = len(context) + len(episode.turns[0].token_ids)  # just room: no error
+        seq2seq_reward(RewardInputs([episode], tokenizer, options))
+        rewriter.max_positions -= 1
+        with pytest.raises(ValueError, match=rf"has {rewriter.max_positions} positions: .* room for "
+                                             rf"{len(episode.turns[0].token_ids) - 1} tokens, fewer than the "
+                                             rf"{len(episode.turns[0].token_ids)}-token response"):
+            seq2seq_reward(RewardInputs([episode], tokenizer, options))
+    finally:
+        rewriter.max_positions = positions
+
+
 def test_reward_model_start_up_checks_name_reward_model(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer, T5Config
 

@@ -27,6 +27,7 @@ from engine.errors import UserError
 from engine.guard import CollapseGuard
 from engine.objectives.dpo_step import collate_pairs, dpo_update
 from engine.objectives.round_extras import log_builder_stats, probe_history, probe_policy, summed_stats
+from engine.schedule import shuffled_batches
 from engine.stop_signals import StopSignals
 from engine.train import Run, exit_after_signal, finish, resume_or_start, run_eval, write_checkpoint
 from pairs.builders import PAIR_BUILDERS, PreferencePair, RoundInputs, informative
@@ -121,21 +122,10 @@ def build_on_every_rank(kind: str, inputs: RoundInputs) -> list[PreferencePair]:
 
 
 def pair_schedule(pairs: int, batch_pairs: int, epochs: int, seed: int, rnd: int) -> list[list[int]]:
-    """Indices of the pairs of each update: per epoch a seeded shuffle cut into batches of batch_pairs; a
-    last partial batch is filled from the start of the epoch's order, so every update has batch_pairs pairs
-    (the learner's accumulation cycle is fixed)."""
-    if pairs == 0:
-        return []
-    updates = []
-    for epoch in range(epochs):
-        order = list(range(pairs))
-        random.Random(seed * 1_000_003 + 104_729 * (rnd + 1) + epoch).shuffle(order)
-        for start in range(0, pairs, batch_pairs):
-            batch = order[start:start + batch_pairs]
-            while len(batch) < batch_pairs:
-                batch += order[:batch_pairs - len(batch)]
-            updates.append(batch)
-    return updates
+    """Indices of the pairs of each update (engine/schedule.py): per epoch a seeded shuffle, seeded by the
+    round too, cut into batches of batch_pairs, a last partial batch filled from the start of the epoch's order."""
+    return shuffled_batches(pairs, batch_pairs, [seed * 1_000_003 + 104_729 * (rnd + 1) + epoch
+                                                 for epoch in range(epochs)])
 
 
 def preference_step(run: Run, pairs: list[PreferencePair]) -> dict[str, float]:

@@ -8,12 +8,13 @@ The loss is the token mean of -log p(target token) over every target token of th
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
+
+from engine.schedule import shuffled_batches
 
 
 @dataclass(frozen=True)
@@ -97,16 +98,6 @@ def nll_terms(logprobs: Tensor, total_tokens: float) -> Tensor:
 
 
 def epoch_batches(examples: int, batch_size: int, epochs: int, seed: int) -> list[list[int]]:
-    """Example indices of every optimizer step: each epoch a seeded shuffle cut into batches of batch_size.
-    A last partial batch is filled from the start of the epoch's order, so every step has batch_size
-    examples (the learner's gradient-accumulation cycle is fixed)."""
-    steps = []
-    for epoch in range(epochs):
-        order = list(range(examples))
-        random.Random(seed * 1_000_003 + 7_777 * (epoch + 1)).shuffle(order)
-        for start in range(0, examples, batch_size):
-            batch = order[start:start + batch_size]
-            while len(batch) < batch_size:  # with fewer examples than batch_size, the order repeats
-                batch += order[:batch_size - len(batch)]
-            steps.append(batch)
-    return steps
+    """Example indices of every optimizer step (engine/schedule.py): each epoch a seeded shuffle cut into
+    batches of batch_size, a last partial batch filled from the start of the epoch's order."""
+    return shuffled_batches(examples, batch_size, [seed * 1_000_003 + 7_777 * (epoch + 1) for epoch in range(epochs)])

@@ -1,5 +1,5 @@
-"""The held-out rewrite check of the reward model: greedy rewrites (transformers' generate) of examples
-from prompts it never trained on.
+"""The held-out rewrite check of the reward model: greedy rewrites (transformers' generate, through the
+seq2seq reward's own greedy_rewrites) of examples from prompts it never trained on.
 
     fix         share of rejected inputs rewritten into exactly the chosen response
     fix_answer  share of rejected inputs whose rewrite has the chosen response's final answer (over those
@@ -14,13 +14,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
-
 from engine.distributed import all_ranks_sum
 from engine.reward_model.examples import RewriteExample, collate_examples
 from engine.reward_model.update import target_nll_sums
 from rewards.answer import answers_match, extract_answer
-from rewards.rewrite_format import cut_at_end_of_turn
+from rewards.seq2seq import greedy_rewrites
 
 GENERATE_CHUNK = 64  # examples per generate call
 
@@ -32,30 +30,6 @@ def padded_share(items: Sequence, rank: int, world: int) -> tuple[list, int]:
     counted, length = len(share), math.ceil(len(items) / world)
     filler = share[-1:] or list(items[:1])
     return share + filler * (length - counted), counted
-
-
-@torch.no_grad()
-def greedy_rewrites(model, examples: Sequence[RewriteExample], pad_id: int, eos_id: int,
-                    synced: bool = False) -> list[list[int]]:
-    """One greedy rewrite per example, long enough to tell whether it equals the target or the input (a
-    longer rewrite equals neither)."""
-    model.eval()
-    device = next(model.parameters()).device
-    rewrites = []
-    for start in range(0, len(examples), GENERATE_CHUNK):
-        part = examples[start:start + GENERATE_CHUNK]
-        width = max(len(ex.context_ids) for ex in part)
-        input_ids = torch.full((len(part), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros(len(part), width, dtype=torch.long)
-        for i, ex in enumerate(part):  # left-padded: every row's rewrite starts at column `width`
-            input_ids[i, width - len(ex.context_ids):] = torch.tensor(ex.context_ids)
-            attention_mask[i, width - len(ex.context_ids):] = 1
-        budget = max(max(len(ex.target_ids), len(ex.unchanged_ids)) for ex in part)
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                             max_new_tokens=budget, do_sample=False, pad_token_id=pad_id, eos_token_id=eos_id,
-                             synced_gpus=synced)
-        rewrites += [cut_at_end_of_turn(row[width:].tolist(), eos_id) for row in out]
-    return rewrites
 
 
 def rewrite_counts(examples: Sequence[RewriteExample], rewrites: Sequence[list[int]], decode) -> list[float]:
@@ -81,7 +55,12 @@ def heldout_check(learner, examples: Sequence[RewriteExample], tokenizer, rank: 
     if not examples:
         return {}
     share, counted = padded_share(examples, rank, world)
-    rewrites = greedy_rewrites(learner.policy, share, tokenizer.pad_token_id, tokenizer.eos_token_id, synced)
+    model = learner.policy
+    model.eval()
+    # Long enough to tell whether a rewrite equals the target or the input (a longer one equals neither).
+    budgets = [max(len(ex.target_ids), len(ex.unchanged_ids)) for ex in share]
+    rewrites = greedy_rewrites(model, [ex.context_ids for ex in share], budgets, tokenizer.pad_token_id,
+                               tokenizer.eos_token_id, GENERATE_CHUNK, synced=synced)
 
     def decode(ids: list[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=True)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.jsonl import jsonl_rows
 
 EXAMPLE = '{"prompt": "What is 47+85?", "chosen": "... Final Answer: 132", "rejected": "... Final Answer: 122"}'
 # The key each field is read from, then the one the DPO rounds write (<output_dir>/pairs/round-NNN.jsonl).
@@ -42,23 +43,10 @@ def read_pairs(path: str | Path) -> list[RMPair]:
     if not path.is_file():
         raise PairsError(f"rm.pairs={path}: file not found. Hint: rm.pairs takes 'builder' (sample pairs with the "
                          f"base policy now) or a JSONL file with one pair per line, e.g. {EXAMPLE}.")
-    pairs = []
-    with path.open() as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                pairs.append(_pair_from_line(line, f"{path}:{lineno}"))
-    if not pairs:
-        raise PairsError(f"{path}: no pairs found (the file is empty or all blank lines). Hint: one JSON object per "
-                         f"line, e.g. {EXAMPLE}.")
-    return pairs
+    return [_pair_from_row(row, where) for where, _, row in jsonl_rows(path, PairsError, EXAMPLE, "pairs")]
 
 
-def _pair_from_line(line: str, where: str) -> RMPair:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise PairsError(f"{where}: not valid JSON ({err.msg} at column {err.colno}). Hint: each line is one JSON "
-                         f"object, e.g. {EXAMPLE}.") from None
+def _pair_from_row(row: object, where: str) -> RMPair:
     if not isinstance(row, dict):
         raise PairsError(f"{where}: each line must be a JSON object, got {type(row).__name__}. Hint: e.g. {EXAMPLE}.")
     if row.get("kind") == "step":  # a PSRLM round's pair: its chosen and rejected continue the prompt's steps so far
