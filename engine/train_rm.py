@@ -128,12 +128,12 @@ def check_rm_inputs(cfg: DictConfig) -> Sources:
         raise UserError("rm.pairs=builder with pairs.kind=psrlm: PSRLM's pairs are next steps after a prefix, not "
                         "whole responses, so they cannot teach rewriting a response. Hint: pairs.kind=evolve or "
                         "rlsf (the seq2seq recipe uses evolve).")
-    # seq2seq needs the model trained here (also inside a mix)
-    if cfg.rm.reward not in REWARDS or cfg.rm.reward == "seq2seq" or \
-            (cfg.rm.reward == "mix" and "seq2seq" in cfg.reward.weights):
+    if cfg.rm.reward not in REWARDS or cfg.rm.reward == "seq2seq":  # seq2seq needs the model trained here
         known = sorted(set(REWARDS) - {"seq2seq"})
-        raise UserError(f"rm.reward={cfg.rm.reward!r} cannot rank the builder's pairs (a mix may not hold seq2seq "
-                        f"either); known: {known}.")
+        raise UserError(f"rm.reward={cfg.rm.reward!r} cannot rank the builder's pairs; known: {known}.")
+    if cfg.rm.reward == "mix" and "seq2seq" in cfg.reward.weights:
+        raise UserError("rm.reward=mix with reward.weights.seq2seq: the seq2seq reward needs the model trained here. "
+                        "Hint: drop seq2seq from reward.weights for this command.")
     if cfg.rm.prompts % world:
         raise UserError(f"rm.prompts={cfg.rm.prompts} must be divisible by the number of ranks ({world}).")
     problems = load_problems(cfg.data.train)

@@ -287,7 +287,7 @@ def test_bad_inputs_are_one_error_line(case, tmp_path, capsys):
                                                    f"rounds)"),
         "psrlm": (["pairs.kind=psrlm"], "rm.pairs=builder with pairs.kind=psrlm: PSRLM's pairs are next steps"),
         "mix": (["rm.reward=mix", "reward.weights.seq2seq=1", "reward.weights.gold=1"],
-                "rm.reward='mix' cannot rank the builder's pairs (a mix may not hold seq2seq either)"),
+                "rm.reward=mix with reward.weights.seq2seq: the seq2seq reward needs the model trained here"),
         "missing": (["rm.pairs=nope.jsonl"], "rm.pairs=nope.jsonl: file not found. Hint:"),
         "no_chosen": ([f"rm.pairs={no_chosen}"],
                       f"{no_chosen}:2: each line needs a string field 'chosen' or 'chosen_text' (got ['prompt', "
