@@ -7,7 +7,7 @@ timing the whole command, then evaluates the final policy on the held-out proble
 `python -m engine.evaluate RECIPE model.path=<final checkpoint>/model rollout.turns=3` (Acc@t1..t3: a
 model trained with 2 turns refines twice at inference). The base model is evaluated the same way. Prints
 one Markdown table (per seed ± one standard error; a mean row ± the standard error across seeds) and
-writes the numbers as JSON.
+writes the numbers as JSON. Δ(t1,t2) = Acc@t2 − Acc@t1 is the two-turn gain every method trained for.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ METHODS = [  # (name, recipe): the SCoRe pair, the preference route, then token-
 ]
 # Recipes whose reward model is trained first, into <run dir>/rm (its time counts in the method's wall time)
 NEEDS_REWARD_MODEL = ("configs/seq2seq_rm.yaml",)
-COLUMNS = [("Acc@t1", "acc_t1"), ("Acc@t2", "acc_t2"), ("Acc@t3", "acc_t3"), ("Δ(t1,t3)", "delta"),
-           ("ECE t1", "ece_t1"), ("ECE t3", "ece_t3")]
+COLUMNS = [("Acc@t1", "acc_t1"), ("Acc@t2", "acc_t2"), ("Acc@t3", "acc_t3"), ("Δ(t1,t2)", "delta_t2"),
+           ("Δ(t1,t3)", "delta"), ("ECE t1", "ece_t1"), ("ECE t2", "ece_t2"), ("ECE t3", "ece_t3")]
 
 
 def slug(name: str) -> str:
@@ -60,7 +60,16 @@ def evaluate(recipe: str, model: str, seed: int, json_path: Path) -> dict:
     if not json_path.is_file():
         run([sys.executable, "-m", "engine.evaluate", recipe, f"model.path={model}", "rollout.turns=3",
              f"train.seed={seed}", "--json", str(json_path)], json_path.with_suffix(".log"))
-    return json.loads(json_path.read_text())
+    metrics = json.loads(json_path.read_text())
+    return {**metrics, **two_turn_delta(metrics)}
+
+
+def two_turn_delta(m: dict) -> dict:
+    """Acc@t2 - Acc@t1 of a 3-turn chain, from its turn-1 -> turn-2 flips, with the paired standard error
+    (per problem the change is +1 with probability i2c, -1 with c2i, else 0)."""
+    i2c, c2i = m["delta_i2c_t2"], m["delta_c2i_t2"]
+    delta = i2c - c2i
+    return {"delta_t2": delta, "se_delta_t2": math.sqrt(max(i2c + c2i - delta ** 2, 0.0) / m["n"])}
 
 
 def train(recipe: str, run_dir: Path, seed: int) -> float:
