@@ -187,10 +187,11 @@ def _validate_seq2seq_reward(cfg: DictConfig) -> None:
         return
     if cfg.reward.rewrite_max_tokens < cfg.rollout.max_tokens + 1:
         raise ConfigError(f"reward.rewrite_max_tokens={cfg.reward.rewrite_max_tokens} is shorter than a response of "
-                          f"rollout.max_tokens={cfg.rollout.max_tokens} plus its end-of-turn token: a rewrite cut there "
-                          f"would mark the response's tail as deleted. Hint: reward.rewrite_max_tokens >= "
+                          f"rollout.max_tokens={cfg.rollout.max_tokens} plus an end-of-turn token: a rewrite cut there "
+                          f"would mark the response's tail as deleted, and a response cut at rollout.max_tokens "
+                          f"could not be rewritten into a finished one. Hint: reward.rewrite_max_tokens >= "
                           f"{cfg.rollout.max_tokens + 1}.")
-    if cfg.algo.turn1_credit == "trajectory" and cfg.algo.alpha > 1:
+    if cfg.algo.kind == "pg" and cfg.algo.turn1_credit == "trajectory" and cfg.algo.alpha > 1:
         raise ConfigError(f"algo.turn1_credit=trajectory with algo.alpha={cfg.algo.alpha} > 1 weighs turn 1's own "
                           f"reward by 1 - alpha < 0, so the seq2seq reward's per-token credit in turn 1 would favour "
                           f"the tokens its rewrite changes. Hint: algo.turn1_credit=own (the default) or alpha <= 1.")

@@ -93,6 +93,9 @@ class Learner:
         """One optimizer step over the whole batch (per-turn advantages, each [B]), in micro-batches with
         gradient accumulation. Policy and reference are scored at the sampling temperature (logits / T): the
         policy vLLM sampled from."""
+        if self.reference is None:
+            raise RuntimeError("this Learner was built with with_reference=False (train_rm): update() needs the "
+                               "frozen reference for its KL term")
         with sampling_temperature(self.policy, temperature), sampling_temperature(self.reference_lm, temperature):
             return self._update(batch, advantages, weights, kl_estimator, is_cap)
 

@@ -117,6 +117,9 @@ def check_rm_inputs(cfg: DictConfig) -> Sources:
         raise UserError(f"rm.output_dir={cfg.rm.output_dir} holds checkpoints of an earlier run and train.resume=never "
                         f"would mix a new run into them. Hint: train.resume=auto continues it; or give another "
                         f"rm.output_dir.")
+    resumed = latest_checkpoint(cfg.rm.output_dir) if cfg.train.resume == "auto" else None
+    if resumed is not None:  # before any set-up: another model.path would fail inside DeepSpeed's load
+        check_same_schedule(cfg, json.loads((resumed / "meta.json").read_text())["config"], resumed)
     if not cfg.model.path.startswith("builtin:"):
         resolve_model_path(cfg.model.path, is_builder=False)
     impl_for_this_machine(cfg.learner.logprob_impl)
@@ -223,19 +226,19 @@ def resume_or_start(run: RMRun, data: RMData, steps: int) -> dict:
     if path is None:
         run.logger.rewind(-1)  # a fresh start: nothing an earlier, unfinished run logged here is kept
         return {"step": 0, "history": [], "before": heldout(run, data, 0), "during": []}
-    state = load_checkpoint(run, path)
-    if state["pairs_sha256"] != data.digest:
+    if json.loads((path / "meta.json").read_text())["pairs_sha256"] != data.digest:  # checked before loading
         raise UserError(f"{data.pairs_file} is not the file the checkpoint {path} trained on (its sha256 differs). "
                         f"Hint: restore it, or start over in another rm.output_dir.")
-    check_same_schedule(run.cfg, state["config"], path)
+    state = load_checkpoint(run, path)
     run.logger.rewind(state["step"])
     run.log(f"[resume] continuing from {path} (after {state['step']}/{steps} steps)")
     return state
 
 
 # What fixes the step schedule and the examples: a resumed run must agree with its checkpoint on each.
-RESUME_KEYS = ("model.path", "train.seed", "rm.epochs", "rm.batch_size", "rm.lr", "rm.heldout_pairs",
-               "reward.rewrite_instruction", "rollout.max_model_len")
+# (rm.heldout_pairs is not one: the saved pairs.jsonl keeps each pair's split.)
+RESUME_KEYS = ("model.path", "train.seed", "rm.epochs", "rm.batch_size", "rm.lr", "reward.rewrite_instruction",
+               "rollout.max_model_len")
 
 
 def check_same_schedule(cfg: DictConfig, saved: dict, path: Path) -> None:

@@ -26,6 +26,8 @@ def checked_rewards(kind: str, fn: Callable, inputs: RewardInputs, step: int,
     unless nonfinite='skip'). `step` is 1-based, as in the progress lines."""
     try:
         rewards = fn(inputs)
+    except RewardError:  # a reward that names its own problem (e.g. seq2seq's no-room check): passed on as it is
+        raise
     except Exception as err:
         raise RewardError(_raised_message(kind, fn, inputs, step, err)) from err
     n, turns = len(inputs.episodes), len(inputs.episodes[0].turns)

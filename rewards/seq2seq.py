@@ -20,6 +20,7 @@ from torch import Tensor
 
 from engine.errors import UserError
 from rewards.alignment import token_rewards
+from rewards.checked import RewardError
 from rewards.registry import RewardInputs, register
 from rewards.rewrite_format import REWRITE_FILE, cut_at_end_of_turn, rewrite_context_ids
 
@@ -46,7 +47,11 @@ def check_reward_model(options, tokenizer) -> None:
                         f"({', '.join(architectures) or 'no architecture named'}), not a causal LM: the seq2seq "
                         f"reward needs a decoder that rewrites responses. {HINT}")
     saved = path / REWRITE_FILE
-    trained_on = json.loads(saved.read_text()).get("rewrite_instruction") if saved.is_file() else None
+    try:
+        trained_on = json.loads(saved.read_text()).get("rewrite_instruction") if saved.is_file() else None
+    except (ValueError, AttributeError):
+        raise UserError(f"reward.model={options.model!r}: {saved} is not a JSON object with 'rewrite_instruction' "
+                        f"(train_rm writes it). Hint: remove it to skip the check, or retrain.") from None
     if trained_on is not None and trained_on != options.rewrite_instruction:
         raise UserError(f"reward.rewrite_instruction={options.rewrite_instruction!r}, but reward.model="
                         f"{options.model!r} was trained to answer {trained_on!r} ({saved}): it would be asked a "
@@ -108,10 +113,11 @@ def check_room(max_positions: int, contexts: list[list[int]], turns, model: str)
     """A rewrite cut short by the reward model's context would mark the response's tail as deleted: refuse."""
     room, longest = max_positions - max(len(c) for c in contexts), max(len(t.token_ids) for t in turns)
     if room < longest:
-        raise ValueError(f"reward.model={model!r} has {max_positions} positions: after the longest rewrite context "
-                         f"({max_positions - room} tokens) there is room for {room} tokens, fewer than the "
-                         f"{longest}-token response it must rewrite. Hint: a reward model with a longer context "
-                         f"(max_position_embeddings), or a lower rollout.max_tokens")
+        raise RewardError(f"reward.model={model!r} has {max_positions} positions: after the longest rewrite context "
+                          f"({max_positions - room} tokens) there is room for {room} tokens, fewer than the "
+                          f"{longest}-token response it must rewrite. Hint: a reward model with a longer context "
+                          f"(max_position_embeddings), or a lower rollout.max_tokens; the same command then resumes "
+                          f"from the last checkpoint.")
 
 
 @lru_cache(maxsize=2)

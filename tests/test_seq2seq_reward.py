@@ -68,6 +68,7 @@ def test_a_reward_model_without_room_for_the_rewrite_is_an_error(tiny_model_dir)
     """Rewrites cut by the reward model's context would read as deletions: the reward raises instead."""
     from transformers import AutoTokenizer
 
+    from rewards.checked import RewardError, checked_rewards
     from rewards.registry import RewardInputs
     from rewards.rewrite_format import rewrite_context_ids
     from rewards.seq2seq import load_rewriter, seq2seq_reward
@@ -82,10 +83,12 @@ def test_a_reward_model_without_room_for_the_rewrite_is_an_error(tiny_model_dir)
         rewriter.max_positions = len(context) + len(episode.turns[0].token_ids)  # just room: no error
         seq2seq_reward(RewardInputs([episode], tokenizer, options))
         rewriter.max_positions -= 1
-        with pytest.raises(ValueError, match=rf"has {rewriter.max_positions} positions: .* room for "
+        with pytest.raises(RewardError, match=rf"has {rewriter.max_positions} positions: .* room for "
                                              rf"{len(episode.turns[0].token_ids) - 1} tokens, fewer than the "
                                              rf"{len(episode.turns[0].token_ids)}-token response"):
             seq2seq_reward(RewardInputs([episode], tokenizer, options))
+        with pytest.raises(RewardError, match=r"^reward.model=.* positions"):  # passed on as it is, not re-wrapped
+            checked_rewards("seq2seq", seq2seq_reward, RewardInputs([episode], tokenizer, options), 3, "error")
     finally:
         rewriter.max_positions = positions
 
@@ -146,7 +149,7 @@ def test_seq2seq_config_checks_name_the_key():
     load_config(["configs/seq2seq_rm.yaml", "algo.turn1_credit=trajectory", "algo.alpha=1"])
     for overrides, message in [
         (["reward.rewrite_max_tokens=48"], "reward.rewrite_max_tokens=48 is shorter than a response of "
-                                           "rollout.max_tokens=48 plus its end-of-turn token"),
+                                           "rollout.max_tokens=48 plus an end-of-turn token"),
         (["algo.turn1_credit=trajectory", "algo.alpha=2"], "algo.turn1_credit=trajectory with algo.alpha=2.0 > 1"),
         (["reward.kind=mix", "reward.weights.seq2seq=1", "reward.weights.gold=1", "reward.rewrite_max_tokens=8"],
          "reward.rewrite_max_tokens=8 is shorter"),
@@ -168,8 +171,9 @@ def test_a_missing_reward_model_stops_training_at_start_up(tmp_path):
 @pytest.mark.slow
 def test_training_with_token_rewards(tiny_model_dir, tmp_path):
     """Two SCoRe steps with reward.kind=seq2seq (the reward model: the base folder itself, a corrector by
-    pre-training) and both token baselines: the token-level path runs end to end and the weights stay in sync."""
-    for baseline in ("turn_mean", "position"):
+    pre-training) and the position baseline (turn_mean, the default: tests/test_train_rm.py's recipe test):
+    the token-level path runs end to end and the weights stay in sync."""
+    for baseline in ("position",):
         run_dir = tmp_path / baseline
         run_script([
             sys.executable, "engine/train.py", "configs/default.yaml", f"model.path={tiny_model_dir}",

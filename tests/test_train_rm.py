@@ -16,7 +16,7 @@ import torch
 from engine.reward_model.examples import (ExampleCounts, RewriteExample, collate_examples, epoch_batches, nll_terms,
                                 rewrite_examples, target_mask)
 from engine.reward_model.pairs import RMPair, heldout_split, read_pairs
-from tests.conftest import ROOT, run_script
+from tests.conftest import ROOT, assert_weights_synced, run_script
 
 
 def _chars(text: str) -> list[int]:
@@ -247,11 +247,12 @@ def test_sigterm_checkpoints_and_the_same_command_resumes_to_the_same_end(straig
 
 
 @pytest.mark.slow
-def test_builder_pairs_from_the_base_policy(tiny_model_dir, tmp_path):
-    """rm.pairs=builder on 8 prompts: EVOLVE's pairs ranked by a label-free reward (the briefly trained test
-    model rarely answers right, so gold would leave few pairs), saved, then trained on."""
+def test_the_seq2seq_recipe_end_to_end(tiny_model_dir, tmp_path):
+    """configs/seq2seq_rm.yaml's two commands, shrunk: rm.pairs=builder on 8 prompts (EVOLVE's pairs ranked
+    by a label-free reward: the briefly trained test model rarely answers right, so gold would leave few
+    pairs), saved, trained on; then 2 SCoRe steps with the token rewards of the reward model it wrote."""
     out = tmp_path / "builder"
-    proc = run_script([sys.executable, "-m", "engine.train_rm", f"model.path={tiny_model_dir}", "rm.pairs=builder",
+    proc = run_script([sys.executable, "-m", "engine.train_rm", "configs/seq2seq_rm.yaml", f"model.path={tiny_model_dir}",
                        "rm.reward=confidence", "rm.prompts=8", "rm.heldout_pairs=2", "rm.batch_size=8", "rm.epochs=1",
                        f"rm.output_dir={out}"], timeout=600)
     assert "[pairs] " in proc.stdout and "pairs.kind=evolve, rm.reward=confidence" in proc.stdout
@@ -261,6 +262,14 @@ def test_builder_pairs_from_the_base_policy(tiny_model_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["pairs"]["total"] == len(pairs) and summary["train"]["steps"] >= 1
     assert (out / "model" / "config.json").is_file() and (out / "model" / "tokenizer_config.json").is_file()
+
+    run_dir = tmp_path / "score"
+    run_script([sys.executable, "engine/train.py", "configs/seq2seq_rm.yaml", f"model.path={tiny_model_dir}",
+                f"reward.model={out / 'model'}", "train.steps=2", "algo.stage1_steps=1", "eval.problems=8",
+                "rollout.prompts_per_step=4", f"train.output_dir={run_dir}"], timeout=600)
+    history = json.loads((run_dir / "summary.json").read_text())["train"]["history"]
+    assert len(history) == 2 and all(0.0 <= s["negative_token_frac"] <= 1.0 for s in history)
+    assert_weights_synced(history)
 
 
 # --- bad inputs ---------------------------------------------------------------------------------------------
@@ -314,11 +323,34 @@ def test_a_resumed_run_must_keep_the_schedule_of_its_checkpoint(tmp_path):
     saved = OmegaConf.to_container(cfg, resolve=True)
     check_same_schedule(cfg, saved, tmp_path)
     check_same_schedule(load_config(["configs/seq2seq_rm.yaml", "rm.save_every=7"]), saved, tmp_path)  # no matter
+    check_same_schedule(load_config(["configs/seq2seq_rm.yaml", "rm.heldout_pairs=3"]), saved, tmp_path)  # splits saved
     for override, key in [("rm.batch_size=16", "rm.batch_size"), ("train.seed=3", "train.seed"),
                           ("rm.epochs=2", "rm.epochs"), ("reward.rewrite_instruction=Again.", "reward.rewrite_instruction")]:
         with pytest.raises(UserError, match=rf"{re.escape(key)}=.*, but the checkpoint .* was trained with "
                                             rf"{re.escape(key)}="):
             check_same_schedule(load_config(["configs/seq2seq_rm.yaml", override]), saved, tmp_path)
+
+
+def test_a_changed_schedule_is_refused_before_anything_is_set_up(tmp_path, capsys):
+    """The resume check reads the checkpoint's meta.json before DeepSpeed loads anything (another model.path
+    would otherwise fail inside the load)."""
+    from omegaconf import OmegaConf
+
+    from engine.checkpoint import checkpoint_root
+    from engine.config import load_config
+    from engine.train_rm import cli
+
+    out = tmp_path / "rm"
+    saved = OmegaConf.to_container(load_config(["configs/seq2seq_rm.yaml", f"rm.output_dir={out}"]), resolve=True)
+    step = checkpoint_root(out) / "step-000002"
+    step.mkdir(parents=True)
+    (step / "meta.json").write_text(json.dumps({"step": 2, "config": saved}))
+    with pytest.raises(SystemExit) as exit_:
+        cli(["configs/seq2seq_rm.yaml", f"rm.output_dir={out}", "rm.batch_size=16"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "error: rm.batch_size=16, but the checkpoint" in err, err[-2000:]
+    assert "was trained with rm.batch_size=32" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]  # nothing else written
 
 
 def test_the_real_entry_point_prints_one_error_line(tmp_path):

@@ -49,7 +49,7 @@ def read_pairs(path: str | Path) -> list[RMPair]:
 def _pair_from_row(row: object, where: str) -> RMPair:
     if not isinstance(row, dict):
         raise PairsError(f"{where}: each line must be a JSON object, got {type(row).__name__}. Hint: e.g. {EXAMPLE}.")
-    if row.get("kind") == "step":  # a PSRLM round's pair: its chosen and rejected continue the prompt's steps so far
+    if "step" in (row.get("kind"), row.get("origin")):  # a PSRLM round's pair: its chosen and rejected continue the prompt's steps so far
         raise PairsError(f"{where}: a step pair (kind 'step', written by PSRLM's rounds): its chosen and rejected "
                          f"are next steps after a prefix of steps the file does not keep, not whole responses to "
                          f"the prompt. Hint: train the reward model on whole-response pairs (rm.pairs=builder, or "
