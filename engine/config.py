@@ -49,7 +49,7 @@ POSITIVE = ("train.keep_checkpoints", "rollout.turns", "train.steps", "rollout.n
 NON_NEGATIVE = ("eval.every", "train.save_every", "algo.stage1_steps", "algo.beta1", "algo.beta2", "algo.alpha",
                 "train.lr", "rollout.temperature", "eval.temperature", "train.grad_clip", "eval.samples_logged",
                 "guard.min_entropy", "guard.patience", "reward.probe_tokens", "log.text_every", "log.text_episodes",
-                "rollout.max_staleness", "rm.heldout_pairs", "rm.save_every", "rm.eval_every", "judge.eval_pairs")
+                "rollout.max_staleness", "rollout.min_tokens", "rm.heldout_pairs", "rm.save_every", "rm.eval_every", "judge.eval_pairs")
 
 
 class ConfigError(UserError):
@@ -128,6 +128,9 @@ def _validate(cfg: DictConfig) -> None:
     if 0 < cfg.rollout.temperature < 0.01:  # vLLM raises such a temperature to 0.01; the learner would not
         raise ConfigError(f"rollout.temperature={cfg.rollout.temperature} is below the 0.01 vLLM samples at. Hint: "
                           f"use 0 (greedy) or a temperature >= 0.01.")
+    if cfg.rollout.min_tokens > cfg.rollout.max_tokens:
+        raise ConfigError(f"rollout.min_tokens={cfg.rollout.min_tokens} is more than rollout.max_tokens="
+                          f"{cfg.rollout.max_tokens}. Hint: at most rollout.max_tokens (equal lengths: the same value).")
     if cfg.reward.probe_tokens and cfg.reward.probe_min_tokens > cfg.reward.probe_tokens:
         raise ConfigError(f"reward.probe_min_tokens={cfg.reward.probe_min_tokens} is more than the "
                           f"reward.probe_tokens={cfg.reward.probe_tokens} the probe generates: it could never find an "

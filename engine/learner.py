@@ -15,6 +15,7 @@ from engine.algorithms import TurnWeights, kl_per_token, token_coefficients, tok
 from engine.batch import TrainBatch
 from engine.distributed import all_ranks_sum, world_size
 from engine.models import DTYPES
+from engine.logprobs import Wanted
 from engine.scoring import ScoringModel, flat, grid, sampling_temperature
 from engine.token_stats import TokenStats, token_stats
 
@@ -28,6 +29,9 @@ class UpdateStats:
     reference_drift: float
     grad_norm: float  # global gradient norm before clipping
     lr: float
+    # mean entropy (nats) of the policy at the sampling temperature over the sampled tokens of all ranks, from
+    # the update's own forward (train/entropy when no scoring pass runs)
+    entropy: float = float("nan")
 
 
 def _engine_config(zero_stage: int, micro_batch: int, dtype: str) -> dict:
@@ -110,7 +114,7 @@ class Learner:
         scale = world_size()
         pg_coef, kl_coef = token_coefficients(batch.turn_masks, [a.to(self.device) for a in advantages], weights,
                                               turn_tokens)
-        loss_sum = mismatch = drift = 0.0
+        loss_sum = mismatch = drift = entropy_sum = 0.0
         kl_sums = [0.0] * batch.turns
         grad_norm = None
         for start in range(0, len(batch), self.micro_batch):
@@ -131,7 +135,10 @@ class Learner:
                 return token_loss(lp, ref_lp[rows], coef, kl[rows], kl_estimator)
 
             # The fused head takes the loss's gradient in its forward (no [tokens x vocab] logits).
-            loss, lp, *_ = self.engine(mb.input_ids, mask, per_token_loss=per_token_loss, scored=sampled)
+            # entropy rides along: an elementwise pass over each logits chunk the head builds anyway
+            loss, lp, _lse, entropy, *_ = self.engine(mb.input_ids, mask, wanted=Wanted(entropy=True),
+                                                      per_token_loss=per_token_loss, scored=sampled)
+            entropy_sum += entropy.float().sum().item()
             # Our loss is already a token mean over the whole batch: no extra 1/grad_accum scaling.
             self.engine.backward(loss * scale, scale_wrt_gas=False)
             if self.engine.is_gradient_accumulation_boundary():
@@ -149,10 +156,11 @@ class Learner:
             grad_norm = self.engine.get_global_grad_norm()
         # Sums over all ranks over the global token counts: every rank reports the batch's token mean.
         kl_sums = all_ranks_sum(kl_sums)
+        entropy_sum = all_ranks_sum([entropy_sum])[0]
         return UpdateStats(loss=loss_sum, kl_turns=[kl / max(n, 1) for kl, n in zip(kl_sums, turn_tokens)],
                            logprob_mismatch=mismatch, reference_drift=drift,
                            grad_norm=float("nan") if grad_norm is None else float(grad_norm),
-                           lr=self.engine.get_lr()[0])
+                           lr=self.engine.get_lr()[0], entropy=entropy_sum / max(sum(turn_tokens), 1))
 
     def _grad_norm_before_step(self) -> float | None:
         """At ZeRO 0 every rank holds the full, already averaged gradients."""

@@ -161,10 +161,11 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     episodes = run.rollouts.collect(step)
     laps.end("collect_s")  # logged as rollout_s (sampling) and idle_s (waiting for workers)
 
-    # 2. Rewards (self-rewards read the policy's token statistics, scored once per step; the entropy
-    #    is logged whatever the reward) -> per-turn returns -> advantages against each prompt's group.
+    # 2. Rewards (self-rewards read the policy's token statistics, scored once per step) -> per-turn
+    #    returns -> advantages against each prompt's group.
     batch = collate(episodes, run.tokenizer.pad_token_id)
-    token_stats = run.learner.score(batch)
+    # The policy's statistics cost a forward pass: only when the reward reads them (entropy: the update's).
+    token_stats = run.learner.score(batch) if run.reward.needs_token_stats else None
     scored = score_episodes(run, step, stage, episodes, batch, token_stats)
     laps.end("score_s")
 
@@ -183,7 +184,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         **{f"kl_t{k}": kl for k, kl in enumerate(update.kl_turns, 1)},
         "loss": update.loss, "stage": float(stage),
         "no_answer_frac": 1 - sum(has.mean().item() for has in scored.has_answer) / len(scored.has_answer),
-        "entropy": response_mean(token_stats.entropy, batch), "grad_norm": update.grad_norm, "lr": update.lr,
+        "entropy": response_mean(token_stats.entropy, batch) if token_stats is not None else update.entropy,
+        "grad_norm": update.grad_norm, "lr": update.lr,
         "sync_s": laps.seconds["sync_s"], "rollout_s": run.rollouts.last_rollout_s, "score_s": laps.seconds["score_s"],
         "update_s": laps.seconds["update_s"], "idle_s": run.rollouts.idle_s - idle_before,
         "tokens": batch.response_mask.sum().item(),

@@ -80,12 +80,14 @@ def turn_overhead(tokenizer, prompt: str, max_tokens: int, instruction: str, tur
 
 
 def sample_episodes(engine: RolloutEngine, tokenizer, problems: Sequence[Problem], n: int, max_tokens: int,
-                    temperature: float, instruction: str, turns: int = 2, progress: bool = False) -> list[Episode]:
+                    temperature: float, instruction: str, turns: int = 2, progress: bool = False,
+                    min_tokens: int = 0) -> list[Episode]:
     """Turn 1: n samples per problem. Each later turn: one correction per chain, one vLLM call per turn, of
-    at most max_tokens or the room left in the engine's context. `progress` shows vLLM's progress bar for
-    each turn."""
+    at most max_tokens or the room left in the engine's context (and at least min_tokens, within it).
+    `progress` shows vLLM's progress bar for each turn."""
     prompt_ids = [encode_prompt(tokenizer, p.prompt) for p in problems]
-    first = engine.generate(prompt_ids, n=n, max_tokens=max_tokens, temperature=temperature, progress=progress)
+    first = engine.generate(prompt_ids, n=n, max_tokens=max_tokens, temperature=temperature, progress=progress,
+                            min_tokens=min_tokens)
     episodes = [Episode(problems[g], g, [prompt_ids[g]], [c]) for g, comps in enumerate(first) for c in comps]
     for _ in range(1, turns):
         contexts = [ep.input_ids + correction_request_ids(tokenizer, ep.problem.prompt, ep.turns, instruction)
@@ -97,7 +99,7 @@ def sample_episodes(engine: RolloutEngine, tokenizer, problems: Sequence[Problem
         room = [i for i, b in enumerate(budgets) if b > 0]
         budget = max_tokens if min(budgets) == max_tokens else [budgets[i] for i in room]
         outputs = engine.generate([contexts[i] for i in room], n=1, max_tokens=budget, temperature=temperature,
-                                  progress=progress) if room else []
+                                  progress=progress, min_tokens=min_tokens) if room else []
         sampled = dict(zip(room, (out[0] for out in outputs)))
         for i, (ep, context) in enumerate(zip(episodes, contexts)):
             ep.turn_prompt_ids.append(context)

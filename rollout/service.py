@@ -32,7 +32,7 @@ def sample_step(engine, tokenizer, cfg, problems, progress: bool = False):
     """Turn-1 samples, rollout.turns - 1 corrections each and RLSF's answer probe for `problems`."""
     episodes = sample_episodes(engine, tokenizer, problems, n=cfg.rollout.n, max_tokens=cfg.rollout.max_tokens,
                                temperature=cfg.rollout.temperature, instruction=cfg.rollout.correction_instruction,
-                               turns=cfg.rollout.turns, progress=progress)
+                               turns=cfg.rollout.turns, progress=progress, min_tokens=cfg.rollout.min_tokens)
     probe_answer_spans(engine, tokenizer, episodes, cfg.reward.probe_prompt, cfg.reward.probe_tokens,
                        cfg.reward.probe_min_tokens)
     return episodes

@@ -69,11 +69,12 @@ class RolloutEngine:
 
     def generate(self, prompts: Sequence[list[int]], n: int, max_tokens: int | Sequence[int], temperature: float,
                  top_k_logprobs: int = 0, progress: bool = False,
-                 stop: Sequence[str] | None = None) -> list[list[Completion]]:
+                 stop: Sequence[str] | None = None, min_tokens: int = 0) -> list[list[Completion]]:
         """`n` completions for each prompt (token ids); `max_tokens` for all or one per prompt. Randomness
         comes from the engine's seed: vLLM's CPU sampler rejects per-request seeds ("CPU Generator does not
         use offset"). `stop`: strings that end a completion; it keeps the stop string, and its token ids end
-        with the token that completed it (vLLM drops any later ones), e.g. one reasoning step."""
+        with the token that completed it (vLLM drops any later ones), e.g. one reasoning step. `min_tokens`: no
+        end of turn before this many tokens (capped at each prompt's budget), for benchmarks at equal length."""
         from vllm import SamplingParams
 
         budgets = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)
@@ -89,7 +90,8 @@ class RolloutEngine:
         stops = {"stop": list(stop), "include_stop_str_in_output": True} if stop else {}
 
         def sampling(tokens: int):
-            return SamplingParams(n=n, temperature=temperature, max_tokens=tokens, logprobs=top_k_logprobs, **stops)
+            return SamplingParams(n=n, temperature=temperature, max_tokens=tokens, min_tokens=min(min_tokens, tokens),
+                                  logprobs=top_k_logprobs, **stops)
 
         params = sampling(max_tokens) if isinstance(max_tokens, int) else [sampling(m) for m in budgets]
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=progress)

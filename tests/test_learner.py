@@ -50,6 +50,24 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_model_dir):
     assert norm_micro == pytest.approx(norm_full, rel=1e-4)
 
 
+def test_the_update_reports_the_entropy_the_scoring_pass_would(tiny_model_dir):
+    """train/entropy without a scoring pass: the update's forward gives the same per-token mean (T = 1, same
+    weights) over the sampled tokens, micro-batched or not."""
+    init_distributed()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    answers = ["Final Answer: 5", "1+2=3. Final Answer: 13", "Final Answer: 7", "x"]
+    batch = collate([_episode(tok, f"{i}+{i}=?", answers[i], answers[-1 - i]) for i in range(4)], tok.pad_token_id)
+    advantages = [torch.tensor([1.0, -0.5, 0.25, 2.0]), torch.tensor([-1.0, 0.5, 1.5, -0.25])]
+    for micro_batch in (4, 3):
+        learner = Learner(str(tiny_model_dir), zero_stage=0, lr=1e-3, grad_clip=1.0, episodes_per_rank=4,
+                          micro_batch_size=micro_batch)
+        stats = learner.score(batch)  # before the step: the weights the update's forward sees
+        sampled = batch.response_mask
+        expected = ((stats.entropy * sampled).sum() / sampled.sum()).item()
+        update = learner.update(batch, advantages, TurnWeights(pg=(1.0, 1.0), kl=(0.1, 0.1)), "k2")
+        assert update.entropy == pytest.approx(expected, rel=1e-4) and expected > 0.01
+
+
 @pytest.mark.parametrize("zero_stage", [0, 3])
 def test_fused_head_matches_naive_logits_in_the_learner(tiny_model_dir, zero_stage):
     """The learner's loss and gradient norm are the same whether the head builds full logits (naive) or

@@ -1,0 +1,306 @@
+"""Side by side with TRL's GRPOTrainer: the same RL work on the same ~70M-parameter model, one system at a time.
+
+    python -m bench.peers [--quick] [--rows ROW ...] [--json PATH]        (TRL rows: pip install -e .[bench])
+
+The work, equal for every row: a Qwen2-architecture model of about 70M parameters with a 32k-token vocabulary
+(random weights, built here, fp32), PROMPTS prompts x SAMPLES samples a step, every completion forced to exactly
+--tokens tokens (min = max, so no system wins by stopping early), AdamW at the engine's learning rate, one
+optimizer step per batch, a KL term to a frozen reference (beta > 0, so both load one). Each row is its own
+process; the first --warmup steps are left out of every mean; peak RSS is the process tree's (vLLM included).
+
+Rows (ROWS): TRL's GRPOTrainer with transformers' `generate`; TRL with its colocated vLLM (recorded as an error
+if it does not run with this machine's vLLM build); this engine single-turn (`rollout.turns=1`, the equal-work
+row) and two-turn (SCoRe, twice the sampled tokens). Phases per step: generation (sampling), scoring (no-grad
+forward passes: the reference, self-reward statistics), update (the policy's forward, backward and optimizer
+step) and sync (weights into the sampler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PROMPTS, SAMPLES = 16, 4
+LR, BETA, GRAD_CLIP = 1e-4, 0.05, 1.0  # the engine's train.lr, algo.beta1, train.grad_clip
+MODEL = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=16, num_attention_heads=8,
+             num_key_value_heads=2, vocab_size=32768, max_position_embeddings=1024, tie_word_embeddings=True)
+# vLLM's CPU attention takes head_dim 64 or more: 2 heads of 64
+TINY = {**MODEL, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "num_key_value_heads": 1}
+SPECIALS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+ROWS = ("trl-transformers", "trl-vllm-colocate", "engine-1turn", "engine-2turn")
+LABELS = {"trl-transformers": "TRL GRPOTrainer, transformers generate",
+          "trl-vllm-colocate": "TRL GRPOTrainer, colocated vLLM",
+          "engine-1turn": "selfcorrect-rl, 1 turn (rollout.turns=1)",
+          "engine-2turn": "selfcorrect-rl, 2 turns (SCoRe)"}
+
+
+# --- the shared work: model folder and prompts ------------------------------------------------------------
+
+def model_dir(args, out: Path) -> Path:
+    return out / ("model-tiny" if args.tiny else "model")
+
+
+def build_model(folder: Path, shape: dict, seed: int = 0) -> Path:
+    """A random-weight Qwen2 with a 32k word-level tokenizer (any sampled id decodes) and a chat template."""
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    words = SPECIALS + ["user", "assistant"] + [f"w{i}" for i in range(MODEL["vocab_size"] - len(SPECIALS) - 2)]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
+                                        eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>"])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = Qwen2Config(**shape, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    tmp = folder.with_name(folder.name + ".tmp")
+    Qwen2ForCausalLM(config).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, folder)
+    return folder
+
+
+def parameter_count(folder: Path) -> int:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with __import__("torch").device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    return sum(p.numel() for p in model.parameters())
+
+
+def write_prompts(path: Path, count: int = 64, words: int = 24) -> Path:
+    """`count` prompts of `words` random vocabulary words each, with a dummy answer (the gold reward reads it)."""
+    import random
+
+    rng = random.Random(0)
+    rows = [{"prompt": " ".join(f"w{rng.randrange(MODEL['vocab_size'] - 6)}" for _ in range(words)),
+             "answer": "w0"} for _ in range(count)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# --- the rows ---------------------------------------------------------------------------------------------
+
+def engine_row(turns: int, args, out: Path) -> dict:
+    """`python engine/train.py` on the shared model and prompts; per-step phases from its summary.json."""
+    run_dir = out / f"engine-{turns}turn"
+    steps = args.warmup + args.steps
+    command = [sys.executable, "engine/train.py", "configs/default.yaml", f"model.path={model_dir(args, out)}",
+               f"data.train={out / 'prompts.jsonl'}", f"data.eval={out / 'prompts.jsonl'}",
+               f"rollout.turns={turns}", f"rollout.max_tokens={args.tokens}", f"rollout.min_tokens={args.tokens}",
+               f"rollout.max_model_len={64 + turns * (args.tokens + 16)}", "rollout.kv_cache_gib=2",
+               f"rollout.prompts_per_step={PROMPTS}", f"rollout.n={SAMPLES}", f"train.lr={LR}",
+               f"algo.beta1={BETA}", f"algo.beta2={BETA}", "algo.stage1_steps=0", f"train.grad_clip={GRAD_CLIP}",
+               # equal work: a reward that reads no token statistics and no answer probe (TRL has neither)
+               "reward.kind=gold", "reward.probe_tokens=0", "eval.every=0", "eval.problems=1", "train.save_every=0",
+               "log.text_every=0", f"train.steps={steps}", "train.resume=never", f"train.output_dir={run_dir}"]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stderr[-6000:], file=sys.stderr)
+        reason = [line for line in proc.stderr.splitlines() if "Error" in line or line.startswith("error:")]
+        raise RuntimeError(f"engine/train.py exited {proc.returncode}: {(reason or ['?'])[-1].strip()}")
+    history = json.loads((run_dir / "summary.json").read_text())["train"]["history"][args.warmup:]
+    return {"steps_timed": len(history),
+            "step_s": statistics.mean(s["step_seconds"] for s in history),
+            "generation_s": statistics.mean(s["rollout_s"] for s in history),
+            "scoring_s": statistics.mean(s["score_s"] for s in history),
+            "update_s": statistics.mean(s["update_s"] for s in history),
+            "sync_s": statistics.mean(s["sync_s"] for s in history),
+            "sampled_tokens": statistics.mean(s["tokens"] for s in history)}
+
+
+def trl_row(use_vllm: bool, args, out: Path) -> dict:
+    """TRL's GRPOTrainer on the same model, prompts and optimizer; phases timed by wrapping its methods."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir(args, out))
+    prompts = [json.loads(line)["prompt"] for line in (out / "prompts.jsonl").read_text().splitlines()]
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
+    force = {"min_tokens": args.tokens} if use_vllm else {"min_new_tokens": args.tokens}
+    config = GRPOConfig(
+        output_dir=str(out / ("trl-vllm" if use_vllm else "trl")), per_device_train_batch_size=PROMPTS * SAMPLES,
+        num_generations=SAMPLES, gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,
+        max_completion_length=args.tokens, generation_kwargs=force, temperature=1.0, learning_rate=LR,
+        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999,
+        adam_epsilon=1e-8, max_grad_norm=GRAD_CLIP, beta=BETA, max_steps=args.warmup + args.steps, use_cpu=True,
+        bf16=False, fp16=False, logging_steps=1, save_strategy="no", report_to=[], seed=0,
+        dataloader_num_workers=0, use_vllm=use_vllm, vllm_mode="colocate",
+        vllm_max_model_length=64 + args.tokens + 16, vllm_gpu_memory_utilization=0.3)
+    reward = lambda completions, **_: [float(len(c[0]["content"]) % 7) for c in completions]  # noqa: E731
+    trainer = GRPOTrainer(model=str(model_dir(args, out)), reward_funcs=reward, args=config, train_dataset=dataset,
+                          processing_class=tokenizer)
+    # the update's own forward (with grad) is timed apart only so that it is not counted as scoring
+    phases = {"generation_s": 0.0, "scoring_s": 0.0, "reward_s": 0.0, "sync_s": 0.0, "loss_forward_s": 0.0}
+
+    def timed(fn, phase_of):
+        def wrapper(*a, **k):
+            started = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                phases[phase_of()] += time.perf_counter() - started
+        return wrapper
+
+    trainer._generate_single_turn = timed(trainer._generate_single_turn, lambda: "generation_s")
+    trainer._get_per_token_logps_and_entropies = timed(  # no-grad passes are scoring; the rest, the update
+        trainer._get_per_token_logps_and_entropies,
+        lambda: "loss_forward_s" if torch.is_grad_enabled() else "scoring_s")
+    trainer._calculate_rewards = timed(trainer._calculate_rewards, lambda: "reward_s")
+    if use_vllm:
+        trainer.vllm_generation.sync_weights = timed(trainer.vllm_generation.sync_weights, lambda: "sync_s")
+    steps: list[dict] = []
+
+    class StepClock(TrainerCallback):
+        def on_step_begin(self, *_, **__):
+            self.started, self.before = time.perf_counter(), dict(phases)
+
+        def on_step_end(self, *_, **__):
+            delta = {k: phases[k] - self.before[k] for k in phases}
+            steps.append({"step_s": time.perf_counter() - self.started, **delta})
+
+    trainer.add_callback(StepClock())
+    trainer.train()
+    timed_steps = steps[args.warmup:]
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
+
+    def mean(key):
+        return statistics.mean(s[key] for s in timed_steps)
+    generation = mean("generation_s") - mean("sync_s")  # TRL syncs inside its generation call
+    return {"steps_timed": len(timed_steps), "step_s": mean("step_s"), "generation_s": generation,
+            "scoring_s": mean("scoring_s"), "sync_s": mean("sync_s"),
+            "update_s": mean("step_s") - mean("generation_s") - mean("scoring_s") - mean("reward_s"),
+            "sampled_tokens": PROMPTS * SAMPLES * statistics.mean(lengths[args.warmup:] or lengths)}
+
+
+def run_row(name: str, args, out: Path) -> dict:
+    if name == "engine-1turn":
+        return engine_row(1, args, out)
+    if name == "engine-2turn":
+        return engine_row(2, args, out)
+    return trl_row(name == "trl-vllm-colocate", args, out)
+
+
+# --- the parent: one process per row, its peak RSS polled ----------------------------------------------------
+
+def peak_rss_of(proc: subprocess.Popen) -> int:
+    """Polls the process tree's resident memory until it exits; returns the peak in bytes."""
+    import psutil
+
+    peak, root = 0, psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+    return peak
+
+
+def measure(name: str, args, out: Path) -> dict:
+    result = out / f"{name}.json"
+    result.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "bench.peers", "--row", name, "--out", str(out), "--tokens", str(args.tokens),
+               "--steps", str(args.steps), "--warmup", str(args.warmup), *(["--tiny"] if args.tiny else [])]
+    started = time.time()
+    with (out / f"{name}.log").open("w") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        holder: dict = {}
+        poller = threading.Thread(target=lambda: holder.update(peak=peak_rss_of(proc)))
+        poller.start()
+        proc.wait()
+        poller.join()
+    row = json.loads(result.read_text()) if result.is_file() else {
+        "error": f"exit {proc.returncode}, no result; see {out / (name + '.log')}"}
+    return {"row": name, "label": LABELS[name], **row, "peak_rss_gib": holder.get("peak", 0) / 2 ** 30,
+            "wall_s": time.time() - started}
+
+
+def child(args) -> None:
+    """One row, in its own process: writes <out>/<row>.json (or the error that stopped it)."""
+    out = Path(args.out)
+    try:
+        row = run_row(args.row, args, out)
+        row.update(episodes_per_s=PROMPTS * SAMPLES / row["step_s"], tokens_per_s=row["sampled_tokens"] / row["step_s"])
+    except Exception as err:  # recorded, not raised: a peer that cannot run here is a finding, not a crash
+        traceback.print_exc()  # into the row's log
+        row = {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"[:600]}
+    (out / f"{args.row}.json").write_text(json.dumps(row, indent=1) + "\n")
+
+
+def table(rows: list[dict]) -> str:
+    base = next((r for r in rows if r["row"] == "trl-transformers" and "error" not in r), None)
+    lines = ["| system | episodes/s | sampled tokens/s | step s | generation s | scoring s | update s | sync s | "
+             "peak RSS GiB | vs TRL (episodes/s) |", "|" + "---|" * 10]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['label']} | error: {r['error']} |" + " |" * 8)
+            continue
+        ratio = f"{r['episodes_per_s'] / base['episodes_per_s']:.2f}x" if base else "–"
+        lines.append(f"| {r['label']} | {r['episodes_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['step_s']:.1f} | "
+                     f"{r['generation_s']:.1f} | {r['scoring_s']:.1f} | {r['update_s']:.1f} | {r['sync_s']:.2f} | "
+                     f"{r['peak_rss_gib']:.2f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 warm-up + 1 timed step (the README table)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default 4; --quick 1)")
+    parser.add_argument("--warmup", type=int, default=None, help="steps left out (default 2; --quick 1)")
+    parser.add_argument("--tokens", type=int, default=128, help="every completion's length")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    parser.add_argument("--tiny", action="store_true", help="a 2-layer model of the same vocabulary (the test)")
+    parser.add_argument("--out", default="runs/bench-peers")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--row", choices=ROWS, help=argparse.SUPPRESS)  # the child process of one row
+    args = parser.parse_args()
+    args.steps = args.steps or (1 if args.quick else 4)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    if args.row:
+        return child(args)
+    from bench.logprobs import machine_name
+
+    out = ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    build_model(model_dir(args, out), TINY if args.tiny else MODEL)
+    write_prompts(out / "prompts.jsonl")
+    rows = []
+    for name in args.rows:
+        print(f"[bench] {LABELS[name]} ...", flush=True)
+        rows.append(measure(name, args, out))
+        print(f"[bench] {name}: " + (rows[-1].get("error") or f"{rows[-1]['step_s']:.1f} s/step, "
+                                      f"{rows[-1]['episodes_per_s']:.2f} episodes/s"), flush=True)
+    print(table(rows))
+    path = Path(args.json or f"bench/results/peers-{machine_name('cpu')}{'-quick' if args.quick else ''}.json")
+    path = path if path.is_absolute() else ROOT / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine_name("cpu"), "parameters": parameter_count(model_dir(args, out)),
+                                "model": TINY if args.tiny else MODEL, "prompts": PROMPTS, "samples": SAMPLES, "tokens": args.tokens,
+                                "warmup": args.warmup, "steps": args.steps, "rows": rows}, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
