@@ -129,10 +129,11 @@ def engine_row(turns: int, args, out: Path) -> dict:
 
 def trl_row(use_vllm: bool, args, out: Path) -> dict:
     """TRL's GRPOTrainer on the same model, prompts and optimizer; phases timed by wrapping its methods."""
+    from trl import GRPOConfig, GRPOTrainer  # first: without the bench extra, the row's error names trl
+
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir(args, out))
     prompts = [json.loads(line)["prompt"] for line in (out / "prompts.jsonl").read_text().splitlines()]
@@ -296,9 +297,10 @@ def main() -> None:
     path = Path(args.json or f"bench/results/peers-{machine_name('cpu')}{'-quick' if args.quick else ''}.json")
     path = path if path.is_absolute() else ROOT / path
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": machine_name("cpu"), "parameters": parameter_count(model_dir(args, out)),
-                                "model": TINY if args.tiny else MODEL, "prompts": PROMPTS, "samples": SAMPLES, "tokens": args.tokens,
-                                "warmup": args.warmup, "steps": args.steps, "rows": rows}, indent=1) + "\n")
+    result = {"machine": machine_name("cpu"), "parameters": parameter_count(model_dir(args, out)),
+              "model": TINY if args.tiny else MODEL, "prompts": PROMPTS, "samples": SAMPLES, "tokens": args.tokens,
+              "warmup": args.warmup, "steps": args.steps, "rows": rows}
+    path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
 
 
