@@ -133,7 +133,7 @@ class _Scripted:
     def __init__(self, tok, answers):
         self.tok, self.answers, self.calls = tok, answers, []
 
-    def generate(self, prompts, n, max_tokens, temperature, progress=False):
+    def generate(self, prompts, n, max_tokens, temperature, progress=False, min_tokens=0):
         text = self.answers[len(self.calls)]
         self.calls.append((prompts, n))
         return [[_completion(self.tok, text) for _ in range(n)] for _ in prompts]

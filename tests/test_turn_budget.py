@@ -16,7 +16,7 @@ class BudgetEngine:
         self.max_model_len, self.calls = max_model_len, []
         self.x = tokenizer("x", add_special_tokens=False).input_ids[0]
 
-    def generate(self, prompts, n, max_tokens, temperature, progress=False):
+    def generate(self, prompts, n, max_tokens, temperature, progress=False, min_tokens=0):
         budgets = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)
         self.calls.append((max_tokens, [len(p) for p in prompts]))
         return [[Completion([self.x] * b, [0.0] * b, "x" * b, False) for _ in range(n)] for b in budgets]
