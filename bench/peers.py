@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.engine_row import REWARD, length_mod_7  # noqa: E402
+
 PROMPTS, SAMPLES = 16, 4
 LR, BETA, GRAD_CLIP = 1e-4, 0.05, 1.0  # the engine's train.lr, algo.beta1, train.grad_clip
 MODEL = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=16, num_attention_heads=8,
@@ -38,9 +40,9 @@ MODEL = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=16, num_
 # vLLM's CPU attention takes head_dim 64 or more: 2 heads of 64
 TINY = {**MODEL, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 2,
         "num_key_value_heads": 1}
-SPECIALS = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+PROMPT_WORDS = 24  # each prompt: this many random vocabulary words, one token each
 ROWS = ("trl-transformers", "trl-vllm-colocate", "engine-1turn", "engine-2turn")
 LABELS = {"trl-transformers": "TRL GRPOTrainer, transformers generate",
           "trl-vllm-colocate": "TRL GRPOTrainer, colocated vLLM",
@@ -54,19 +56,38 @@ def model_dir(args, out: Path) -> Path:
     return out / ("model-tiny" if args.tiny else "model")
 
 
+def word_vocabulary(size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A byte-level BPE vocabulary of `size` tokens in Qwen2's own form (so `AutoTokenizer` and vLLM load it
+    as a Qwen2Tokenizer, unchanged): 3 special tokens, the 256 byte symbols, then " a".." zzz" (every space +
+    1-3 lowercase letters) and as many " aaaa"-style 4-letter words as fill `size`; each word is one token,
+    built by merging its last letter onto its prefix (which is itself a token)."""
+    from itertools import product
+
+    from engine.tokenizer import _bytes_to_unicode
+
+    space, letters = _bytes_to_unicode()[ord(" ")], "abcdefghijklmnopqrstuvwxyz"
+    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *_bytes_to_unicode().values()]
+    merges = []
+    for length in (1, 2, 3, 4):
+        for word in product(letters, repeat=length):
+            if len(tokens) == size:
+                break
+            token = space + "".join(word)
+            tokens.append(token)
+            merges.append((token[:-1], token[-1]))
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
 def build_model(folder: Path, shape: dict, seed: int = 0) -> Path:
-    """A random-weight Qwen2 with a 32k word-level tokenizer (any sampled id decodes) and a chat template."""
+    """A random-weight Qwen2 with a 32k byte-level BPE tokenizer (any sampled id decodes) and a chat template."""
     if (folder / "config.json").is_file():
         return folder
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
-    words = SPECIALS + ["user", "assistant"] + [f"w{i}" for i in range(MODEL["vocab_size"] - len(SPECIALS) - 2)]
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
-                                        eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>"])
+    vocab, merges = word_vocabulary(shape["vocab_size"])
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>",
+                               pad_token="<|endoftext|>", additional_special_tokens=["<|im_start|>"])
     tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(seed)
     config = Qwen2Config(**shape, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
@@ -74,8 +95,20 @@ def build_model(folder: Path, shape: dict, seed: int = 0) -> Path:
     tmp = folder.with_name(folder.name + ".tmp")
     Qwen2ForCausalLM(config).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    reloaded = AutoTokenizer.from_pretrained(tmp)  # what TRL, vLLM and the engine will load
+    if len(reloaded) != shape["vocab_size"] or len(reloaded(" abc zzz").input_ids) != 2:
+        raise RuntimeError(f"the benchmark tokenizer did not survive AutoTokenizer ({type(reloaded).__name__})")
     os.replace(tmp, folder)
     return folder
+
+
+def prompt_tokens(folder: Path, prompt: str) -> int:
+    """Tokens of one prompt as every system sends it: through the chat template, with the assistant header."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return len(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             tokenize=True, return_dict=True)["input_ids"])
 
 
 def parameter_count(folder: Path) -> int:
@@ -86,13 +119,15 @@ def parameter_count(folder: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def write_prompts(path: Path, count: int = 64, words: int = 24) -> Path:
-    """`count` prompts of `words` random vocabulary words each, with a dummy answer (the gold reward reads it)."""
+def write_prompts(path: Path, count: int = 64, words: int = PROMPT_WORDS) -> Path:
+    """`count` prompts of `words` random 3-letter vocabulary words each (one token per word), with a dummy
+    answer (the data format needs one; the benchmark's reward does not read it)."""
     import random
+    from itertools import product
 
     rng = random.Random(0)
-    rows = [{"prompt": " ".join(f"w{rng.randrange(MODEL['vocab_size'] - 6)}" for _ in range(words)),
-             "answer": "w0"} for _ in range(count)]
+    vocabulary = ["".join(w) for w in product("abcdefghijklmnopqrstuvwxyz", repeat=3)]
+    rows = [{"prompt": " ".join(rng.choice(vocabulary) for _ in range(words)), "answer": "0"} for _ in range(count)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -103,14 +138,14 @@ def engine_row(turns: int, args, out: Path) -> dict:
     """`python engine/train.py` on the shared model and prompts; per-step phases from its summary.json."""
     run_dir = out / f"engine-{turns}turn"
     steps = args.warmup + args.steps
-    command = [sys.executable, "engine/train.py", "configs/default.yaml", f"model.path={model_dir(args, out)}",
+    command = [sys.executable, "-m", "bench.engine_row", "configs/default.yaml", f"model.path={model_dir(args, out)}",
                f"data.train={out / 'prompts.jsonl'}", f"data.eval={out / 'prompts.jsonl'}",
                f"rollout.turns={turns}", f"rollout.max_tokens={args.tokens}", f"rollout.min_tokens={args.tokens}",
                f"rollout.max_model_len={64 + turns * (args.tokens + 16)}", "rollout.kv_cache_gib=2",
                f"rollout.prompts_per_step={PROMPTS}", f"rollout.n={SAMPLES}", f"train.lr={LR}",
                f"algo.beta1={BETA}", f"algo.beta2={BETA}", "algo.stage1_steps=0", f"train.grad_clip={GRAD_CLIP}",
-               # equal work: a reward that reads no token statistics and no answer probe (TRL has neither)
-               "reward.kind=gold", "reward.probe_tokens=0", "eval.every=0", "eval.problems=1", "train.save_every=0",
+               # equal work: TRL's reward (bench/engine_row.py), no token statistics, no answer probe
+               f"reward.kind={REWARD}", "reward.probe_tokens=0", "eval.every=0", "eval.problems=1", "train.save_every=0",
                "log.text_every=0", f"train.steps={steps}", "train.resume=never", f"train.output_dir={run_dir}"]
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -124,7 +159,10 @@ def engine_row(turns: int, args, out: Path) -> dict:
             "scoring_s": statistics.mean(s["score_s"] for s in history),
             "update_s": statistics.mean(s["update_s"] for s in history),
             "sync_s": statistics.mean(s["sync_s"] for s in history),
-            "sampled_tokens": statistics.mean(s["tokens"] for s in history)}
+            "sampled_tokens": statistics.mean(s["tokens"] for s in history),
+            # evidence of real updates: a gradient, and the policy moved away from the reference
+            "grad_norm": statistics.mean(s["grad_norm"] for s in history),
+            "reference_drift": max(s["reference_drift"] for s in history)}
 
 
 def trl_row(use_vllm: bool, args, out: Path) -> dict:
@@ -148,7 +186,7 @@ def trl_row(use_vllm: bool, args, out: Path) -> dict:
         bf16=False, fp16=False, logging_steps=1, save_strategy="no", report_to=[], seed=0,
         dataloader_num_workers=0, use_vllm=use_vllm, vllm_mode="colocate",
         vllm_max_model_length=64 + args.tokens + 16, vllm_gpu_memory_utilization=0.3)
-    reward = lambda completions, **_: [float(len(c[0]["content"]) % 7) for c in completions]  # noqa: E731
+    reward = lambda completions, **_: [length_mod_7(c[0]["content"]) for c in completions]  # noqa: E731
     trainer = GRPOTrainer(model=str(model_dir(args, out)), reward_funcs=reward, args=config, train_dataset=dataset,
                           processing_class=tokenizer)
     # the update's own forward (with grad) is timed apart only so that it is not counted as scoring
@@ -286,7 +324,8 @@ def main() -> None:
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     build_model(model_dir(args, out), TINY if args.tiny else MODEL)
-    write_prompts(out / "prompts.jsonl")
+    prompts = [json.loads(line)["prompt"] for line in write_prompts(out / "prompts.jsonl").read_text().splitlines()]
+    lengths = sorted({prompt_tokens(model_dir(args, out), p) for p in prompts[:PROMPTS]})
     rows = []
     for name in args.rows:
         print(f"[bench] {LABELS[name]} ...", flush=True)
@@ -298,7 +337,7 @@ def main() -> None:
     path = path if path.is_absolute() else ROOT / path
     path.parent.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine_name("cpu"), "parameters": parameter_count(model_dir(args, out)),
-              "model": TINY if args.tiny else MODEL, "prompts": PROMPTS, "samples": SAMPLES, "tokens": args.tokens,
+              "model": TINY if args.tiny else MODEL, "prompts": PROMPTS, "samples": SAMPLES, "prompt_tokens": lengths, "tokens": args.tokens,
               "warmup": args.warmup, "steps": args.steps, "rows": rows}
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")

@@ -227,21 +227,21 @@ def score_episodes(run: Run, step: int, stage: int, episodes, batch, token_stats
     lengths = [batch.turn_mask(k).sum(-1) for k in range(batch.turns)]
     rewards = [algo.turn_means(r, n) if r.dim() == 2 else r for r, n in zip(rewards, lengths)]
     # A skipped (NaN/inf) episode takes its group's mean reward, then no policy gradient; a turn without a
-    # locatable answer earns nothing.
-    rewards = [algo.fill_skipped(r, skipped, cfg.rollout.n) * has for r, has in zip(rewards, has_answer)]
+    # locatable answer earns nothing (unless the reward reads no answer).
+    gates = has_answer if run.reward.needs_answer else [torch.ones_like(h) for h in has_answer]
+    rewards = [algo.fill_skipped(r, skipped, cfg.rollout.n) * gate for r, gate in zip(rewards, gates)]
     returns = algo.turn_returns(rewards, stage, cfg.algo.alpha, cfg.algo.turn1_credit)
     estimator = algo.ADVANTAGE_ESTIMATORS[cfg.algo.advantage]
     advantages = [estimator(ret.view(-1, cfg.rollout.n)).flatten().masked_fill(skipped, 0.0) for ret in returns]
     dense = [(t, n) for t, n in zip(token_rewards, lengths) if t is not None]
     if not dense:
         return Scored(rewards, advantages, skipped, has_answer)
-    advantages = per_token_advantages(cfg, stage, batch, advantages, returns, token_rewards, lengths, has_answer,
-                                      skipped)
+    advantages = per_token_advantages(cfg, stage, batch, advantages, returns, token_rewards, lengths, gates, skipped)
     return Scored(rewards, advantages, skipped, has_answer, token_level=True, negative_tokens=sum(int((t < 0).sum()) for t, _ in dense),
                   dense_tokens=sum(int(n.sum()) for _, n in dense))
 
 
-def per_token_advantages(cfg, stage: int, batch, advantages, returns, token_rewards, lengths, has_answer, skipped):
+def per_token_advantages(cfg, stage: int, batch, advantages, returns, token_rewards, lengths, gates, skipped):
     """Turns with token-level rewards get per-token advantages [B, T] (algo.token_advantages, baseline
     algo.token_baseline); the others keep their per-episode advantages [B]."""
     coefficients = algo.own_reward_coefficients(stage, cfg.algo.alpha, batch.turns, cfg.algo.turn1_credit)
@@ -250,7 +250,7 @@ def per_token_advantages(cfg, stage: int, batch, advantages, returns, token_rewa
         if tokens is None:
             out.append(advantage)
             continue
-        tokens = tokens.masked_fill(skipped.unsqueeze(-1), 0.0) * has_answer[k].unsqueeze(-1)
+        tokens = tokens.masked_fill(skipped.unsqueeze(-1), 0.0) * gates[k].unsqueeze(-1)
         per_token = algo.token_advantages(advantage, ret, tokens, lengths[k], coefficients[k], cfg.rollout.n,
                                           cfg.algo.token_baseline).masked_fill(skipped.unsqueeze(-1), 0.0)
         out.append(algo.place_turn_tokens(per_token, batch.turn_mask(k)))

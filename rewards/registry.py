@@ -34,14 +34,18 @@ class RewardSpec:
     needs_gold: bool  # a gold `answer` on every training problem
     # At start-up, (reward options, the policy's tokenizer) -> None, or a UserError naming the bad key
     check: Callable[[Any, Any], None] | None = None
+    # A turn without a locatable final answer earns 0 (so a self-reward cannot be had without answering);
+    # False for a reward of the whole response that reads no answer (a length or format reward)
+    needs_answer: bool = True
 
 
 REWARDS: dict[str, RewardSpec] = {}
 
 
-def register(name: str, needs_token_stats: bool = False, needs_gold: bool = False, check=None):
+def register(name: str, needs_token_stats: bool = False, needs_gold: bool = False, check=None,
+             needs_answer: bool = True):
     def add(fn):
-        REWARDS[name] = RewardSpec(fn, needs_token_stats, needs_gold, check)
+        REWARDS[name] = RewardSpec(fn, needs_token_stats, needs_gold, check, needs_answer)
         return fn
     return add
 
@@ -65,7 +69,8 @@ def reward_needs(kind: str, options) -> RewardSpec:
         raise UserError("reward.weights cannot contain 'mix' itself.")
     checks = [p.check for p in parts if p.check is not None]
     return RewardSpec(spec.fn, any(p.needs_token_stats for p in parts), any(p.needs_gold for p in parts),
-                      (lambda options, tokenizer: [c(options, tokenizer) for c in checks]) if checks else None)
+                      (lambda options, tokenizer: [c(options, tokenizer) for c in checks]) if checks else None,
+                      any(p.needs_answer for p in parts))
 
 
 def turn_correctness(episodes: Sequence) -> list[Tensor]:

@@ -155,3 +155,26 @@ def test_rewards_score_every_turn_of_three_turn_episodes():
     # mix: per turn, 2 x majority + 1 x gold
     m = REWARDS["mix"].fn(_inputs(eps, stats, weights={"majority": 2.0, "gold": 1.0}))
     assert len(m) == 3 and m[2].tolist() == [2.0, 2.0, 0.0] and m[0].tolist() == [3.0, 3.0, 0.0]
+
+
+@pytest.mark.parametrize("needs_answer, expected_turn1", [(True, [0.0, 1.0]), (False, [5.0, 1.0])])
+def test_the_answer_gate_spares_a_reward_that_reads_no_answer(needs_answer, expected_turn1):
+    """A turn with no locatable answer earns 0 under a reward that reads answers; a whole-response reward
+    declared with needs_answer=False (a length reward) keeps its value there."""
+    from types import SimpleNamespace
+
+    from engine.config import load_config
+    from engine.train import score_episodes
+    from rewards.registry import RewardSpec
+
+    # len % 7: "I am unsure." 12 -> 5, "Final Answer: 6" 15 -> 1, "Final Answer: 5" 15 -> 1
+    episodes = [_episode(TOK, "2+3=?", "I am unsure.", "Final Answer: 5"),
+                _episode(TOK, "2+3=?", "Final Answer: 6", "Final Answer: 5")]
+    length_mod_7 = lambda inputs: [torch.tensor([float(len(e.turns[k].text) % 7) for e in inputs.episodes])  # noqa: E731
+                                   for k in range(2)]
+    cfg = load_config(["configs/default.yaml", "rollout.n=2"])
+    run = SimpleNamespace(cfg=cfg, tokenizer=TOK, reward=RewardSpec(length_mod_7, False, False, None, needs_answer))
+    scored = score_episodes(run, 0, 2, episodes, collate(episodes, TOK.pad_token_id), None)
+    assert scored.rewards[0].tolist() == expected_turn1
+    assert scored.rewards[1].tolist() == [1.0, 1.0]
+    assert scored.has_answer[0].tolist() == [0.0, 1.0]  # counted either way (train/no_answer_frac)
