@@ -52,7 +52,7 @@ class RolloutConfig:
     n: int = 4  # samples per prompt at turn 1 (each gets one correction)
     prompts_per_step: int = 16
     max_tokens: int = 48
-    min_tokens: int = 0  # training samples: no end of turn before this many tokens (benchmarks at equal length)
+    min_tokens: int = 0  # no end of turn before this many tokens (sample_step's turns; off-policy: benchmarks only)
     turns: int = 2  # K: turn 1 answers, turns 2..K correct the turn before (1: single-turn RL)
     temperature: float = 1.0
     max_model_len: int = 256

@@ -32,6 +32,12 @@ def chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, scale: flo
 
 def chunk_stats(z: Tensor, targets: Tensor, wanted: Wanted) -> list[Tensor | None]:
     """[logprob, logsumexp, entropy, mean_logit, top1, top2] of one chunk's logits (None: not wanted)."""
+    return chunk_stats_and_probs(z, targets, wanted)[0]
+
+
+def chunk_stats_and_probs(z: Tensor, targets: Tensor, wanted: Wanted) -> tuple[list[Tensor | None], Tensor | None]:
+    """chunk_stats, plus the [rows, V] probabilities when the entropy needed them (None otherwise): the
+    gradient reuses them instead of a second exp over the chunk."""
     lse = torch.logsumexp(z, dim=-1)
     out = [z.gather(-1, targets[:, None]).squeeze(-1) - lse, lse, None, None, None, None]
     if wanted.mean_logit:
@@ -39,20 +45,22 @@ def chunk_stats(z: Tensor, targets: Tensor, wanted: Wanted) -> list[Tensor | Non
     if wanted.top2:
         top = z.topk(2, dim=-1).values
         out[4], out[5] = top[:, 0], top[:, 1]
+    p = None
     if wanted.entropy:
         p = torch.exp(z - lse[:, None])
-        out[2] = lse - (p * z).sum(-1)
-    return out
+        out[2] = lse - torch.linalg.vecdot(p, z)
+    return out, p
 
 
 def logits_grad_(z: Tensor, targets: Tensor, lse: Tensor, entropy: Tensor | None, g_lp: Tensor,
-                 g_ent: Tensor | None, scale: float) -> Tensor:
-    """d(loss)/d(raw logits) of one chunk, written over `z` (no second [rows, V] buffer without entropy)."""
-    logp = z.sub_(lse[:, None])
+                 g_ent: Tensor | None, scale: float, p: Tensor | None = None) -> Tensor:
+    """d(loss)/d(raw logits) of one chunk, written over `z`, or over `p` (the chunk's probabilities, when
+    the caller has them) when the loss has no entropy term: no second [rows, V] buffer."""
     if g_ent is None:
-        dz = logp.exp_().mul_(-g_lp[:, None])
+        dz = (z.sub_(lse[:, None]).exp_() if p is None else p).mul_(-g_lp[:, None])
     else:
-        p = logp.exp()
+        logp = z.sub_(lse[:, None])
+        p = logp.exp() if p is None else p
         dz = logp.add_(entropy[:, None]).mul_(g_ent[:, None]).add_(g_lp[:, None]).mul_(p).neg_()
     dz[torch.arange(len(targets), device=z.device), targets] += g_lp
     if scale != 1.0:
@@ -105,6 +113,7 @@ class ChunkedStats(torch.autograd.Function):
         out = _stack(parts, hidden)
         ctx.save_for_backward(hidden, weight, bias, targets, out[1], out[2])
         ctx.scale, ctx.step = scale, step
+        ctx.set_materialize_grads(False)  # an unused entropy leaves g_ent None: the backward's cheaper form
         ctx.mark_non_differentiable(*out[1:2], *out[3:])
         return out
 
@@ -136,10 +145,10 @@ class ChunkedLoss(torch.autograd.Function):
         for start in range(0, hidden.shape[0], step):
             rows = slice(start, start + step)
             z = chunk_logits(hidden[rows], weight, bias, scale)
-            stats = chunk_stats(z, targets[rows], wanted)
+            stats, p = chunk_stats_and_probs(z, targets[rows], wanted)
             chunk_loss, g_lp, g_ent = _loss_and_grads(per_token_loss, stats[0], stats[2], rows)
             loss += chunk_loss
-            dz = logits_grad_(z, targets[rows], stats[1], stats[2], g_lp, g_ent, scale)
+            dz = logits_grad_(z, targets[rows], stats[1], stats[2], g_lp, g_ent, scale, p)
             grads.add_chunk(rows, dz, hidden[rows], weight)
             parts.append(stats)
         out = _stack(parts, hidden)
@@ -165,5 +174,8 @@ def _loss_and_grads(per_token_loss: PerTokenLoss, logprob: Tensor, entropy: Tens
         ent = None if entropy is None else entropy.detach().requires_grad_()
         loss = per_token_loss(lp, ent, rows).sum()
         inputs = [lp] if ent is None else [lp, ent]
-        grads = torch.autograd.grad(loss, inputs, allow_unused=True, materialize_grads=True)
-    return loss.detach().float(), grads[0].float(), (grads[1].float() if ent is not None else None)
+        # unmaterialized: a loss that ignores the entropy leaves g_ent None, and the backward its cheap form
+        grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    g_lp = torch.zeros_like(logprob, dtype=torch.float32) if grads[0] is None else grads[0].float()
+    g_ent = grads[1].float() if ent is not None and grads[1] is not None else None
+    return loss.detach().float(), g_lp, g_ent

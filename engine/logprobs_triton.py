@@ -214,6 +214,7 @@ class TritonStats(torch.autograd.Function):
         logprob, lse, entropy, mean_logit, top1, top2 = _forward(hidden, weight, bias, targets, scale)
         ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy)
         ctx.scale, ctx.wanted = scale, wanted
+        ctx.set_materialize_grads(False)  # an unused entropy leaves g_ent None: the kernel's cheaper form
         empty = lse.new_empty(0)
         out = (logprob, lse, entropy if wanted.entropy else empty, mean_logit if wanted.mean_logit else empty,
                top1 if wanted.top2 else empty, top2 if wanted.top2 else empty)
@@ -224,6 +225,7 @@ class TritonStats(torch.autograd.Function):
     def backward(ctx, g_lp, _g_lse, g_ent, *_):
         hidden, weight, bias, targets, lse, entropy = ctx.saved_tensors
         use_ent = ctx.wanted.entropy and g_ent is not None
+        g_lp = torch.zeros_like(lse) if g_lp is None else g_lp
         grads = _backward(hidden, weight, bias, targets, ctx.scale, lse, entropy, g_lp.float().contiguous(),
                           g_ent.float().contiguous() if use_ent else None, ctx.needs_input_grad[:3])
         return (*grads, None, None, None)

@@ -95,6 +95,10 @@ def build_run(cfg: DictConfig, placement: Placement, channels: Channels | None) 
     reward = reward_needs(cfg.reward.kind, cfg.reward)
     if reward.check is not None:  # e.g. seq2seq: reward.model must be a causal LM sharing the policy's tokenizer
         reward.check(cfg.reward, tokenizer)
+    if cfg.rollout.min_tokens and rank == 0:
+        print(f"[warn] rollout.min_tokens={cfg.rollout.min_tokens}: vLLM masks the end of turn until then, so the "
+              f"samples are not from the policy the learner scores (their processed log-probs are renormalised "
+              f"without it: rollout/logprob_mismatch includes -log(1 - p(end))). Meant for benchmarks at equal length.")
     run_dir = Path(cfg.train.output_dir)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +168,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     # 2. Rewards (self-rewards read the policy's token statistics, scored once per step) -> per-turn
     #    returns -> advantages against each prompt's group.
     batch = collate(episodes, run.tokenizer.pad_token_id)
-    # The policy's statistics cost a forward pass: only when the reward reads them (entropy: the update's).
+    # The policy's statistics cost a forward pass: only when the reward reads them.
     token_stats = run.learner.score(batch) if run.reward.needs_token_stats else None
     scored = score_episodes(run, step, stage, episodes, batch, token_stats)
     laps.end("score_s")
@@ -184,7 +188,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         **{f"kl_t{k}": kl for k, kl in enumerate(update.kl_turns, 1)},
         "loss": update.loss, "stage": float(stage),
         "no_answer_frac": 1 - sum(has.mean().item() for has in scored.has_answer) / len(scored.has_answer),
-        "entropy": response_mean(token_stats.entropy, batch) if token_stats is not None else update.entropy,
+        "entropy": update.entropy,  # of the distribution sampled from (at rollout.temperature), whatever the reward
         "grad_norm": update.grad_norm, "lr": update.lr,
         "sync_s": laps.seconds["sync_s"], "rollout_s": run.rollouts.last_rollout_s, "score_s": laps.seconds["score_s"],
         "update_s": laps.seconds["update_s"], "idle_s": run.rollouts.idle_s - idle_before,
@@ -269,12 +273,6 @@ def rewards_on_every_rank(run: Run, step: int, inputs: RewardInputs):
         raise failure or RewardError(f"reward '{run.cfg.reward.kind}' failed on another rank at step {step + 1}; "
                                      f"that rank's error line names the episode.")
     return result
-
-
-def response_mean(per_token: torch.Tensor, batch) -> float:
-    """Mean of a per-token statistic over the sampled tokens of every turn."""
-    sampled = batch.response_mask
-    return ((per_token * sampled).sum() / sampled.sum()).item()
 
 
 def run_eval(run: Run, step: int) -> dict[str, float]:

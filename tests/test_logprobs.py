@@ -177,3 +177,15 @@ def test_no_tokens_is_not_an_error(impl):
     loss, stats = head_loss(h, w, targets, lambda lp, ent, rows: -lp, impl=impl)
     loss.backward()
     assert stats.logprob.shape == (0,) and loss.item() == 0.0 and w.grad.abs().sum().item() == 0.0
+
+
+def test_a_loss_without_an_entropy_term_asks_for_no_entropy_gradient():
+    """The chunked head's per-chunk gradients: an entropy the loss ignores gives g_ent None (the backward
+    then skips the entropy term's extra [rows, V] pass); one it uses gives its coefficients."""
+    from engine.logprobs_chunked import _loss_and_grads
+
+    lp, ent = torch.tensor([-1.0, -2.0]), torch.tensor([0.5, 0.25])
+    loss, g_lp, g_ent = _loss_and_grads(lambda lp, _ent, rows: -3.0 * lp, lp, ent, slice(0, 2))
+    assert loss.item() == 9.0 and g_lp.tolist() == [-3.0, -3.0] and g_ent is None
+    loss, g_lp, g_ent = _loss_and_grads(lambda _lp, ent, rows: 2.0 * ent, lp, ent, slice(0, 2))
+    assert loss.item() == 1.5 and g_lp.tolist() == [0.0, 0.0] and g_ent.tolist() == [2.0, 2.0]
