@@ -11,6 +11,33 @@ from engine.metrics import edit_distance_ratio, turn_shape_metrics
 from tests.conftest import ROOT, run_script
 
 
+def _table_levenshtein(first, second):
+    """The textbook cell-by-cell table: the oracle for the bit-vector version."""
+    previous = list(range(len(second) + 1))
+    for i, a in enumerate(first, 1):
+        current = [i]
+        for j, b in enumerate(second, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a != b)))
+        previous = current
+    return previous[-1]
+
+
+def test_bit_vector_levenshtein_equals_the_table():
+    import random
+
+    from engine.metrics import levenshtein
+
+    assert levenshtein([1, 2, 3, 4], [2, 3, 4, 5]) == 2  # drop the head, add a tail
+    assert levenshtein([7] * 70, [7] * 65 + [8]) == 5  # past 64 tokens: one machine word is not enough
+    rng = random.Random(0)
+    for _ in range(2000):  # small alphabets: many matches, the hard case for the carries
+        first = [rng.randrange(3) for _ in range(rng.randrange(0, 25))]
+        second = [rng.randrange(3) for _ in range(rng.randrange(0, 25))]
+        assert levenshtein(first, second) == _table_levenshtein(first, second), (first, second)
+    first, second = [rng.randrange(40) for _ in range(300)], [rng.randrange(40) for _ in range(280)]
+    assert levenshtein(first, second) == _table_levenshtein(first, second)
+
+
 def test_edit_distance_ratio_by_hand():
     assert edit_distance_ratio([1, 2, 3], [1, 2, 3]) == 0.0  # a copy
     assert edit_distance_ratio([1, 2, 3], [1, 3]) == pytest.approx(1 / 3)  # one deletion over 3 tokens
