@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
 from rewards.answer import answer_char_span
 
 
-def token_char_ends(tokenizer, token_ids: Sequence[int]) -> list[int]:
-    """Character offset where each token's text ends in the decoded response (special tokens add none)."""
-    ends, prefix = [], []
-    for tok in token_ids:
-        prefix.append(tok)
-        ends.append(len(tokenizer.decode(prefix, skip_special_tokens=True)))
-    return ends
+class PrefixCharEnds(Sequence):
+    """Where each token's text ends in the decoded response (special tokens add none), decoded lazily: the
+    i-th end is the length of the first i + 1 tokens' text. Searching it by bisection decodes O(log L)
+    prefixes where listing every end would decode all L of them (O(L^2) characters)."""
+
+    def __init__(self, tokenizer, token_ids: Sequence[int]):
+        self.tokenizer, self.token_ids = tokenizer, list(token_ids)
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def __getitem__(self, i: int) -> int:
+        if not 0 <= i < len(self.token_ids):
+            raise IndexError(i)  # Sequence's iteration stops here
+        return len(self.tokenizer.decode(self.token_ids[:i + 1], skip_special_tokens=True))
 
 
 def char_span_to_token_span(char_ends: Sequence[int], start: int, end: int) -> tuple[int, int] | None:
-    """Smallest [first, last) token range whose text covers characters [start, end)."""
-    first = next((i for i, e in enumerate(char_ends) if e > start), None)
-    last = next((i for i, e in enumerate(char_ends) if e >= end), None)
-    if first is None or last is None:
+    """Smallest [first, last) token range whose text covers characters [start, end), found by bisection:
+    the ends grow with the prefix (a token that splits a multi-byte character can shift its end by one
+    replacement character, never past an ASCII answer format)."""
+    first = bisect.bisect_right(char_ends, start)  # the first token ending after `start`
+    last = bisect.bisect_left(char_ends, end)  # the first token ending at or after `end`
+    if first == len(char_ends) or last == len(char_ends):
         return None
     return first, last + 1
 
@@ -30,7 +41,7 @@ def answer_token_span(tokenizer, token_ids: Sequence[int], text: str) -> tuple[i
     span = answer_char_span(text)
     if span is None:
         return None
-    return char_span_to_token_span(token_char_ends(tokenizer, token_ids), *span)
+    return char_span_to_token_span(PrefixCharEnds(tokenizer, token_ids), *span)
 
 
 def carries_content(tokenizer, token: int) -> bool:

@@ -117,3 +117,25 @@ def test_probe_finds_no_answer_in_a_response_without_one():
     assert eps[0].turns[0].probe_span is None  # a shared space is no answer
     h1, h2 = turn_has_answer(eps, tok)
     assert h1.tolist() == [0.0, 1.0] and h2.tolist() == [1.0, 0.0]
+
+
+def test_the_answer_span_decodes_a_logarithmic_number_of_prefixes():
+    """Bisection over lazily decoded prefixes: the same span as the full list of ends, from about 2 log2(L)
+    decodes instead of L (the answer is located several times per turn per step)."""
+    from rewards.answer_span import PrefixCharEnds
+
+    tok = build_char_tokenizer()
+    text = "Let me think. " * 30 + "Final Answer: 42"
+    ids = tok(text).input_ids
+    calls = []
+
+    class Counting:
+        def decode(self, ids, **kwargs):
+            calls.append(len(ids))
+            return tok.decode(ids, **kwargs)
+
+    span = answer_token_span(Counting(), ids, text)
+    ends = [len(tok.decode(ids[:i + 1], skip_special_tokens=True)) for i in range(len(ids))]
+    assert span == char_span_to_token_span(ends, len(text) - 2, len(text)) == (len(ids) - 2, len(ids))
+    assert len(ids) == 436 and len(calls) <= 2 * 9 + 2  # log2(436) < 9 per end
+    assert list(PrefixCharEnds(tok, ids[:5])) == ends[:5]
