@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import deepspeed
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 from transformers import AutoModelForCausalLM
 
 from engine.algorithms import TurnWeights, kl_per_token, token_coefficients, token_loss, truncated_is_weights
@@ -122,7 +123,7 @@ class Learner:
             mb = batch.slice(start, end)
             mask = mb.attention_mask
             sampled = mb.response_mask > 0  # the loss's tokens: the head scores only these
-            with torch.no_grad():
+            with torch.no_grad(), record_function("update/reference_forward"):
                 ref_lp = self.reference(mb.input_ids, mask, scored=sampled)[0]
             pg, kl = flat(pg_coef[start:end], sampled), flat(kl_coef[start:end], sampled)
 
@@ -136,14 +137,17 @@ class Learner:
 
             # The fused head takes the loss's gradient in its forward (no [tokens x vocab] logits).
             # entropy rides along: an elementwise pass over each logits chunk the head builds anyway
-            loss, lp, _lse, entropy, *_ = self.engine(mb.input_ids, mask, wanted=Wanted(entropy=True),
-                                                      per_token_loss=per_token_loss, scored=sampled)
+            with record_function("update/policy_forward"):
+                loss, lp, _lse, entropy, *_ = self.engine(mb.input_ids, mask, wanted=Wanted(entropy=True),
+                                                          per_token_loss=per_token_loss, scored=sampled)
             entropy_sum += entropy.float().sum().item()
             # Our loss is already a token mean over the whole batch: no extra 1/grad_accum scaling.
-            self.engine.backward(loss * scale, scale_wrt_gas=False)
+            with record_function("update/backward"):
+                self.engine.backward(loss * scale, scale_wrt_gas=False)
             if self.engine.is_gradient_accumulation_boundary():
                 grad_norm = self._grad_norm_before_step()
-            self.engine.step()
+            with record_function("update/optimizer_step"):
+                self.engine.step()
             lp, ref_lp = grid(lp.float(), sampled), grid(ref_lp.float(), sampled)
             kl_tokens = kl_per_token(lp, ref_lp, kl_estimator)
             if sampled.any():
