@@ -38,17 +38,23 @@ def chunk_stats(z: Tensor, targets: Tensor, wanted: Wanted) -> list[Tensor | Non
 def chunk_stats_and_probs(z: Tensor, targets: Tensor, wanted: Wanted) -> tuple[list[Tensor | None], Tensor | None]:
     """chunk_stats, plus the [rows, V] probabilities when the entropy needed them (None otherwise): the
     gradient reuses them instead of a second exp over the chunk."""
-    lse = torch.logsumexp(z, dim=-1)
+    p = None
+    if wanted.entropy:  # one exp gives both the logsumexp and the probabilities
+        top = z.amax(-1, keepdim=True)
+        p = torch.sub(z, top).exp_()
+        total = p.sum(-1, keepdim=True)
+        lse = (top + total.log()).squeeze(-1)
+        p.div_(total)
+    else:
+        lse = torch.logsumexp(z, dim=-1)
     out = [z.gather(-1, targets[:, None]).squeeze(-1) - lse, lse, None, None, None, None]
     if wanted.mean_logit:
         out[3] = z.mean(-1)
     if wanted.top2:
         top = z.topk(2, dim=-1).values
         out[4], out[5] = top[:, 0], top[:, 1]
-    p = None
-    if wanted.entropy:
-        p = torch.exp(z - lse[:, None])
-        out[2] = lse - torch.linalg.vecdot(p, z)
+    if wanted.entropy:  # H = lse - sum_j p_j z_j, the row dot products as one batched matmul (no temporary)
+        out[2] = lse - torch.bmm(p.unsqueeze(1), z.unsqueeze(2)).view(-1)
     return out, p
 
 
