@@ -38,15 +38,13 @@ def chunk_stats(z: Tensor, targets: Tensor, wanted: Wanted) -> list[Tensor | Non
 def chunk_stats_and_probs(z: Tensor, targets: Tensor, wanted: Wanted) -> tuple[list[Tensor | None], Tensor | None]:
     """chunk_stats, plus the [rows, V] probabilities when the entropy needed them (None otherwise): the
     gradient reuses them instead of a second exp over the chunk."""
-    p = None
-    if wanted.entropy:  # one exp gives both the logsumexp and the probabilities
-        top = z.amax(-1, keepdim=True)
-        p = torch.sub(z, top).exp_()
-        total = p.sum(-1, keepdim=True)
-        lse = (top + total.log()).squeeze(-1)
-        p.div_(total)
-    else:
-        lse = torch.logsumexp(z, dim=-1)
+    # one exp gives the logsumexp and, for the entropy, the probabilities (the same arithmetic either way, so
+    # the policy's and the reference's log-probs agree bit for bit on equal weights)
+    top = z.amax(-1, keepdim=True)
+    p = torch.sub(z, top).exp_()
+    total = p.sum(-1, keepdim=True)
+    lse = (top + total.log()).squeeze(-1)
+    p = p.div_(total) if wanted.entropy else None
     out = [z.gather(-1, targets[:, None]).squeeze(-1) - lse, lse, None, None, None, None]
     if wanted.mean_logit:
         out[3] = z.mean(-1)
