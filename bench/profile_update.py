@@ -22,18 +22,19 @@ sys.path.insert(0, str(ROOT))
 PROMPT, RESPONSE, EPISODES = 45, 128, 64
 
 
-def random_batch(vocab: int, seed: int = 0):
-    """A right-aligned batch of sampled-looking episodes: every response exactly RESPONSE tokens."""
+def random_batch(vocab: int, seed: int = 0, episodes: int = EPISODES, prompt: int = PROMPT,
+                 response: int = RESPONSE):
+    """A batch of sampled-looking single-turn episodes: every response exactly `response` tokens."""
     import torch
 
     from engine.batch import TrainBatch
 
     g = torch.Generator().manual_seed(seed)
-    width = PROMPT + RESPONSE
-    turn = torch.zeros(EPISODES, 1, width)
-    turn[:, 0, PROMPT:] = 1.0
-    return TrainBatch(input_ids=torch.randint(0, vocab, (EPISODES, width), generator=g),
-                      attention_mask=torch.ones(EPISODES, width, dtype=torch.long), turn_masks=turn,
+    width = prompt + response
+    turn = torch.zeros(episodes, 1, width)
+    turn[:, 0, prompt:] = 1.0
+    return TrainBatch(input_ids=torch.randint(0, vocab, (episodes, width), generator=g),
+                      attention_mask=torch.ones(episodes, width, dtype=torch.long), turn_masks=turn,
                       rollout_logprobs=-10.4 * turn[:, 0])
 
 

@@ -191,6 +191,7 @@ class RMConfig:
 @dataclass
 class DeepSpeedSection:
     zero_stage: int = 0
+    shard_reference: bool = True  # at ZeRO-3, shard the frozen reference too (false: a full copy on every rank)
 
 
 @dataclass

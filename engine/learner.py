@@ -68,8 +68,9 @@ class Learner:
 
     def __init__(self, model_path: str, zero_stage: int, lr: float, grad_clip: float, episodes_per_rank: int,
                  micro_batch_size: int, dtype: str = "float32", logprob_impl: str = "auto",
-                 trust_remote_code: bool = False, with_reference: bool = True):
-        """with_reference=False: no frozen reference (a trainer with no KL term, train_rm); update() needs one."""
+                 trust_remote_code: bool = False, with_reference: bool = True, shard_reference: bool = True):
+        """with_reference=False: no frozen reference (a trainer with no KL term, train_rm); update() needs one.
+        shard_reference=False keeps a full reference on every rank at ZeRO-3 (no gathers in its forward)."""
         def load():
             return AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[dtype],
                                                         trust_remote_code=trust_remote_code)
@@ -87,7 +88,7 @@ class Learner:
             return
         reference = ScoringModel(load(), logprob_impl).eval()
         reference.requires_grad_(False)
-        if zero_stage == 3:  # sharded over the learners like the policy, not a full copy on every rank
+        if zero_stage == 3 and shard_reference:  # sharded over the learners like the policy, not a full copy each
             self.reference, *_ = deepspeed.initialize(model=reference, config=reference_config(self.micro_batch, dtype))
             self.reference.eval()
         else:

@@ -108,7 +108,8 @@ def build_run(cfg: DictConfig, placement: Placement, channels: Channels | None) 
     learner = Learner(model_path, zero_stage=cfg.deepspeed.zero_stage, lr=cfg.train.lr, grad_clip=cfg.train.grad_clip,
                       episodes_per_rank=ROWS_PER_UPDATE[cfg.algo.kind](cfg) // world,
                       micro_batch_size=cfg.train.micro_batch_size, dtype=cfg.model.dtype,
-                      logprob_impl=cfg.learner.logprob_impl, trust_remote_code=cfg.model.trust_remote_code)
+                      logprob_impl=cfg.learner.logprob_impl, trust_remote_code=cfg.model.trust_remote_code,
+                      shard_reference=cfg.deepspeed.shard_reference)
     if channels is None:
         rollouts = LocalRollouts(start_vllm(cfg, model_path, seed=cfg.train.seed + rank), tokenizer, cfg, learner,
                                  rank, world)

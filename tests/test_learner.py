@@ -158,3 +158,29 @@ def test_two_learners_log_the_one_rank_statistics_and_shard_the_reference(tmp_pa
     assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
     assert two["reference_bytes"] <= 0.6 * two["full_bytes"]  # a shard (plus the small persistent vectors)
     assert two["reference_bytes"] == two["policy_bytes"]
+
+
+def test_an_unsharded_reference_at_zero3_is_a_plain_copy_with_the_same_update(tiny_model_dir):
+    """deepspeed.shard_reference=false keeps the reference whole on the rank (no DeepSpeed engine around
+    it); the update's loss and KL are the same as with the sharded reference."""
+    import deepspeed
+
+    from engine.config import load_config
+    from engine.scoring import ScoringModel
+
+    assert load_config(["configs/default.yaml"]).deepspeed.shard_reference is True
+    init_distributed()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    episodes = [_episode(tok, f"{i}+2=?", f"Final Answer: {i + 2}", f"Final Answer: {i}") for i in range(4)]
+    batch = collate(episodes, tok.pad_token_id)
+    adv = [torch.tensor([1.0, -1.0, 0.5, 0.0]), torch.tensor([0.0, 1.0, -1.0, 0.5])]
+    seen = {}
+    for shard in (True, False):
+        learner = Learner(str(tiny_model_dir), zero_stage=3, lr=1e-3, grad_clip=1e6, episodes_per_rank=4,
+                          micro_batch_size=2, shard_reference=shard)
+        assert isinstance(learner.reference, deepspeed.DeepSpeedEngine) is shard
+        assert shard or isinstance(learner.reference, ScoringModel)
+        stats = learner.update(batch, adv, TurnWeights(pg=(1.0, 1.0), kl=(0.1, 0.1)), "k2")
+        seen[shard] = (stats.loss, stats.kl_turns)
+    assert seen[False][0] == pytest.approx(seen[True][0], rel=1e-6)
+    assert seen[False][1] == pytest.approx(seen[True][1], rel=1e-6)

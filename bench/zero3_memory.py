@@ -1,0 +1,155 @@
+"""Per-rank memory of the learner's update under ZeRO-3: 1 rank against 2, the reference sharded or not.
+
+    python -m bench.zero3_memory [--json PATH]
+
+The model is bench/peers.py's (a random Qwen2 of 65M parameters, 32k vocabulary, float32). The global batch
+is the same in every configuration: 16 episodes of 64 prompt + 128 sampled tokens (one rank takes all 16, two
+ranks 8 each), in micro-batches of at most --micro-batch episodes (default 64, the engine's
+train.micro_batch_size: each rank then takes its share in one micro-batch; 8 compares equal micro-batches). Each configuration is its own `deepspeed --num_gpus N` launch; each rank
+records its resident memory (RSS) after imports, then polls it while it builds the Learner (ZeRO-3, policy
+engine + AdamW + the reference) and takes one update. Reported per rank: the peak above that baseline (what
+the learner and its update cost), the absolute peak, and the parameter bytes the rank holds for the policy and
+the reference (a ZeRO-3 shard plus any persistent small parameters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+EPISODES, PROMPT, RESPONSE = 16, 64, 128
+CONFIGS = [(1, True), (2, True), (1, False), (2, False)]  # (ranks, reference sharded)
+
+
+class PeakRSS:
+    """This process's resident memory, polled every 20 ms on a thread until stopped."""
+
+    def __init__(self):
+        import psutil
+
+        self.process = psutil.Process()
+        self.baseline = self.peak = self.process.memory_info().rss
+        self.running = True
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self):
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.02)
+
+    def stop(self) -> int:
+        self.running = False
+        self.thread.join()
+        return self.peak
+
+
+def build_model(folder: Path) -> None:
+    """bench/peers.py's shape with the engine's byte tokenizer (the update never decodes)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from bench.peers import MODEL
+    from engine.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    Qwen2ForCausalLM(Qwen2Config(**MODEL, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)) \
+        .save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+
+def child(model_dir: str, shard_reference: bool, micro_batch: int) -> None:
+    import torch
+
+    from bench.profile_update import random_batch
+    from bench.reference_memory import resident_bytes, shut_down
+    from engine.algorithms import TurnWeights
+    from engine.distributed import gather_objects, init_distributed
+    from engine.learner import Learner
+
+    rank, world = init_distributed()
+    per_rank = EPISODES // world
+    batch = random_batch(32768, episodes=EPISODES, prompt=PROMPT, response=RESPONSE)
+    batch = batch.slice(rank * per_rank, (rank + 1) * per_rank)
+    advantages = [torch.randn(EPISODES, generator=torch.Generator().manual_seed(1))[rank * per_rank:][:per_rank]]
+    rss = PeakRSS()
+    learner = Learner(model_dir, zero_stage=3, lr=1e-4, grad_clip=1.0, episodes_per_rank=per_rank,
+                      micro_batch_size=micro_batch, shard_reference=shard_reference)
+    built = rss.peak
+    learner.update(batch, advantages, TurnWeights(pg=(1.0,), kl=(0.05,)), "k2")
+    peak = rss.stop()
+    row = {"rank": rank, "baseline_mib": rss.baseline / 2**20, "build_peak_mib": (built - rss.baseline) / 2**20,
+           "update_peak_mib": (peak - rss.baseline) / 2**20, "peak_rss_mib": peak / 2**20,
+           "policy_params_mib": resident_bytes(learner.engine.module) / 2**20,
+           "reference_params_mib": resident_bytes(learner.reference) / 2**20}
+    rows = gather_objects(row)
+    if rank == 0:
+        print("RESULT " + json.dumps(rows), flush=True)
+    shut_down()
+
+
+def launch(model_dir: str, ranks: int, shard_reference: bool, micro_batch: int) -> list[dict]:
+    from engine.distributed import free_port
+
+    for stale in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"):  # a crashed launch's leftovers
+        stale.unlink(missing_ok=True)
+    proc = subprocess.run(["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port()), __file__,
+                           "--child", model_dir, "--shard-reference", str(int(shard_reference)),
+                           "--micro-batch", str(micro_batch)],
+                          capture_output=True, text=True, cwd=ROOT)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.exit(f"the {ranks}-rank launch failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[0][len("RESULT "):])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--micro-batch", type=int, default=64, help="train.micro_batch_size (episodes)")
+    parser.add_argument("--out", default="runs/bench-zero3")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--shard-reference", type=int, default=1, help=argparse.SUPPRESS)
+    args, _ = parser.parse_known_args()  # the deepspeed launcher adds --local_rank
+    if args.child:
+        return child(args.child, bool(args.shard_reference), args.micro_batch)
+    from bench.logprobs import machine_name
+
+    folder = ROOT / args.out / "model"
+    if not (folder / "config.json").is_file():
+        build_model(folder)
+    results = []
+    for ranks, sharded in CONFIGS:
+        rows = launch(str(folder), ranks, sharded, args.micro_batch)
+        worst = max(rows, key=lambda r: r["update_peak_mib"])
+        results.append({"ranks": ranks, "reference_sharded": sharded, "per_rank": rows,
+                        "update_peak_mib": worst["update_peak_mib"]})
+        print(f"{ranks} rank(s), reference {'sharded' if sharded else 'full copy'}: per-rank peak above baseline "
+              f"{worst['update_peak_mib']:.0f} MiB (policy params {worst['policy_params_mib']:.0f} MiB, "
+              f"reference {worst['reference_params_mib']:.0f} MiB)", flush=True)
+    single = {r["reference_sharded"]: r["update_peak_mib"] for r in results if r["ranks"] == 1}
+    print("\n| ranks | reference | per-rank peak above baseline MiB | policy params MiB | reference params MiB | vs 1 rank (sharded) |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        worst = max(r["per_rank"], key=lambda x: x["update_peak_mib"])
+        print(f"| {r['ranks']} | {'sharded' if r['reference_sharded'] else 'full copy'} | {r['update_peak_mib']:.0f} | "
+              f"{worst['policy_params_mib']:.0f} | {worst['reference_params_mib']:.0f} | "
+              f"{r['update_peak_mib'] / single[True]:.2f}x |")
+    suffix = "" if args.micro_batch == 64 else f"-microbatch{args.micro_batch}"
+    path = Path(args.json or f"bench/results/zero3-memory-{machine_name('cpu')}{suffix}.json")
+    path = path if path.is_absolute() else ROOT / path
+    path.write_text(json.dumps({"machine": machine_name("cpu"), "episodes": EPISODES, "micro_batch": args.micro_batch,
+                                "prompt_tokens": PROMPT, "response_tokens": RESPONSE, "configs": results}, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
