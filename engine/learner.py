@@ -31,7 +31,7 @@ class UpdateStats:
     grad_norm: float  # global gradient norm before clipping
     lr: float
     # mean entropy (nats) of the policy at the sampling temperature over the sampled tokens of all ranks, from
-    # the update's own forward (train/entropy when no scoring pass runs)
+    # the update's own forward (train/entropy)
     entropy: float = float("nan")
 
 
