@@ -70,7 +70,7 @@ def word_vocabulary(size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
     merges = []
     for length in (1, 2, 3, 4):
         for word in product(letters, repeat=length):
-            if len(tokens) == size:
+            if len(tokens) >= size:
                 break
             token = space + "".join(word)
             tokens.append(token)
@@ -102,13 +102,13 @@ def build_model(folder: Path, shape: dict, seed: int = 0) -> Path:
     return folder
 
 
-def prompt_tokens(folder: Path, prompt: str) -> int:
-    """Tokens of one prompt as every system sends it: through the chat template, with the assistant header."""
+def prompt_tokens(folder: Path, prompts: list[str]) -> list[int]:
+    """Tokens of each prompt as every system sends it: through the chat template, with the assistant header."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    return len(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                             tokenize=True, return_dict=True)["input_ids"])
+    return [len(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                              tokenize=True, return_dict=True)["input_ids"]) for p in prompts]
 
 
 def parameter_count(folder: Path) -> int:
@@ -325,7 +325,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     build_model(model_dir(args, out), TINY if args.tiny else MODEL)
     prompts = [json.loads(line)["prompt"] for line in write_prompts(out / "prompts.jsonl").read_text().splitlines()]
-    lengths = sorted({prompt_tokens(model_dir(args, out), p) for p in prompts[:PROMPTS]})
+    lengths = sorted(set(prompt_tokens(model_dir(args, out), prompts[:PROMPTS])))
     rows = []
     for name in args.rows:
         print(f"[bench] {LABELS[name]} ...", flush=True)
@@ -337,7 +337,8 @@ def main() -> None:
     path = path if path.is_absolute() else ROOT / path
     path.parent.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine_name("cpu"), "parameters": parameter_count(model_dir(args, out)),
-              "model": TINY if args.tiny else MODEL, "prompts": PROMPTS, "samples": SAMPLES, "prompt_tokens": lengths, "tokens": args.tokens,
+              "model": TINY if args.tiny else MODEL, "prompts": PROMPTS, "samples": SAMPLES,
+              "prompt_tokens": lengths, "tokens": args.tokens,
               "warmup": args.warmup, "steps": args.steps, "rows": rows}
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")

@@ -5,9 +5,10 @@
 The model is bench/peers.py's (a random Qwen2 of 65M parameters, 32k vocabulary, float32). The global batch
 is the same in every configuration: 16 episodes of 64 prompt + 128 sampled tokens (one rank takes all 16, two
 ranks 8 each), in micro-batches of at most --micro-batch episodes (default 64, the engine's
-train.micro_batch_size: each rank then takes its share in one micro-batch; 8 compares equal micro-batches). Each configuration is its own `deepspeed --num_gpus N` launch; each rank
-records its resident memory (RSS) after imports, then polls it while it builds the Learner (ZeRO-3, policy
-engine + AdamW + the reference) and takes one update. Reported per rank: the peak above that baseline (what
+train.micro_batch_size: each rank then takes its share in one micro-batch; 8 compares equal micro-batches).
+Each configuration is its own `deepspeed --num_gpus N` launch; each rank records its resident memory (RSS)
+after imports, then polls it while it builds the Learner (ZeRO-3, policy engine + AdamW + the reference) and
+takes one update. Reported per rank: the peak above that baseline (what
 the learner and its update cost), the absolute peak, and the parameter bytes the rank holds for the policy and
 the reference (a ZeRO-3 shard plus any persistent small parameters).
 """
@@ -69,6 +70,7 @@ def build_model(folder: Path) -> None:
 def child(model_dir: str, shard_reference: bool, micro_batch: int) -> None:
     import torch
 
+    from bench.peers import MODEL
     from bench.profile_update import random_batch
     from bench.reference_memory import resident_bytes, shut_down
     from engine.algorithms import TurnWeights
@@ -77,7 +79,7 @@ def child(model_dir: str, shard_reference: bool, micro_batch: int) -> None:
 
     rank, world = init_distributed()
     per_rank = EPISODES // world
-    batch = random_batch(32768, episodes=EPISODES, prompt=PROMPT, response=RESPONSE)
+    batch = random_batch(MODEL["vocab_size"], episodes=EPISODES, prompt=PROMPT, response=RESPONSE)
     batch = batch.slice(rank * per_rank, (rank + 1) * per_rank)
     advantages = [torch.randn(EPISODES, generator=torch.Generator().manual_seed(1))[rank * per_rank:][:per_rank]]
     rss = PeakRSS()
@@ -99,8 +101,6 @@ def child(model_dir: str, shard_reference: bool, micro_batch: int) -> None:
 def launch(model_dir: str, ranks: int, shard_reference: bool, micro_batch: int) -> list[dict]:
     from engine.distributed import free_port
 
-    for stale in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"):  # a crashed launch's leftovers
-        stale.unlink(missing_ok=True)
     proc = subprocess.run(["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port()), __file__,
                            "--child", model_dir, "--shard-reference", str(int(shard_reference)),
                            "--micro-batch", str(micro_batch)],
@@ -136,7 +136,8 @@ def main() -> None:
               f"{worst['update_peak_mib']:.0f} MiB (policy params {worst['policy_params_mib']:.0f} MiB, "
               f"reference {worst['reference_params_mib']:.0f} MiB)", flush=True)
     single = {r["reference_sharded"]: r["update_peak_mib"] for r in results if r["ranks"] == 1}
-    print("\n| ranks | reference | per-rank peak above baseline MiB | policy params MiB | reference params MiB | vs 1 rank (sharded) |")
+    print("\n| ranks | reference | per-rank peak above baseline MiB | policy params MiB | reference params MiB "
+          "| vs 1 rank (sharded) |")
     print("|---|---|---|---|---|---|")
     for r in results:
         worst = max(r["per_rank"], key=lambda x: x["update_peak_mib"])
@@ -147,7 +148,8 @@ def main() -> None:
     path = Path(args.json or f"bench/results/zero3-memory-{machine_name('cpu')}{suffix}.json")
     path = path if path.is_absolute() else ROOT / path
     path.write_text(json.dumps({"machine": machine_name("cpu"), "episodes": EPISODES, "micro_batch": args.micro_batch,
-                                "prompt_tokens": PROMPT, "response_tokens": RESPONSE, "configs": results}, indent=1) + "\n")
+                                "prompt_tokens": PROMPT, "response_tokens": RESPONSE, "configs": results},
+                               indent=1) + "\n")
     print(f"wrote {path}")
 
 

@@ -26,9 +26,10 @@ class PrefixCharEnds(Sequence):
 
 
 def char_span_to_token_span(char_ends: Sequence[int], start: int, end: int) -> tuple[int, int] | None:
-    """Smallest [first, last) token range whose text covers characters [start, end), found by bisection:
-    the ends grow with the prefix (a token that splits a multi-byte character can shift its end by one
-    replacement character, never past an ASCII answer format)."""
+    """Smallest [first, last) token range whose text covers characters [start, end), found by bisection.
+    Precondition: the ends never decrease. A tokenizer whose prefix can decode longer than a longer prefix
+    (byte fallback inside a multi-byte character: one replacement character per dangling byte) may give a
+    span off by a token there; the linear scan this replaced was no more exact in that case."""
     first = bisect.bisect_right(char_ends, start)  # the first token ending after `start`
     last = bisect.bisect_left(char_ends, end)  # the first token ending at or after `end`
     if first == len(char_ends) or last == len(char_ends):

@@ -70,7 +70,7 @@ def reward_needs(kind: str, options) -> RewardSpec:
     checks = [p.check for p in parts if p.check is not None]
     return RewardSpec(spec.fn, any(p.needs_token_stats for p in parts), any(p.needs_gold for p in parts),
                       (lambda options, tokenizer: [c(options, tokenizer) for c in checks]) if checks else None,
-                      any(p.needs_answer for p in parts))
+                      any(p.needs_answer for p in parts))  # one gate for the sum: any part reading answers
 
 
 def turn_correctness(episodes: Sequence) -> list[Tensor]:

@@ -20,8 +20,9 @@ def test_the_peer_benchmark_runs_its_smallest_configuration(tmp_path):
     result = json.loads(result_path.read_text())
     rows = {r["row"]: r for r in result["rows"]}
     assert list(rows) == list(ROWS) and result["tokens"] == 8 and result["parameters"] > 2_000_000
-    # every prompt, through the chat template, is PROMPT_WORDS one-token words plus the template's tokens: a
-    # tokenizer that AutoTokenizer reloads differently (e.g. dropping the words) would shrink this
+    # every prompt through the chat template: PROMPT_WORDS words (one token each, but the first, after a
+    # newline, takes 3 byte tokens) and 19 template tokens; a tokenizer that AutoTokenizer reloads
+    # differently (e.g. dropping the words) would change this
     assert result["prompt_tokens"] == [PROMPT_WORDS + 21]
     episodes = PROMPTS * SAMPLES
     for name, turns in (("engine-1turn", 1), ("engine-2turn", 2)):

@@ -162,7 +162,7 @@ def test_two_learners_log_the_one_rank_statistics_and_shard_the_reference(tmp_pa
 
 def test_an_unsharded_reference_at_zero3_is_a_plain_copy_with_the_same_update(tiny_model_dir):
     """deepspeed.shard_reference=false keeps the reference whole on the rank (no DeepSpeed engine around
-    it); the update's loss and KL are the same as with the sharded reference."""
+    it); the second update's loss and KL (the policy has moved) are the same as with the sharded reference."""
     import deepspeed
 
     from engine.config import load_config
@@ -180,7 +180,10 @@ def test_an_unsharded_reference_at_zero3_is_a_plain_copy_with_the_same_update(ti
                           micro_batch_size=2, shard_reference=shard)
         assert isinstance(learner.reference, deepspeed.DeepSpeedEngine) is shard
         assert shard or isinstance(learner.reference, ScoringModel)
-        stats = learner.update(batch, adv, TurnWeights(pg=(1.0, 1.0), kl=(0.1, 0.1)), "k2")
+        weights = TurnWeights(pg=(1.0, 1.0), kl=(0.1, 0.1))
+        learner.update(batch, adv, weights, "k2")
+        stats = learner.update(batch, adv, weights, "k2")  # after one step the policy has left the reference
         seen[shard] = (stats.loss, stats.kl_turns)
-    assert seen[False][0] == pytest.approx(seen[True][0], rel=1e-6)
-    assert seen[False][1] == pytest.approx(seen[True][1], rel=1e-6)
+    assert min(seen[True][1]) > 0  # a reference scored by the policy itself would give 0
+    assert seen[False][0] == pytest.approx(seen[True][0], rel=1e-5)
+    assert seen[False][1] == pytest.approx(seen[True][1], rel=1e-5)
