@@ -49,7 +49,9 @@ POSITIVE = ("train.keep_checkpoints", "rollout.turns", "train.steps", "rollout.n
 NON_NEGATIVE = ("eval.every", "train.save_every", "algo.stage1_steps", "algo.beta1", "algo.beta2", "algo.alpha",
                 "train.lr", "rollout.temperature", "eval.temperature", "train.grad_clip", "eval.samples_logged",
                 "guard.min_entropy", "guard.patience", "reward.probe_tokens", "log.text_every", "log.text_episodes",
-                "rollout.max_staleness", "rollout.min_tokens", "rm.heldout_pairs", "rm.save_every", "rm.eval_every", "judge.eval_pairs")
+                "rollout.max_staleness", "rollout.min_tokens", "rm.heldout_pairs", "rm.save_every", "rm.eval_every", "judge.eval_pairs",
+                "deepspeed.max_live_parameters", "deepspeed.max_reuse_distance", "deepspeed.prefetch_bucket_size")
+POSITIVE += ("deepspeed.reduce_bucket_size",)
 
 
 class ConfigError(UserError):

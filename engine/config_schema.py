@@ -192,6 +192,14 @@ class RMConfig:
 class DeepSpeedSection:
     zero_stage: int = 0
     shard_reference: bool = True  # at ZeRO-3, shard the frozen reference too (false: a full copy on every rank)
+    # ZeRO-3's bounds on gathered parameters (DeepSpeed's stage3_* settings, its defaults). A gathered
+    # parameter is kept while it will be reused within max_reuse_distance parameters: at the default 1e9 a
+    # model under 1e9 parameters keeps every gathered parameter until the step ends.
+    max_live_parameters: int = 1_000_000_000
+    max_reuse_distance: int = 1_000_000_000
+    prefetch_bucket_size: int = 50_000_000
+    # elements per gradient reduce-scatter bucket at ZeRO-3: up to this many float32 gradients per rank
+    reduce_bucket_size: int = 500_000_000
 
 
 @dataclass

@@ -35,9 +35,11 @@ class UpdateStats:
     entropy: float = float("nan")
 
 
-def _engine_config(zero_stage: int, micro_batch: int, dtype: str) -> dict:
-    """What the policy's and the reference's DeepSpeed engines share."""
-    config = {"train_micro_batch_size_per_gpu": micro_batch, "zero_optimization": {"stage": zero_stage},
+def _engine_config(zero_stage: int, micro_batch: int, dtype: str, zero3: dict | None = None) -> dict:
+    """What the policy's and the reference's DeepSpeed engines share. `zero3`: extra ZeRO-3 settings
+    (DeepSpeed's stage3_* names), ignored at other stages."""
+    zero = {"stage": zero_stage, **((zero3 or {}) if zero_stage == 3 else {})}
+    config = {"train_micro_batch_size_per_gpu": micro_batch, "zero_optimization": zero,
               "steps_per_print": 2**31 - 1}
     if dtype == "bfloat16":
         config["bf16"] = {"enabled": True}
@@ -45,9 +47,9 @@ def _engine_config(zero_stage: int, micro_batch: int, dtype: str) -> dict:
 
 
 def deepspeed_config(zero_stage: int, micro_batch: int, grad_accum: int, lr: float, grad_clip: float,
-                     dtype: str) -> dict:
+                     dtype: str, zero3: dict | None = None) -> dict:
     return {
-        **_engine_config(zero_stage, micro_batch, dtype),
+        **_engine_config(zero_stage, micro_batch, dtype, zero3),
         "gradient_accumulation_steps": grad_accum,
         "gradient_clipping": grad_clip,
         # torch's AdamW: DeepSpeed's fused Adam needs a GPU.
@@ -56,10 +58,19 @@ def deepspeed_config(zero_stage: int, micro_batch: int, grad_accum: int, lr: flo
     }
 
 
-def reference_config(micro_batch: int, dtype: str) -> dict:
+def reference_config(micro_batch: int, dtype: str, zero3: dict | None = None) -> dict:
     """The frozen reference at ZeRO-3: an engine with no optimizer whose parameters are sharded like the
     policy's and gathered one module at a time in its forward."""
-    return _engine_config(3, micro_batch, dtype)
+    return _engine_config(3, micro_batch, dtype, zero3)
+
+
+def zero3_settings(section) -> dict:
+    """The config's deepspeed section's bounds on ZeRO-3's gathered parameters and gradient buckets, in
+    DeepSpeed's names."""
+    return {"stage3_max_live_parameters": section.max_live_parameters,
+            "stage3_max_reuse_distance": section.max_reuse_distance,
+            "stage3_prefetch_bucket_size": section.prefetch_bucket_size,
+            "reduce_bucket_size": section.reduce_bucket_size}
 
 
 class Learner:
@@ -68,9 +79,11 @@ class Learner:
 
     def __init__(self, model_path: str, zero_stage: int, lr: float, grad_clip: float, episodes_per_rank: int,
                  micro_batch_size: int, dtype: str = "float32", logprob_impl: str = "auto",
-                 trust_remote_code: bool = False, with_reference: bool = True, shard_reference: bool = True):
+                 trust_remote_code: bool = False, with_reference: bool = True, shard_reference: bool = True,
+                 zero3: dict | None = None):
         """with_reference=False: no frozen reference (a trainer with no KL term, train_rm); update() needs one.
-        shard_reference=False keeps a full reference on every rank at ZeRO-3 (no gathers in its forward)."""
+        shard_reference=False keeps a full reference on every rank at ZeRO-3 (no gathers in its forward); so
+        does a world of one, where there is nothing to split. zero3: see zero3_settings."""
         def load():
             return AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[dtype],
                                                         trust_remote_code=trust_remote_code)
@@ -80,7 +93,7 @@ class Learner:
         self.micro_batch = min(micro_batch_size, episodes_per_rank)
         self.grad_accum = math.ceil(episodes_per_rank / self.micro_batch)
         self.zero_stage = zero_stage
-        config = deepspeed_config(zero_stage, self.micro_batch, self.grad_accum, lr, grad_clip, dtype)
+        config = deepspeed_config(zero_stage, self.micro_batch, self.grad_accum, lr, grad_clip, dtype, zero3)
         self.engine, *_ = deepspeed.initialize(model=policy, model_parameters=policy.parameters(), config=config)
         self.device = self.engine.device
         self.reference = None
@@ -88,8 +101,11 @@ class Learner:
             return
         reference = ScoringModel(load(), logprob_impl).eval()
         reference.requires_grad_(False)
-        if zero_stage == 3 and shard_reference:  # sharded over the learners like the policy, not a full copy each
-            self.reference, *_ = deepspeed.initialize(model=reference, config=reference_config(self.micro_batch, dtype))
+        # Sharded over the learners like the policy, not a full copy each. On one rank a ZeRO-3 engine would
+        # split nothing and cost its gather buffers (about 1 GiB more at 65M parameters, bench/zero3_memory).
+        if zero_stage == 3 and shard_reference and world_size() > 1:
+            self.reference, *_ = deepspeed.initialize(model=reference,
+                                                      config=reference_config(self.micro_batch, dtype, zero3))
             self.reference.eval()
         else:
             self.reference = reference.to(self.device)

@@ -36,7 +36,7 @@ from engine.distributed import barrier, init_distributed, reduce_max, reduce_mea
 from engine.errors import run_cli
 from engine.evaluate import eval_metrics
 from engine.guard import CollapseGuard
-from engine.learner import Learner
+from engine.learner import Learner, zero3_settings
 from engine.inputs import check_inputs, fit_to_model
 from engine.placement import Channels, Placement, launch_rank_and_world, plan_placement, split_default_group
 from engine.metrics import Laps, RunLogger
@@ -109,7 +109,7 @@ def build_run(cfg: DictConfig, placement: Placement, channels: Channels | None) 
                       episodes_per_rank=ROWS_PER_UPDATE[cfg.algo.kind](cfg) // world,
                       micro_batch_size=cfg.train.micro_batch_size, dtype=cfg.model.dtype,
                       logprob_impl=cfg.learner.logprob_impl, trust_remote_code=cfg.model.trust_remote_code,
-                      shard_reference=cfg.deepspeed.shard_reference)
+                      shard_reference=cfg.deepspeed.shard_reference, zero3=zero3_settings(cfg.deepspeed))
     if channels is None:
         rollouts = LocalRollouts(start_vllm(cfg, model_path, seed=cfg.train.seed + rank), tokenizer, cfg, learner,
                                  rank, world)

@@ -41,7 +41,7 @@ from engine.config import load_config, main_args, save_config
 from engine.distributed import barrier, init_distributed
 from engine.errors import UserError, run_cli
 from engine.inputs import require_chat_template
-from engine.learner import Learner
+from engine.learner import Learner, zero3_settings
 from engine.logprobs import impl_for_this_machine
 from engine.metrics import RunLogger
 from engine.models import load_tokenizer_and_config, resolve_model_path
@@ -162,7 +162,8 @@ def build_rm_run(cfg: DictConfig) -> RMRun:
     learner = Learner(model_path, zero_stage=cfg.deepspeed.zero_stage, lr=cfg.rm.lr, grad_clip=cfg.train.grad_clip,
                       episodes_per_rank=cfg.rm.batch_size // world, micro_batch_size=cfg.train.micro_batch_size,
                       dtype=cfg.model.dtype, logprob_impl=cfg.learner.logprob_impl,
-                      trust_remote_code=cfg.model.trust_remote_code, with_reference=False)
+                      trust_remote_code=cfg.model.trust_remote_code, with_reference=False,
+                      zero3=zero3_settings(cfg.deepspeed))
     return RMRun(cfg=cfg, rank=rank, world=world, tokenizer=tokenizer, model_config=model_config,
                  model_path=model_path, learner=learner, logger=RunLogger(Path(cfg.rm.output_dir), enabled=rank == 0),
                  max_len=min(cfg.rollout.max_model_len, positions))

@@ -50,6 +50,8 @@ def test_unknown_key_in_yaml_names_file(tmp_path):
     ("algo.kl_estimator=k9", "algo.kl_estimator"), ("algo.advantage=ppo", "algo.advantage"),
     ("deepspeed.zero_stage=4", "deepspeed.zero_stage"), ("train.steps=0", "train.steps"),
     ("train.steps=abc", "train.steps"), ("algo.beta1=-1", "algo.beta1"),
+    ("deepspeed.reduce_bucket_size=0", "deepspeed.reduce_bucket_size"),
+    ("deepspeed.max_reuse_distance=-1", "deepspeed.max_reuse_distance"),
     ("rollout.temperature=0.005", "rollout.temperature=0.005 is below the 0.01 vLLM samples at"),
     ("reward.probe_min_tokens=9", "reward.probe_min_tokens=9 is more than the reward.probe_tokens=8"),
 ])

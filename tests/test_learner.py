@@ -118,10 +118,10 @@ def test_scoring_model_keeps_the_autograd_path(tiny_model_dir):
     assert results["chunked"][1] == pytest.approx(results["naive"][1], rel=1e-5) and results["naive"][1] > 0
 
 
-def _ranks_result(model_dir, ranks: int, zero_stage: int) -> dict:
+def _ranks_result(model_dir, ranks: int, zero_stage: int, shard_reference: bool = True) -> dict:
     from engine.distributed import free_port
 
-    script = ["tests/scripts/learner_ranks.py", str(model_dir), str(zero_stage)]
+    script = ["tests/scripts/learner_ranks.py", str(model_dir), str(zero_stage), str(int(shard_reference))]
     command = ([sys.executable, *script] if ranks == 1 else
                ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port()), *script])
     proc = run_script(command, timeout=600)
@@ -149,41 +149,49 @@ def _wide_model(folder) -> str:
 def test_two_learners_log_the_one_rank_statistics_and_shard_the_reference(tmp_path):
     """The same 8 episodes on one rank and split over two (ZeRO-3): the logged loss and KL (each rank's
     value, then the mean over ranks, as train_step logs them) and the gradient norm are the one-rank ones;
-    each of the two ranks holds about half of the frozen reference, as of the policy."""
+    each of the two ranks holds about half of the frozen reference, as of the policy. With
+    deepspeed.shard_reference=false each rank holds all of it, and the statistics are the same."""
     model = _wide_model(tmp_path / "wide")
     one, two = _ranks_result(model, 1, 3), _ranks_result(model, 2, 3)
+    whole = _ranks_result(model, 2, 3, shard_reference=False)
     assert one["logged"]["kl_t1"] > 0.01 and one["logged"]["kl_t2"] > 0.01  # the update moved the policy
     for key in ("loss", "kl_t1", "kl_t2"):
         assert two["logged"][key] == pytest.approx(one["logged"][key], rel=1e-4), key
+        assert whole["logged"][key] == pytest.approx(one["logged"][key], rel=1e-4), key
     assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
     assert two["reference_bytes"] <= 0.6 * two["full_bytes"]  # a shard (plus the small persistent vectors)
     assert two["reference_bytes"] == two["policy_bytes"]
+    assert whole["reference_bytes"] == whole["full_bytes"] and whole["policy_bytes"] == two["policy_bytes"]
+    assert one["reference_bytes"] == one["full_bytes"]  # one rank: nothing to split
 
 
-def test_an_unsharded_reference_at_zero3_is_a_plain_copy_with_the_same_update(tiny_model_dir):
-    """deepspeed.shard_reference=false keeps the reference whole on the rank (no DeepSpeed engine around
-    it); the second update's loss and KL (the policy has moved) are the same as with the sharded reference."""
+def test_one_rank_keeps_a_plain_reference_and_zero3_settings_reach_deepspeed(tiny_model_dir):
+    """A world of one builds no ZeRO-3 engine around the reference (it would split nothing and cost about
+    1 GiB of gather buffers at 65M parameters); the deepspeed.* ZeRO-3 keys reach the policy's engine."""
     import deepspeed
 
     from engine.config import load_config
+    from engine.learner import deepspeed_config, zero3_settings
     from engine.scoring import ScoringModel
 
-    assert load_config(["configs/default.yaml"]).deepspeed.shard_reference is True
+    cfg = load_config(["configs/default.yaml", "deepspeed.max_live_parameters=12345",
+                       "deepspeed.max_reuse_distance=0", "deepspeed.prefetch_bucket_size=777",
+                       "deepspeed.reduce_bucket_size=4096"])
+    assert cfg.deepspeed.shard_reference is True
     init_distributed()
+    learner = Learner(str(tiny_model_dir), zero_stage=3, lr=1e-3, grad_clip=1e6, episodes_per_rank=4,
+                      micro_batch_size=2, zero3=zero3_settings(cfg.deepspeed))
+    assert isinstance(learner.reference, ScoringModel) and not isinstance(learner.reference, deepspeed.DeepSpeedEngine)
+    zero = learner.engine._config.zero_config
+    assert (zero.max_live_parameters, zero.max_reuse_distance, zero.prefetch_bucket_size,
+            zero.reduce_bucket_size) == (12345, 0, 777, 4096)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    episodes = [_episode(tok, f"{i}+2=?", f"Final Answer: {i + 2}", f"Final Answer: {i}") for i in range(4)]
-    batch = collate(episodes, tok.pad_token_id)
+    batch = collate([_episode(tok, f"{i}+2=?", f"Final Answer: {i + 2}", f"Final Answer: {i}") for i in range(4)],
+                    tok.pad_token_id)
     adv = [torch.tensor([1.0, -1.0, 0.5, 0.0]), torch.tensor([0.0, 1.0, -1.0, 0.5])]
-    seen = {}
-    for shard in (True, False):
-        learner = Learner(str(tiny_model_dir), zero_stage=3, lr=1e-3, grad_clip=1e6, episodes_per_rank=4,
-                          micro_batch_size=2, shard_reference=shard)
-        assert isinstance(learner.reference, deepspeed.DeepSpeedEngine) is shard
-        assert shard or isinstance(learner.reference, ScoringModel)
-        weights = TurnWeights(pg=(1.0, 1.0), kl=(0.1, 0.1))
-        learner.update(batch, adv, weights, "k2")
-        stats = learner.update(batch, adv, weights, "k2")  # after one step the policy has left the reference
-        seen[shard] = (stats.loss, stats.kl_turns)
-    assert min(seen[True][1]) > 0  # a reference scored by the policy itself would give 0
-    assert seen[False][0] == pytest.approx(seen[True][0], rel=1e-5)
-    assert seen[False][1] == pytest.approx(seen[True][1], rel=1e-5)
+    weights = TurnWeights(pg=(1.0, 1.0), kl=(0.1, 0.1))
+    learner.update(batch, adv, weights, "k2")
+    assert min(learner.update(batch, adv, weights, "k2").kl_turns) > 0  # the reference stayed at the base model
+    # ZeRO 0-2 take none of the stage-3 keys
+    assert "stage3_max_live_parameters" not in deepspeed_config(0, 2, 1, 1e-3, 1.0, "float32",
+                                                                zero3_settings(cfg.deepspeed))["zero_optimization"]

@@ -82,26 +82,34 @@ def _assert_grads_match(hidden, weight, b, targets, scale, got_leaves, dtype, c_
             assert rel_err(mine.grad, ref.grad) <= TOL[dtype], name
 
 
+# (entropy wanted, the loss uses log-probs, the loss uses entropy): the learner's update wants the entropy
+# (train/entropy) and ignores it in its loss; an entropy-only loss has no log-prob gradient.
+LOSS_TERMS = [(False, True, False), (True, True, False), (True, True, True), (True, False, True)]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("use_entropy", [False, True])
-def test_head_loss_takes_the_gradient_in_the_forward(dtype, use_entropy):
+@pytest.mark.parametrize("want_entropy, use_logprob, use_entropy", LOSS_TERMS)
+def test_head_loss_takes_the_gradient_in_the_forward(dtype, want_entropy, use_logprob, use_entropy):
     hidden, weight, b, targets = make_inputs(dtype=dtype, bias=True)
     c_lp, c_ent = coefficients(len(targets))
+    c_lp = c_lp if use_logprob else torch.zeros_like(c_lp)
     seen_rows = []
 
     def per_token_loss(lp, ent, rows):  # a loss that is a sum of per-token terms
         seen_rows.append(rows)
-        out = lp * c_lp[rows]
+        out = lp * c_lp[rows] if use_logprob else torch.zeros_like(lp)
         return out + ent * c_ent[rows] if use_entropy else out
 
     h, w, bb = leaves(hidden, weight, b, dtype)
     loss, stats = head_loss(h, w, targets, per_token_loss, bias=bb, scale=1.3,
-                            wanted=Wanted(entropy=use_entropy), impl="chunked", chunk_tokens=10)
+                            wanted=Wanted(entropy=want_entropy), impl="chunked", chunk_tokens=10)
     assert [r.start for r in seen_rows] == [0, 10, 20, 30]  # chunk by chunk, before any backward
     want = reference(hidden, weight, b, targets, 1.3)
     want_loss = (want["logprob"] * c_lp.double() + (want["entropy"] * c_ent.double() if use_entropy else 0)).sum()
     assert loss.item() == pytest.approx(want_loss.item(), rel=TOL[dtype], abs=TOL[dtype])
     assert not stats.logprob.requires_grad
+    if want_entropy:  # reported whether or not the loss uses it
+        assert rel_err(stats.entropy.double(), want["entropy"]) <= TOL[dtype]
     (2.0 * loss).backward()  # the upstream gradient scales the stored ones
     _assert_grads_match(hidden, weight, b, targets, 1.3, (h, w, bb), dtype, 2 * c_lp, 2 * c_ent, use_entropy)
 

@@ -2,8 +2,8 @@
 statistics as the trainer logs them (each rank's value, then the mean over ranks) and how much of the
 frozen reference model this rank holds.
 
-    python tests/scripts/learner_ranks.py MODEL_DIR ZERO_STAGE                        (one rank)
-    deepspeed --num_gpus 2 tests/scripts/learner_ranks.py MODEL_DIR ZERO_STAGE      (two ranks)
+    python tests/scripts/learner_ranks.py MODEL_DIR ZERO_STAGE [SHARD_REFERENCE]                    (one rank)
+    deepspeed --num_gpus 2 tests/scripts/learner_ranks.py MODEL_DIR ZERO_STAGE [SHARD_REFERENCE]  (two ranks)
 """
 
 import json
@@ -30,8 +30,8 @@ def main() -> None:
     from rollout.service import share
     from tests.test_episodes import _episode
 
-    model_dir, zero_stage = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
-    zero_stage = int(zero_stage)
+    model_dir, zero_stage, *shard = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
+    zero_stage, shard_reference = int(zero_stage), bool(int(shard[0])) if shard else True
     rank, world = init_distributed()
     tok = AutoTokenizer.from_pretrained(model_dir)
     answers = ["Final Answer: 5", "1+2=3. Final Answer: 13", "Final Answer: 7", "x", "Final Answer: 55555", "9",
@@ -42,7 +42,7 @@ def main() -> None:
     mine = share(list(range(8)), rank, world)
     batch = collate([episodes[i] for i in mine], tok.pad_token_id)
     learner = Learner(model_dir, zero_stage=zero_stage, lr=1e-3, grad_clip=1e6, episodes_per_rank=len(mine),
-                      micro_batch_size=2)
+                      micro_batch_size=2, shard_reference=shard_reference)
     # The reference is the base model: KL is 0 until the policy moves, so take one update first.
     weights = TurnWeights(pg=(1.0, 1.0), kl=(0.1, 0.1))
     learner.update(batch, [adv1[mine], adv2[mine]], weights, "k2")
