@@ -37,6 +37,7 @@ CHOICES = {
     "data.overlong": ("error", "skip"),
     "rollout.placement": ("colocated", "dedicated"),
     "reward.nonfinite": ("error", "skip"),
+    "log.level": ("info", "debug"),
 }
 OPEN_SECTIONS = ("reward.weights",)  # user-named keys live here
 POSITIVE = ("train.keep_checkpoints", "rollout.turns", "train.steps", "rollout.n", "rollout.prompts_per_step", "rollout.max_tokens",

@@ -21,8 +21,12 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "builtin:arith"  # or a JSONL file with `prompt` and optional `answer`
+    # a JSONL, Parquet or Arrow file, a `datasets` folder (save_to_disk; a DatasetDict as folder:split), or a
+    # built-in split; rows need a prompt and, optionally, a gold answer
+    train: str = "builtin:arith"
     eval: str = "builtin:arith-eval"
+    prompt_key: str = "prompt"  # the field / column holding the prompt
+    answer_key: str = "answer"  # the field / column holding the gold answer (GSM8K's "#### N" and \boxed{} are read)
     overlong: str = "error"  # a prompt whose two-turn episode cannot fit rollout.max_model_len: error | skip (counted)
 
 
@@ -85,7 +89,10 @@ class AlgoConfig:
 
 @dataclass
 class RewardConfig:
-    kind: str = "confidence"  # gold | confidence | self_certainty | agreement | majority | mix | seq2seq
+    kind: str = "confidence"  # gold | confidence | self_certainty | agreement | majority | mix | seq2seq | a plugin's
+    # files (.py, relative to the working directory) or modules imported at start-up on every rank; they
+    # register rewards with `from rewards import register` (rewards/plugins.py, examples/reward_plugin.py)
+    plugins: list[str] = field(default_factory=list)
     metric: str = "disparity"  # confidence metric: disparity | prob | neg_entropy | agreement (turn-level)
     scope: str = "answer"  # confidence over the final-answer tokens | every sampled token of the turn (response)
     reduction: str = "mean"  # over the scope's tokens: mean | min | geomean (exp of the mean log-confidence)
@@ -116,6 +123,9 @@ class GuardConfig:
 class LogConfig:
     text_every: int = 20  # TensorBoard text summary of a few episodes every N steps; 0 = never
     text_episodes: int = 3  # episodes in each text summary
+    # terminal: info = progress lines and real problems (known-benign library messages hidden, see
+    # engine/console.py) | debug = every line. The run directory's train.log keeps every line either way.
+    level: str = "info"
 
 
 @dataclass

@@ -37,7 +37,8 @@ def check_inputs(cfg: DictConfig, rank: int, world: int, workers: int = 0) -> In
                 raise UserError(f"{key}={OmegaConf.select(cfg, key)} must be divisible by the number of learner "
                                 f"ranks ({world}).")
     reward = reward_needs(cfg.reward.kind, cfg.reward)
-    train_problems, eval_problems = load_problems(cfg.data.train), load_problems(cfg.data.eval)
+    keys = (cfg.data.prompt_key, cfg.data.answer_key)
+    train_problems, eval_problems = load_problems(cfg.data.train, *keys), load_problems(cfg.data.eval, *keys)
     require_answers(eval_problems, cfg.data.eval, "evaluation (data.eval)")
     if reward.needs_gold:
         require_answers(train_problems, cfg.data.train, f"reward.kind={cfg.reward.kind}")

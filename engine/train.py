@@ -32,6 +32,7 @@ from engine import algorithms as algo
 from engine.batch import collate
 from engine.checkpoint import latest_checkpoint, load_checkpoint, run_identity, save_checkpoint, write_summary
 from engine.config import load_config, main_args, save_config, staleness
+from engine.console import to_console
 from engine.distributed import barrier, init_distributed, reduce_max, reduce_mean
 from engine.errors import run_cli
 from engine.evaluate import eval_metrics
@@ -45,6 +46,7 @@ from engine.objectives import ROWS_PER_UPDATE, training_loop
 from engine.stop_signals import StopSignals
 from rewards import RewardInputs, turn_correctness, turn_has_answer
 from rewards.checked import RewardError, checked_rewards
+from rewards.plugins import load_plugins
 from rewards.registry import RewardSpec, reward_needs
 from rollout.data import Problem
 from rollout.service import LocalRollouts, RemoteRollouts, WorkerLost
@@ -327,8 +329,13 @@ def resume_or_start(run: Run, guard: CollapseGuard) -> dict:
     return state
 
 
-def main(argv: list[str] | None = None) -> dict | None:
+def main(argv: list[str] | None = None, console: bool = False) -> dict | None:
+    """console: the command line's run (cli): the terminal shows progress and problems, train.log all."""
     cfg = load_config(main_args(argv))
+    if console:
+        to_console(Path(cfg.train.output_dir), launch_rank_and_world()[0], cfg.log.level)
+    load_plugins(cfg.reward.plugins)  # every rank and worker: their rewards join the registry
+    reward_needs(cfg.reward.kind, cfg.reward)  # an unknown reward.kind stops here, before any model is built
     done = Path(cfg.train.output_dir) / "summary.json"
     if cfg.train.resume == "auto" and done.is_file():
         print(f"[resume] {cfg.train.output_dir} already finished ({done} exists): nothing to do", flush=True)
@@ -460,7 +467,7 @@ def finish(run: Run, before: dict, history: list, alarms: list, started: float, 
 
 def cli(argv: list[str] | None = None) -> None:
     """The command line: a user's mistake is one `error:` line and exit code 2, never a traceback."""
-    run_cli(lambda: main(argv))
+    run_cli(lambda: main(argv, console=True))
 
 
 if __name__ == "__main__":  # vLLM may spawn helpers; the guard keeps them from re-running training

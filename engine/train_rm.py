@@ -53,6 +53,7 @@ from engine.reward_model.pairs import RMPair, heldout_split, read_pairs, write_p
 from engine.reward_model.update import rewrite_update
 from engine.stop_signals import StopSignals
 from rewards import REWARDS
+from rewards.plugins import load_plugins
 from rewards.registry import reward_needs
 from rewards.rewrite_format import REWRITE_FILE, rewrite_context_ids, rewrite_target_ids
 from rollout.data import Problem, load_problems, require_answers
@@ -139,7 +140,7 @@ def check_rm_inputs(cfg: DictConfig) -> Sources:
                         "Hint: drop seq2seq from reward.weights for this command.")
     if cfg.rm.prompts % world:
         raise UserError(f"rm.prompts={cfg.rm.prompts} must be divisible by the number of ranks ({world}).")
-    problems = load_problems(cfg.data.train)
+    problems = load_problems(cfg.data.train, cfg.data.prompt_key, cfg.data.answer_key)
     if reward_needs(cfg.rm.reward, cfg.reward).needs_gold:
         require_answers(problems, cfg.data.train, f"rm.reward={cfg.rm.reward}")
     return Sources(problems=problems)
@@ -334,6 +335,7 @@ def finish(run: RMRun, data: RMData, state: dict, started: float) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(main_args(argv))
+    load_plugins(cfg.reward.plugins)  # rm.reward may be a plugin's
     done = Path(cfg.rm.output_dir) / "summary.json"
     if cfg.train.resume == "auto" and done.is_file():
         print(f"[resume] {cfg.rm.output_dir} already finished ({done} exists): nothing to do", flush=True)

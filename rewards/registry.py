@@ -52,7 +52,8 @@ def register(name: str, needs_token_stats: bool = False, needs_gold: bool = Fals
 
 def get_reward(kind: str) -> RewardSpec:
     if kind not in REWARDS:
-        raise UserError(f"reward.kind={kind!r} is not registered; known: {sorted(REWARDS)}.")
+        raise UserError(f"reward.kind={kind!r} is not registered; known: {sorted(REWARDS)}. Hint: a reward of "
+                        f"your own registers in a plugin: reward.plugins=[my_rewards.py] (examples/reward_plugin.py).")
     return REWARDS[kind]
 
 

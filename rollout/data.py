@@ -1,4 +1,5 @@
-"""Prompt sources: the built-in arithmetic splits or a JSONL file of {"prompt", optional "answer"}."""
+"""Prompt sources: the built-in arithmetic splits, a JSONL file of {"prompt", optional "answer"}, or a
+Parquet / Arrow / `datasets` table (rollout/tables.py)."""
 
 from __future__ import annotations
 
@@ -24,28 +25,44 @@ class DataError(UserError):
     """A user-facing data mistake; the message names the file and line."""
 
 
-def load_problems(source: str) -> list[Problem]:
+def load_problems(source: str, prompt_key: str = "prompt", answer_key: str = "answer") -> list[Problem]:
+    """A built-in split, a JSONL file, or a table through the `datasets` library: a Parquet or Arrow file, or
+    a folder saved with `save_to_disk` (a DatasetDict folder takes `folder:split`). Each row's
+    `prompt_key` is the prompt and its optional `answer_key` the gold answer (see gold_answer)."""
     if source.startswith("builtin:"):
         if source not in BUILTIN:
             raise DataError(f"unknown built-in data set '{source}'. Known: {sorted(BUILTIN)}.")
         return [Problem(p.prompt, p.answer) for p in arith_problems(BUILTIN[source])]
-    return _load_jsonl(Path(source))
+    from rollout.tables import is_table, load_table
+
+    if is_table(source):
+        return load_table(source, prompt_key, answer_key)
+    return _load_jsonl(Path(source), prompt_key, answer_key)
 
 
-def _load_jsonl(path: Path) -> list[Problem]:
+def gold_answer(value: str | int | float) -> str:
+    """The gold answer of a data set's answer field: what follows GSM8K's "#### ", the last \\boxed{} of a
+    MATH solution, or a "Final Answer:" line when the field holds one; otherwise the whole field."""
+    from rewards.answer import extract_answer  # here: rewards imports rollout (a cycle at module level)
+
+    text = str(value)
+    return extract_answer(text) or text.strip()
+
+
+def _load_jsonl(path: Path, prompt_key: str, answer_key: str) -> list[Problem]:
     if not path.is_file():
-        raise DataError(f"data file '{path}' not found. Hint: data.train / data.eval take a JSONL path or "
-                        f"one of {sorted(BUILTIN)}.")
+        raise DataError(f"data file '{path}' not found. Hint: data.train / data.eval take a JSONL, Parquet or "
+                        f"Arrow file, a `datasets` folder, or one of {sorted(BUILTIN)}.")
     problems = []
     for where, lineno, row in jsonl_rows(path, DataError, EXAMPLE, "problems"):
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+        if not isinstance(row, dict) or not isinstance(row.get(prompt_key), str) or not row[prompt_key].strip():
             got = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise DataError(f"{where}: each line needs a non-empty string field 'prompt' (got {got}). "
-                            f"Hint: e.g. {EXAMPLE}.")
-        answer = row.get("answer")
+            raise DataError(f"{where}: each line needs a non-empty string field '{prompt_key}' (got {got}). "
+                            f"Hint: e.g. {EXAMPLE}; data.prompt_key / data.answer_key name other fields.")
+        answer = row.get(answer_key)
         if answer is not None and not isinstance(answer, (str, int, float)):
-            raise DataError(f"{where}: 'answer' must be a string or a number, got {type(answer).__name__}.")
-        problems.append(Problem(row["prompt"], None if answer is None else str(answer), lineno))
+            raise DataError(f"{where}: '{answer_key}' must be a string or a number, got {type(answer).__name__}.")
+        problems.append(Problem(row[prompt_key], None if answer is None else gold_answer(answer), lineno))
     return problems
 
 
