@@ -51,7 +51,8 @@ NON_NEGATIVE = ("eval.every", "train.save_every", "algo.stage1_steps", "algo.bet
                 "train.lr", "rollout.temperature", "eval.temperature", "train.grad_clip", "eval.samples_logged",
                 "guard.min_entropy", "guard.patience", "reward.probe_tokens", "log.text_every", "log.text_episodes",
                 "rollout.max_staleness", "rollout.min_tokens", "rm.heldout_pairs", "rm.save_every", "rm.eval_every", "judge.eval_pairs",
-                "deepspeed.max_live_parameters", "deepspeed.max_reuse_distance", "deepspeed.prefetch_bucket_size")
+                "deepspeed.max_live_parameters", "deepspeed.max_reuse_distance", "deepspeed.prefetch_bucket_size",
+                "model.lora.r")
 POSITIVE += ("deepspeed.reduce_bucket_size",)
 
 
@@ -143,6 +144,7 @@ def _validate(cfg: DictConfig) -> None:
                           f"a probability. Hint: the default is pairs.threshold=0.9.")
     _validate_steps_and_judge(cfg)
     _validate_seq2seq_reward(cfg)
+    _validate_lora(cfg.model.lora)
     if cfg.algo.kind == "dpo" and cfg.rollout.placement != "colocated":
         raise ConfigError("algo.kind=dpo samples each round on the learners' own vLLM engines: it needs "
                           "rollout.placement=colocated.")
@@ -151,6 +153,21 @@ def _validate(cfg: DictConfig) -> None:
             f"algo.advantage={cfg.algo.advantage} needs a group baseline: set rollout.n >= 2 "
             f"(got {cfg.rollout.n}), or use algo.advantage=reinforce."
         )
+
+
+def _validate_lora(lora: DictConfig) -> None:
+    if not lora.r:
+        return
+    if lora.alpha <= 0:
+        raise ConfigError(f"model.lora.alpha={lora.alpha} must be > 0: the adapters' output is scaled by alpha / r. "
+                          f"Hint: the default is model.lora.alpha=16.")
+    if not 0.0 <= lora.dropout < 1.0:
+        raise ConfigError(f"model.lora.dropout={lora.dropout} is outside [0, 1). Hint: the default is 0.")
+    targets = list(lora.target_modules)
+    if not targets or "lm_head" in targets:
+        raise ConfigError(f"model.lora.target_modules={targets}: name at least one Linear layer, and not lm_head "
+                          f"(the fused log-prob head needs a plain output layer). Hint: [all-linear] (the default) "
+                          f"or e.g. [q_proj,v_proj].")
 
 
 def _validate_steps_and_judge(cfg: DictConfig) -> None:

@@ -13,10 +13,20 @@ from pairs.judge import JUDGE_LABELS, JUDGE_TEMPLATE
 from rollout.steps import DEFAULT_DELIMITER, DEFAULT_STOPS
 
 @dataclass
+class LoraSettings:
+    r: int = 0  # adapter rank; 0: full fine-tuning (no adapters)
+    alpha: float = 16.0  # the adapters' output is scaled by alpha / r
+    dropout: float = 0.0  # on the adapters' input while training (> 0: the learner scores a noisier policy than vLLM's)
+    # the Linear layers that get adapters (names or name suffixes); all-linear: every one except the output head
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+
+@dataclass
 class ModelConfig:
     path: str = "builtin:tiny-arith"  # or a local Hugging Face causal-LM folder
     dtype: str = "float32"
     trust_remote_code: bool = False  # run Python code shipped in the model folder (config.json auto_map)
+    lora: LoraSettings = field(default_factory=LoraSettings)  # LoRA through PEFT (model.lora.r > 0)
 
 
 @dataclass

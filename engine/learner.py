@@ -4,7 +4,9 @@ it, and one SCoRe policy-gradient update per training step."""
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import deepspeed
 import torch
@@ -17,8 +19,10 @@ from engine.batch import TrainBatch
 from engine.distributed import all_ranks_sum, world_size
 from engine.models import DTYPES
 from engine.logprobs import Wanted
+from engine.lora import AdaptersOff, adapter_state, add_adapters, trainable
 from engine.scoring import ScoringModel, flat, grid, sampling_temperature
 from engine.token_stats import TokenStats, token_stats
+from engine.weight_sync import gathered_state_dict
 
 @dataclass
 class UpdateStats:
@@ -80,24 +84,31 @@ class Learner:
     def __init__(self, model_path: str, zero_stage: int, lr: float, grad_clip: float, episodes_per_rank: int,
                  micro_batch_size: int, dtype: str = "float32", logprob_impl: str = "auto",
                  trust_remote_code: bool = False, with_reference: bool = True, shard_reference: bool = True,
-                 zero3: dict | None = None):
+                 zero3: dict | None = None, lora=None):
         """with_reference=False: no frozen reference (a trainer with no KL term, train_rm); update() needs one.
         shard_reference=False keeps a full reference on every rank at ZeRO-3 (no gathers in its forward); so
-        does a world of one, where there is nothing to split. zero3: see zero3_settings."""
+        does a world of one, where there is nothing to split. zero3: see zero3_settings. lora: the config's
+        model.lora section; with r > 0 only adapters train and the reference is the policy without them."""
         def load():
             return AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[dtype],
                                                         trust_remote_code=trust_remote_code)
 
-        policy = ScoringModel(load(), logprob_impl)
+        lm = load()
+        self.adapters = add_adapters(lm, lora) if lora is not None and lora.r > 0 else None  # PEFT's wrapper
+        policy = ScoringModel(lm, logprob_impl)
         self.vocab_size = policy.lm.get_output_embeddings().out_features
         self.micro_batch = min(micro_batch_size, episodes_per_rank)
         self.grad_accum = math.ceil(episodes_per_rank / self.micro_batch)
         self.zero_stage = zero_stage
         config = deepspeed_config(zero_stage, self.micro_batch, self.grad_accum, lr, grad_clip, dtype, zero3)
-        self.engine, *_ = deepspeed.initialize(model=policy, model_parameters=policy.parameters(), config=config)
+        self.engine, *_ = deepspeed.initialize(model=policy, config=config,
+                                               model_parameters=trainable(policy))
         self.device = self.engine.device
         self.reference = None
         if not with_reference:
+            return
+        if self.adapters is not None:  # the same weights: no second copy
+            self.reference = AdaptersOff(self.engine.module)
             return
         reference = ScoringModel(load(), logprob_impl).eval()
         reference.requires_grad_(False)
@@ -118,8 +129,16 @@ class Learner:
         if self.reference is None:
             raise RuntimeError("this Learner was built with with_reference=False (train_rm): update() needs the "
                                "frozen reference for its KL term")
-        with sampling_temperature(self.policy, temperature), sampling_temperature(self.reference_lm, temperature):
+        with self.scoring_temperature(temperature):
             return self._update(batch, advantages, weights, kl_estimator, is_cap)
+
+    @contextmanager
+    def scoring_temperature(self, temperature: float):
+        """Policy and reference score logits / temperature inside (once each: a LoRA reference is the policy)."""
+        with ExitStack() as stack:
+            for lm in {id(m): m for m in (self.policy, self.reference_lm)}.values():
+                stack.enter_context(sampling_temperature(lm, temperature))
+            yield
 
     def _update(self, batch: TrainBatch, advantages: list[Tensor], weights: TurnWeights, kl_estimator: str,
                 is_cap: float | None) -> UpdateStats:
@@ -202,7 +221,9 @@ class Learner:
 
     @property
     def reference_lm(self):
-        """The reference's Hugging Face model (inside its DeepSpeed engine at ZeRO-3)."""
+        """The reference's Hugging Face model (inside its DeepSpeed engine at ZeRO-3; the policy's with LoRA)."""
+        if isinstance(self.reference, AdaptersOff):
+            return self.reference.scoring_model.lm
         return getattr(self.reference, "module", self.reference).lm
 
     @property
@@ -211,16 +232,25 @@ class Learner:
         return self.engine.module.lm
 
     def save_weights(self, folder, tokenizer, is_main: bool) -> None:
-        """The policy as a Hugging Face folder (weights, config, tokenizer) that vLLM or
-        `model.path` can load. Every rank must call it (ZeRO-3 gathers); rank 0 writes."""
+        """The policy as a Hugging Face folder (weights, config, tokenizer) that vLLM or `model.path` can
+        load; LoRA adapters are merged into it and also saved alone under <folder>/adapter (PEFT's format).
+        Every rank must call it (ZeRO-3 gathers); rank 0 writes."""
         state = self.full_state_dict()
+        adapters = None
+        if self.adapters is not None:
+            with deepspeed.zero.GatheredParameters(trainable(self.policy), enabled=self.zero_stage == 3):
+                adapters = adapter_state(self.adapters)
         if is_main:
-            self.policy.save_pretrained(folder, state_dict=state)
+            self.policy.save_pretrained(folder, state_dict=state)  # merged: the plain architecture's folder
             tokenizer.save_pretrained(folder)
+            if adapters is not None:
+                self.adapters.save_pretrained(Path(folder) / "adapter", state_dict=adapters)
 
     def full_state_dict(self) -> dict[str, Tensor]:
-        """Every weight in full, including tied ones (lm_head.weight), for the rollout engine.
-        Under ZeRO-3 the shards are gathered on every rank first."""
+        """Every weight in full, including tied ones (lm_head.weight), for the rollout engine (LoRA merged,
+        under the plain model's names). Under ZeRO-3 the shards are gathered on every rank first."""
+        if self.adapters is not None:
+            return gathered_state_dict(self.policy, self.zero_stage)
         module = self.policy
         if self.zero_stage == 3:
             with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):

@@ -111,7 +111,8 @@ def build_run(cfg: DictConfig, placement: Placement, channels: Channels | None) 
                       episodes_per_rank=ROWS_PER_UPDATE[cfg.algo.kind](cfg) // world,
                       micro_batch_size=cfg.train.micro_batch_size, dtype=cfg.model.dtype,
                       logprob_impl=cfg.learner.logprob_impl, trust_remote_code=cfg.model.trust_remote_code,
-                      shard_reference=cfg.deepspeed.shard_reference, zero3=zero3_settings(cfg.deepspeed))
+                      shard_reference=cfg.deepspeed.shard_reference, zero3=zero3_settings(cfg.deepspeed),
+                      lora=cfg.model.lora)
     if channels is None:
         rollouts = LocalRollouts(start_vllm(cfg, model_path, seed=cfg.train.seed + rank), tokenizer, cfg, learner,
                                  rank, world)

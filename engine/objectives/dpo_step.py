@@ -18,7 +18,7 @@ from torch import Tensor
 from engine.batch import TrainBatch
 from engine.distributed import all_ranks_sum, world_size
 from engine.objectives.dpo import dpo_loss, sequence_logprobs
-from engine.scoring import flat, grid, sampling_temperature
+from engine.scoring import flat, grid
 
 
 def collate_pairs(pairs, pad_id: int) -> TrainBatch:
@@ -54,7 +54,7 @@ def dpo_update(learner, batch: TrainBatch, pair_weights: Tensor, beta: float,
     """One optimizer step on this rank's P pairs: `batch` rows 0..P-1 are the chosen responses and P..2P-1
     the rejected ones (each with its prompt; turn_masks [2P, 1, T] marks the response). The batch must have
     the learner's rows per update (its micro-batches make one gradient-accumulation cycle)."""
-    with sampling_temperature(learner.policy, temperature), sampling_temperature(learner.reference_lm, temperature):
+    with learner.scoring_temperature(temperature):
         return _update(learner, batch, pair_weights.float(), beta)
 
 
