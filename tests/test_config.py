@@ -60,6 +60,18 @@ def test_bad_values_name_the_key(arg, needle):
         load_config([arg])
 
 
+@pytest.mark.parametrize("arg, needle", [
+    ("model.lora.alpha=0", r"model\.lora\.alpha=0\.0 must be > 0"),
+    ("model.lora.dropout=1.0", r"model\.lora\.dropout=1\.0 is outside \[0, 1\)"),
+    ("model.lora.target_modules=[lm_head]", r"model\.lora\.target_modules=\['lm_head'\]: .*not lm_head"),
+    ("model.lora.target_modules=[]", r"model\.lora\.target_modules=\[\]: name at least one"),
+])
+def test_bad_lora_settings_name_the_key(arg, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(["model.lora.r=8", arg])
+    load_config(["model.lora.r=0", arg])  # no adapters: the other lora keys are not read
+
+
 def test_group_baseline_needs_two_samples():
     with pytest.raises(ConfigError, match="rollout.n"):
         load_config(["rollout.n=1"])

@@ -16,6 +16,18 @@ BENIGN_LINES = [
     "INFO 12-04 20:40:01 [core.py:101] Initializing a V1 LLM engine (v0.32.0) with config: ...",
     "\x1b[1;36m(EngineCore pid=123) \x1b[0;0mINFO 12-04 20:40:01 [core.py:101] started",
     "[2026-12-04 20:33:30,001] [INFO] [config.py:1000:print] DeepSpeedEngine configuration:",
+    "(MainProcess pid=5) WARNING 12-05 07:56:01 [cpu_worker.py:95] libtcmalloc is not found in LD_PRELOAD. ...",
+    "(MainProcess pid=5) WARNING 12-05 07:56:01 [vllm.py:700] Enforce eager set, disabling torch.compile, ...",
+    "(MainProcess pid=5) WARNING 12-05 07:56:01 [cpu_worker.py:120] CPU backend doesn't allow to use "
+    "`torch.set_num_threads` after the thread binding, skip it.",
+    "/x/site-packages/vllm/triton_utils/dispatcher.py:42: FutureWarning: `torch.distributed.reduce_op` is deprecated",
+    "  wrapper = lookup(vars(value).get(\"kernel\"))",
+    "Loading weights: 100%|██████████| 26/26 [00:00<00:00, 24566.77it/s]",
+    "Writing model shards:   0%|          | 0/1 [00:00<?, ?it/s]",
+    "(MainProcess pid=5) WARNING 12-05 07:56:01 [arg_utils.py:1] The global random seed is set to 0. Since ...",
+    "Triton is installed, but doesn't include CPU backend. Disabling Triton.",
+    "[rank0]:[W1205 07:56:01.1 utils.cpp:1] Warning: NUMA binding: Using MEMBIND policy for memory allocation",
+    "DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully",
 ]
 REAL_LINES = [
     "[step 2/2] stage 2 | reward 0.5/0.6 | acc 0.5/0.6 | kl 0.01/0.02 | 1.0s | eta 0m00s",
@@ -23,6 +35,9 @@ REAL_LINES = [
     "WARNING 12-04 20:40:01 [layerwise.py:266] Qwen2MLP: Failed to load weights",  # a real weight: shown
     "[warn] rollout.min_tokens=128: ...",
     "Traceback (most recent call last):",
+    "(MainProcess pid=5) WARNING 12-05 07:56:01 [scheduler.py:10] KV cache is full: preempting requests",
+    "/x/site-packages/torch/nn/modules/module.py:9: FutureWarning: something else is deprecated",
+    "Processed prompts:  12%|█▎        | 1/8 [00:02<00:15,  2.20s/it]",  # the evaluation's progress
 ]
 
 
@@ -48,15 +63,24 @@ def test_the_console_filters_the_terminal_and_keeps_everything_in_the_log(tmp_pa
         print({BENIGN_LINES[0]!r})
         os.write(2, b"ERROR from C++\\n" + {BENIGN_LINES[2]!r}.encode() + b"\\n")
         subprocess.run([sys.executable, "-c", "print('child says hi')"])
+        # a tqdm bar as written: "\\r" + its text at each redraw, "\\n" when it closes, then a blank line
+        sys.stderr.write("\\rLoading weights:   0%|   | 0/26\\rLoading weights: 100%|###| 26/26\\n\\n")
+        sys.stderr.write("\\rProcessed prompts:  50%|#  | 4/8\\rProcessed prompts: 100%|##| 8/8\\n")
+        sys.stderr.flush()
         print("no newline at the end", end="")
+        sys.stdout.flush()
+        os.abort()  # a crash: what was written before it still reaches the terminal and the log
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    terminal = proc.stdout + proc.stderr
-    assert "ERROR from C++" in proc.stderr and "[step 1/2] progress" in proc.stdout  # each to its own stream
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    stdout, stderr = proc.stdout.decode(), proc.stderr.decode()  # bytes: "\r" kept as written
+    assert proc.returncode == -6, stderr  # SIGABRT
+    terminal = stdout + stderr
+    assert "ERROR from C++" in stderr and "[step 1/2] progress" in stdout  # each to its own stream
     log = (tmp_path / "train.log").read_text()
     for line in ("[step 1/2] progress", "ERROR from C++", "child says hi", "no newline at the end"):
         assert line in terminal and line in log
-    for line in (BENIGN_LINES[0], BENIGN_LINES[2]):
+    for line in (BENIGN_LINES[0], BENIGN_LINES[2], "Loading weights: 100%"):
         assert line in log
         assert (line in terminal) is (level == "debug")
+    assert "Processed prompts: 100%|##| 8/8\n" in stderr  # the evaluation's bar is shown
+    assert ("\n\n" in stderr) is (level == "debug")  # the blank line after a hidden bar

@@ -283,7 +283,7 @@ def _bad_pairs(tmp_path):
     return no_chosen, malformed
 
 
-@pytest.mark.parametrize("case", ["missing", "no_chosen", "malformed", "reward", "step_pairs", "psrlm", "mix"])
+@pytest.mark.parametrize("case", ["missing", "no_chosen", "malformed", "reward", "step_pairs", "psrlm", "mix", "lora"])
 def test_bad_inputs_are_one_error_line(case, tmp_path, capsys):
     from engine.train_rm import cli
 
@@ -303,6 +303,7 @@ def test_bad_inputs_are_one_error_line(case, tmp_path, capsys):
                       f"'rejected'])"),
         "malformed": ([f"rm.pairs={malformed}"], f"{malformed}:1: not valid JSON ("),
         "reward": (["rm.reward=judge"], "rm.reward='judge' cannot rank the builder's pairs; known:"),
+        "lora": (["model.lora.r=8"], "model.lora.r=8: the reward-model trainer has no LoRA yet"),
     }[case]
     with pytest.raises(SystemExit) as exit_:
         cli([*args, f"rm.output_dir={tmp_path}/run"])
