@@ -124,6 +124,18 @@ def load_checkpoint(run, path: Path) -> dict:
     return meta
 
 
+def check_same_adapters(cfg, saved: dict, path: Path) -> None:
+    """The checkpoint's network has the adapters model.lora asks for (rank and layers), or none of them."""
+    saved_lora = saved.get("model", {}).get("lora", {"r": 0, "target_modules": ["all-linear"]})
+    for key in ("r", "target_modules"):
+        now, then = cfg.model.lora[key], saved_lora.get(key)
+        now = list(now) if key == "target_modules" else now
+        if (cfg.model.lora.r or saved_lora.get("r")) and now != then:
+            raise UserError(f"model.lora.{key}={now}, but the checkpoint {path} was trained with model.lora.{key}="
+                            f"{then}: its weights do not fit this network. Hint: resume with model.lora.{key}={then}, "
+                            f"or start a new run in another train.output_dir.")
+
+
 def save_rng(folder: Path, rank: int) -> None:
     torch.save(torch.get_rng_state(), folder / f"rng-rank{rank}.pt")
     kind, keys, pos, has_gauss, gauss = np.random.get_state()

@@ -164,6 +164,9 @@ def _validate_lora(lora: DictConfig) -> None:
     if not 0.0 <= lora.dropout < 1.0:
         raise ConfigError(f"model.lora.dropout={lora.dropout} is outside [0, 1). Hint: the default is 0.")
     targets = list(lora.target_modules)
+    if "all-linear" in targets and len(targets) > 1:
+        raise ConfigError(f"model.lora.target_modules={targets}: all-linear already names every Linear layer but the "
+                          f"output head; it cannot be mixed with names. Hint: [all-linear] or a list of names.")
     if not targets or "lm_head" in targets:
         raise ConfigError(f"model.lora.target_modules={targets}: name at least one Linear layer, and not lm_head "
                           f"(the fused log-prob head needs a plain output layer). Hint: [all-linear] (the default) "

@@ -25,15 +25,23 @@ def add_adapters(lm: nn.Module, settings) -> nn.Module:
     targets = list(settings.target_modules)
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, bias="none",
                         target_modules=targets[0] if targets == ["all-linear"] else targets)
+    linear = sorted({name.rsplit(".", 1)[-1] for name, m in lm.named_modules()
+                     if isinstance(m, nn.Linear) and m is not lm.get_output_embeddings()})
+    hint = f"Hint: this model's Linear layers are {linear}, or use [all-linear]."
     try:
-        return get_peft_model(lm, config)
+        model = get_peft_model(lm, config)
     except ValueError as err:  # PEFT: "Target modules {...} not found in the base model"
         if "not found" not in str(err):
             raise
-        linear = sorted({name.rsplit(".", 1)[-1] for name, m in lm.named_modules()
-                         if isinstance(m, nn.Linear) and m is not lm.get_output_embeddings()})
-        raise UserError(f"model.lora.target_modules={targets} matches no Linear layer of this model. Hint: its "
-                        f"Linear layers are {linear}, or use [all-linear].") from None
+        raise UserError(f"model.lora.target_modules={targets} matches no Linear layer of this model. {hint}") from None
+    from peft.tuners.lora import Linear as LoraLinear
+
+    others = [name for name, m in lora_layers(lm) if not isinstance(m, LoraLinear)]
+    if others or not isinstance(lm.get_output_embeddings(), nn.Linear):
+        # embeddings, convolutions or the output head: the merge and the fused head take Linear layers only
+        raise UserError(f"model.lora.target_modules={targets} puts adapters on layers that are not hidden Linear "
+                        f"layers ({others or 'the output head'}). {hint}")
+    return model
 
 
 def lora_layers(lm: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -55,9 +63,12 @@ class AdaptersOff:
         # the gradient hooks DeepSpeed put on them: set only the flag its LoRA forward reads.
         for layer in self.layers:
             layer._disable_adapters = True
+        training = self.scoring_model.training
+        self.scoring_model.eval()  # a reference without dropout, as a frozen copy would be
         try:
             return self.scoring_model(*args, **kwargs)
         finally:
+            self.scoring_model.train(training)
             for layer in self.layers:
                 layer._disable_adapters = False
 

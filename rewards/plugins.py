@@ -8,6 +8,7 @@ anything else is a module name imported from the Python path.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -41,7 +42,7 @@ def _import_file(entry: str) -> None:
     if not path.is_file():
         raise UserError(f"reward.plugins: file '{entry}' not found (looked at {path}). {HINT}")
     # One module per file path: a second load (another trainer in this process) finds it registered.
-    name = "reward_plugin_" + "".join(ch if ch.isalnum() else "_" for ch in str(path))
+    name = f"reward_plugin_{hashlib.sha1(str(path).encode()).hexdigest()[:16]}"
     if name in sys.modules:
         return
     spec = importlib.util.spec_from_file_location(name, path)
@@ -58,7 +59,7 @@ def _import_module(entry: str) -> None:
     try:
         importlib.import_module(entry)
     except ModuleNotFoundError as err:
-        if err.name is not None and entry.startswith(err.name):  # the plugin itself, not one of its imports
+        if err.name is not None and (entry == err.name or entry.startswith(err.name + ".")):  # not its imports
             raise UserError(f"reward.plugins: no file or module named '{entry}' (not on the Python path: "
                             f"{sys.path[:3]}...). {HINT}") from None
         raise UserError(_failed(entry, err, None)) from None

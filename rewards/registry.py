@@ -45,6 +45,10 @@ REWARDS: dict[str, RewardSpec] = {}
 def register(name: str, needs_token_stats: bool = False, needs_gold: bool = False, check=None,
              needs_answer: bool = True):
     def add(fn):
+        known = REWARDS.get(name)
+        if known is not None and (known.fn.__module__, known.fn.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"a reward named {name!r} is already registered (by {known.fn.__module__}."
+                             f"{known.fn.__qualname__}); give yours another name")
         REWARDS[name] = RewardSpec(fn, needs_token_stats, needs_gold, check, needs_answer)
         return fn
     return add

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rollout.data import DataError, Problem, gold_answer
 
-SUFFIXES = (".parquet", ".arrow")
+SUFFIXES = (".parquet", ".arrow", ".feather")
 
 
 def _split_source(source: str) -> tuple[Path, str | None]:
@@ -33,8 +33,8 @@ def _open(source: str):
     try:
         if path.suffix == ".parquet":
             return datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
-        if path.suffix == ".arrow":
-            return datasets.Dataset.from_file(str(path), in_memory=True)
+        if path.suffix in (".arrow", ".feather"):
+            return _arrow(path)
         data = datasets.load_from_disk(str(path))
     except DataError:
         raise
@@ -50,6 +50,20 @@ def _open(source: str):
     if split is not None:
         raise DataError(f"{path} is a single data set, not a DatasetDict: drop ':{split}'.")
     return data
+
+
+def _arrow(path: Path):
+    """An Arrow IPC stream (what `datasets` caches) or an IPC file (Feather v2, `pyarrow.feather`, pandas'
+    `to_feather`)."""
+    import datasets
+    import pyarrow as pa
+
+    with open(path, "rb") as f:
+        is_file_format = f.read(6) == b"ARROW1"  # the IPC file format's magic; a stream starts otherwise
+    if not is_file_format:
+        return datasets.Dataset.from_file(str(path), in_memory=True)
+    with pa.OSFile(str(path), "rb") as source:  # read into memory: nothing refers to the file afterwards
+        return datasets.Dataset(pa.ipc.open_file(source).read_all())
 
 
 def load_table(source: str, prompt_key: str, answer_key: str) -> list[Problem]:

@@ -65,6 +65,7 @@ def test_bad_values_name_the_key(arg, needle):
     ("model.lora.dropout=1.0", r"model\.lora\.dropout=1\.0 is outside \[0, 1\)"),
     ("model.lora.target_modules=[lm_head]", r"model\.lora\.target_modules=\['lm_head'\]: .*not lm_head"),
     ("model.lora.target_modules=[]", r"model\.lora\.target_modules=\[\]: name at least one"),
+    ("model.lora.target_modules=[all-linear,q_proj]", r"all-linear already names every Linear layer"),
 ])
 def test_bad_lora_settings_name_the_key(arg, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -42,13 +42,20 @@ def test_parquet_with_mapped_columns(tmp_path):
     assert _pairs(load_problems(str(path), **KEYS)) == EXPECTED
 
 
-def test_arrow_file(tmp_path):
+@pytest.mark.parametrize("layout", ["stream", "file", "feather"])
+def test_arrow_files(tmp_path, layout):
+    """The IPC stream `datasets` caches, the IPC file format, and Feather v2 (pyarrow.feather, pandas)."""
     import pyarrow as pa
+    import pyarrow.feather
 
-    path = tmp_path / "train.arrow"
+    path = tmp_path / ("train.feather" if layout == "feather" else "train.arrow")
     table = pa.Table.from_pylist([{"prompt": q, "answer": a} for q, a in EXPECTED])
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
+    if layout == "feather":
+        pyarrow.feather.write_feather(table, str(path))
+    else:
+        new = pa.ipc.new_stream if layout == "stream" else pa.ipc.new_file
+        with pa.OSFile(str(path), "wb") as sink, new(sink, table.schema) as writer:
+            writer.write_table(table)
     assert _pairs(load_problems(str(path))) == EXPECTED
 
 

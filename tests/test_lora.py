@@ -87,10 +87,15 @@ def test_adapters_train_the_reference_is_the_base_and_merged_weights_match(tiny_
     torch.testing.assert_close(_logprobs(adapted.merge_and_unload(), batch), policy_lp, rtol=0, atol=1e-4)
 
 
-def test_target_modules_that_match_nothing_name_the_key_and_the_layers(tiny_model_dir):
+@pytest.mark.parametrize("targets, needle", [
+    (["qkv_proj"], r"model\.lora\.target_modules=\['qkv_proj'\] matches no Linear.*'q_proj'"),
+    (["embed_tokens"], r"model\.lora\.target_modules=\['embed_tokens'\] puts adapters on layers that are not hidden "
+                       r"Linear layers \(\['model\.embed_tokens'\]\).*'q_proj'"),
+])
+def test_target_modules_that_cannot_work_name_the_key_and_the_layers(tiny_model_dir, targets, needle):
     init_distributed()
-    bad = OmegaConf.merge(LORA, {"target_modules": ["qkv_proj"]})
-    with pytest.raises(UserError, match=r"model\.lora\.target_modules=\['qkv_proj'\] matches no Linear.*'q_proj'"):
+    bad = OmegaConf.merge(LORA, {"target_modules": targets})
+    with pytest.raises(UserError, match=needle):
         Learner(str(tiny_model_dir), zero_stage=0, lr=1e-3, grad_clip=1.0, episodes_per_rank=4,
                 micro_batch_size=4, lora=bad)
 
@@ -153,3 +158,20 @@ def test_dedicated_workers_receive_the_merged_weights(tiny_model_dir):
     assert not torch.equal(by_hand, layer.base_layer.weight)
     for name, value in merged.items():
         assert torch.equal(received[name], value), name
+
+
+def test_a_checkpoint_resumes_only_with_the_adapters_it_was_trained_with(tmp_path):
+    from engine.checkpoint import check_same_adapters
+    from engine.config import load_config
+
+    saved = OmegaConf.to_container(load_config(["model.lora.r=8"]), resolve=True)
+    check_same_adapters(load_config(["model.lora.r=8", "model.lora.alpha=4"]), saved, tmp_path)  # alpha: a scale
+    for override, key in [("model.lora.r=0", "r"), ("model.lora.r=4", "r"),
+                          ("model.lora.target_modules=[q_proj]", "target_modules")]:
+        with pytest.raises(UserError, match=rf"model\.lora\.{key}=.*but the checkpoint .* was trained with "
+                                            rf"model\.lora\.{key}="):
+            check_same_adapters(load_config(["model.lora.r=8", override]), saved, tmp_path)
+    full = OmegaConf.to_container(load_config([]), resolve=True)
+    check_same_adapters(load_config([]), full, tmp_path)
+    with pytest.raises(UserError, match=r"model\.lora\.r=8, but the checkpoint .* model\.lora\.r=0"):
+        check_same_adapters(load_config(["model.lora.r=8"]), full, tmp_path)

@@ -102,8 +102,11 @@ def test_a_llama_folder_trains_syncs_and_evaluates(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(saved).chat_template == LLAMA3_TEMPLATE
-    model = AutoModelForCausalLM.from_pretrained(saved)
+    model, info = AutoModelForCausalLM.from_pretrained(saved, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info  # lm_head saved, not re-initialised
     assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+    base = AutoModelForCausalLM.from_pretrained(folder)
+    assert not torch.equal(model.lm_head.weight, base.lm_head.weight)  # the head trained (untied, on its own)
     metrics = tmp_path / "eval.json"
     run_script([sys.executable, "-m", "engine.evaluate", "configs/default.yaml", f"model.path={saved}",
                 "eval.problems=8", "--json", str(metrics)], timeout=600)

@@ -57,6 +57,9 @@ def test_a_module_plugin_imports_from_the_python_path(tmp_path, monkeypatch):
     ("import torch\n\nraise RuntimeError('no config here')\n", ":3", "RuntimeError: no config here"),
     ("def reward(inputs):\n    return [\n", ":2", "SyntaxError"),
     ("import torch\nimport not_a_real_module_xyz\n", ":2", "No module named 'not_a_real_module_xyz'"),
+    # a name a built-in reward has: refused, not silently replaced
+    ("from rewards import register\n\n@register('gold')\ndef gold(inputs):\n    return []\n", ":3",
+     "a reward named 'gold' is already registered (by rewards.registry.gold_reward)"),
 ])
 def test_a_plugin_that_fails_to_import_names_its_file_and_line(tmp_path, monkeypatch, source, where, what):
     monkeypatch.chdir(tmp_path)
@@ -73,6 +76,10 @@ def test_a_missing_plugin_is_named(tmp_path, monkeypatch):
         load_plugins(["nowhere.py"])
     with pytest.raises(UserError, match="no file or module named 'no_such_pkg.rewards'"):
         load_plugins(["no_such_pkg.rewards"])
+    (tmp_path / "uses_missing.py").write_text("import not_a_real_module_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match=r"'uses_missing' failed to import: .*not_a_real_module_xyz.*uses_missing\.py:1"):
+        load_plugins(["uses_missing"])  # found, but one of its imports is not
     with pytest.raises(UserError, match=r"reward.plugins=\[my_rewards.py\]"):
         get_reward("not_registered_anywhere")
 
