@@ -35,6 +35,9 @@ BENIGN = [
     re.compile(VLLM_WARNING + r"(The global random seed is set|Enforce eager set|Inductor compilation was "
                r"disabled|Triton is not installed|Model Runner V2 requires Triton|Reset SSM cache type|"
                r"CPU backend doesn't allow to use `torch\.set_num_threads`)"),
+    # vLLM's CPU worker sets VLLM_DIST_IDENT in its own process; a process started from one that ran vLLM
+    # inherits it, and vLLM then warns about its own variable.
+    re.compile(VLLM_WARNING + r"Unknown vLLM environment variable detected: VLLM_DIST_IDENT$"),
     # A speed hint (preloading tcmalloc / Intel OpenMP), not a problem; it stays in train.log.
     re.compile(VLLM_WARNING + r"lib(tcmalloc|iomp) is not found in LD_PRELOAD"),
     re.compile(r"^Triton is installed, but doesn't include CPU backend\. Disabling Triton\."),

@@ -28,6 +28,8 @@ BENIGN_LINES = [
     "Triton is installed, but doesn't include CPU backend. Disabling Triton.",
     "[rank0]:[W1205 07:56:01.1 utils.cpp:1] Warning: NUMA binding: Using MEMBIND policy for memory allocation",
     "DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully",
+    "(MainProcess pid=2375) WARNING 12-05 08:36:52 [interface.py:1457] Unknown vLLM environment variable detected: "
+    "VLLM_DIST_IDENT",
 ]
 REAL_LINES = [
     "[step 2/2] stage 2 | reward 0.5/0.6 | acc 0.5/0.6 | kl 0.01/0.02 | 1.0s | eta 0m00s",
@@ -38,6 +40,8 @@ REAL_LINES = [
     "(MainProcess pid=5) WARNING 12-05 07:56:01 [scheduler.py:10] KV cache is full: preempting requests",
     "/x/site-packages/torch/nn/modules/module.py:9: FutureWarning: something else is deprecated",
     "Processed prompts:  12%|█▎        | 1/8 [00:02<00:15,  2.20s/it]",  # the evaluation's progress
+    "(MainProcess pid=5) WARNING 12-05 08:36:52 [interface.py:1457] Unknown vLLM environment variable detected: "
+    "VLLM_ATTENTION_BACKNED",  # a user's misspelt variable: shown
 ]
 
 

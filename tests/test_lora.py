@@ -175,3 +175,25 @@ def test_a_checkpoint_resumes_only_with_the_adapters_it_was_trained_with(tmp_pat
     check_same_adapters(load_config([]), full, tmp_path)
     with pytest.raises(UserError, match=r"model\.lora\.r=8, but the checkpoint .* model\.lora\.r=0"):
         check_same_adapters(load_config(["model.lora.r=8"]), full, tmp_path)
+
+
+@pytest.mark.slow
+def test_two_ranks_zero3_with_adapters(tiny_model_dir, tmp_path):
+    """Adapters sharded over 2 learner ranks at ZeRO-3: the reference (adapters off) and the merged weights
+    are gathered across ranks, vLLM on each rank follows the policy, and rank 0 saves both folders."""
+    from engine.distributed import free_port
+
+    out = tmp_path / "run"
+    run_script(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "engine/train.py",
+                "configs/default.yaml", f"model.path={tiny_model_dir}", "deepspeed.zero_stage=3", "model.lora.r=8",
+                "model.lora.alpha=32", "train.lr=5e-3", "algo.stage1_steps=0", "train.steps=3", "eval.every=0",
+                "eval.problems=8", "rollout.prompts_per_step=4", f"train.output_dir={out}"], timeout=900)
+    assert_weights_synced(json.loads((out / "summary.json").read_text())["train"]["history"])
+    saved = out / "checkpoints" / "step-000003" / "model"
+    merged = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32)
+    from peft import PeftModel
+
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                                        saved / "adapter").merge_and_unload()
+    for name, value in adapted.state_dict().items():
+        torch.testing.assert_close(merged.state_dict()[name], value, rtol=0, atol=1e-5, msg=name)
