@@ -2,7 +2,11 @@
 
 import logging as _logging
 
+from engine.console import NO_GPU as _NO_GPU  # a small module: no torch
+
 # On a machine without a GPU DeepSpeed warns "Setting accelerator to CPU" when it is first imported, before
-# engine/console.py can send the line to train.log: on a CPU machine that is the intended set-up, so it is
-# dropped here (the console's pattern for it stays for processes that import DeepSpeed another way).
-_logging.getLogger("DeepSpeed").addFilter(lambda record: "Setting accelerator to CPU" not in record.getMessage())
+# engine/console.py can send the line to train.log: there it is the intended set-up, so it is dropped (the
+# console's pattern for it stays for processes that import DeepSpeed another way). With a GPU present the line
+# stays: there it says CUDA was not found.
+if _NO_GPU:
+    _logging.getLogger("DeepSpeed").addFilter(lambda record: "Setting accelerator to CPU" not in record.getMessage())

@@ -10,6 +10,7 @@ that what the trainer writes just before it crashes (a C++ abort, a fatal error)
 from __future__ import annotations
 
 import atexit
+import glob
 import os
 import re
 import signal
@@ -18,13 +19,16 @@ import sys
 import threading
 from pathlib import Path
 
+# DeepSpeed's "Setting accelerator to CPU" is benign only where there is no GPU at all; on a GPU machine it is
+# the one clue that CUDA was not found.
+NO_GPU = not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd"))
 VLLM_WARNING = r"^(?:\x1b\[[0-9;]*m|\(\w+ pid=\d+\) )*WARNING \d\d-\d\d \d\d:\d\d:\d\d \[[\w.]+:\d+\] "
 BENIGN = [
     # vLLM reloads weights layer by layer after every sync; a rotary embedding's cos/sin cache is computed
     # from the config, not a weight in the state dict, so vLLM keeps its own tensor and says "failed".
     re.compile(r"RotaryEmbedding: Failed to load weights"),
     # DeepSpeed finds no GPU and uses its CPU accelerator: on a CPU machine that is the intended set-up.
-    re.compile(r"Setting accelerator to CPU\. If you have GPU or other accelerator"),
+    *([re.compile(r"Setting accelerator to CPU\. If you have GPU or other accelerator")] if NO_GPU else []),
     # vLLM's and DeepSpeed's INFO lines (start-up, configuration, timing): informational, not problems.
     re.compile(r"^(?:\x1b\[[0-9;]*m|\(\w+ pid=\d+\) )*INFO \d\d-\d\d \d\d:\d\d:\d\d"),
     re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\] \[INFO\]"),
@@ -47,10 +51,13 @@ BENIGN = [
     re.compile(r"vllm/triton_utils/dispatcher\.py:\d+: FutureWarning: `torch\.distributed\.reduce_op`"),
     re.compile(r"^\s*(if hasattr\(value, \"__dict__\"\):|wrapper = lookup\(vars\(value\)\.get\(\"kernel\"\)\))\s*$"),
     # Library progress bars for sub-second start-up and checkpoint steps (the evaluation's own bar,
-    # "Processed prompts", stays: it is this engine's progress on long evaluations).
-    re.compile(r"^(Loading weights|Writing model shards|Loading safetensors checkpoint shards|Rendering prompts):"),
+    # "Processed prompts", stays: it is this engine's progress on long evaluations). Only a bar and nothing
+    # else: text written after a bar's last "\r" (a crash message) joins its segment and must show.
+    re.compile(r"^(Loading weights|Writing model shards|Loading safetensors checkpoint shards|Rendering prompts):"
+               r"[^\r\n]*\]\s*$"),
 ]
 HELD_LIMIT = 16 * 2**20  # bytes kept for train.log while the run directory does not exist yet
+SEGMENT_LIMIT = 2**20  # a longer output with no "\n" or "\r" is passed on in pieces of this size
 
 
 def benign(text: str) -> bool:
@@ -61,12 +68,16 @@ def segments(data: bytes) -> tuple[list[bytes], bytes]:
     """Complete segments, each ending in "\\n" or "\\r" (a progress bar redraws its line after "\\r"), and the
     unfinished rest."""
     parts = re.split(rb"(?<=[\r\n])", data)
-    return parts[:-1], parts[-1]
+    done, rest = parts[:-1], parts[-1]
+    while len(rest) > SEGMENT_LIMIT:  # bounded memory and scanning time
+        done.append(rest[:SEGMENT_LIMIT])
+        rest = rest[SEGMENT_LIMIT:]
+    return done, rest
 
 
 class LineFilter:
     """One stream's filter: which segments reach the terminal. A blank line right after a hidden segment is
-    hidden too (libraries end their bars with one)."""
+    hidden too (libraries end their bars with one); a second one shows."""
 
     def __init__(self, show_all: bool):
         self.show_all = show_all
@@ -77,7 +88,9 @@ class LineFilter:
         if self.show_all:
             return True
         if not text.strip():
-            return not (self.last_hidden and text.endswith("\n"))
+            hide = self.last_hidden and text.endswith("\n")
+            self.last_hidden = False
+            return not hide
         self.last_hidden = benign(text)
         return not self.last_hidden
 
@@ -93,14 +106,14 @@ class LogFile:
 
     def write(self, data: bytes) -> None:
         with self.lock:
-            if self.failed:
+            if self.failed or not data:
                 return
             self.held.append(data)
-            if self.file is None and not self.path.parent.is_dir():
-                while sum(map(len, self.held)) > HELD_LIMIT:
-                    self.held.pop(0)
-                return
             try:
+                if self.file is None and not self.path.parent.is_dir():
+                    while sum(map(len, self.held)) > HELD_LIMIT:
+                        self.held.pop(0)
+                    return
                 if self.file is None:
                     self.file = open(self.path, "ab", buffering=0)
                 self.file.write(b"".join(self.held))
@@ -117,23 +130,33 @@ class LogFile:
 
 
 def pump(read_fd: int, terminal_fd: int, log: LogFile, show_all: bool) -> None:
-    """Copies one pipe into the log and its shown segments to the terminal, until every writer has closed it."""
+    """Copies one pipe's complete segments into the log (so the other stream's lines never land inside an
+    unfinished one) and its shown segments to the terminal, until every writer has closed it."""
     line_filter, rest, terminal_ok = LineFilter(show_all), b"", True
+
+    def emit(done: list[bytes]) -> None:
+        nonlocal terminal_ok
+        log.write(b"".join(done))
+        shown = b"".join(s for s in done if line_filter.shown(s))
+        if shown and terminal_ok:
+            try:
+                os.write(terminal_fd, shown)
+            except OSError:  # the terminal went away (a closed pipe): keep logging
+                terminal_ok = False
+
     with os.fdopen(read_fd, "rb", buffering=0) as pipe:
         while chunk := pipe.read(65536):
-            log.write(chunk)
-            done, rest = segments(rest + chunk)
-            shown = b"".join(s for s in done if line_filter.shown(s))
-            if shown and terminal_ok:
+            try:
+                done, rest = segments(rest + chunk)
+                emit(done)
+            except Exception as err:  # whatever fails, the pipe is still read: a full pipe would stop the trainer
+                rest = b""
                 try:
-                    os.write(terminal_fd, shown)
-                except OSError:  # the terminal went away (a closed pipe): keep logging
-                    terminal_ok = False
-    if rest and terminal_ok and line_filter.shown(rest):
-        try:
-            os.write(terminal_fd, rest)
-        except OSError:
-            pass
+                    os.write(2, f"[console] {type(err).__name__}: {err}\n".encode())
+                except OSError:
+                    pass
+    if rest:
+        emit([rest])
 
 
 def filter_main(log_path: str, show_all: bool, out_fd: int, err_fd: int) -> None:
@@ -141,7 +164,7 @@ def filter_main(log_path: str, show_all: bool, out_fd: int, err_fd: int) -> None
     process that inherited its descriptors have exited."""
     for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C is the trainer's to handle; this ends at EOF
         signal.signal(sig, signal.SIG_IGN)
-    log = LogFile(Path(log_path), warn=lambda text: os.write(2, text.encode()))
+    log = LogFile(Path(log_path), warn=lambda text: os.write(2, text.encode()))  # pump catches a failing warn
     readers = [threading.Thread(target=pump, args=(fd, terminal, log, show_all))
                for fd, terminal in ((out_fd, 1), (err_fd, 2))]
     for reader in readers:
@@ -157,6 +180,10 @@ class Console:
     def __init__(self, log_path: Path, show_all: bool):
         sys.stdout.flush()
         sys.stderr.flush()
+        os.environ["PYTHONUNBUFFERED"] = "1"  # child processes' output is no longer held back by a pipe's buffering
+        for stream in (sys.stdout, sys.stderr):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(line_buffering=True)
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
         self.saved = {1: os.dup(1), 2: os.dup(2)}
@@ -186,10 +213,22 @@ class Console:
         self.process = None
 
 
-def to_console(run_dir: Path, rank: int, level: str) -> Console:
-    """train.log for rank 0 (train.rank<r>.log for the others), appended across resumes."""
+def writes_to(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except OSError:  # a closed descriptor
+        return False
+
+
+def to_console(run_dir: Path, rank: int, level: str) -> Console | None:
+    """train.log for rank 0 (train.rank<r>.log for the others), appended across resumes. When stdout or stderr
+    already goes to that file (`... > run/train.log`, as engine.sweep does), it gets every line unfiltered and
+    no filter starts (two writers of one file would overwrite each other)."""
     name = "train.log" if rank == 0 else f"train.rank{rank}.log"
-    return Console((run_dir / name).resolve(), show_all=level == "debug")  # the filter runs from the repository
+    log_path = (run_dir / name).resolve()  # the filter runs from the repository
+    if log_path.exists() and any(writes_to(fd, log_path) for fd in (1, 2)):
+        return None
+    return Console(log_path, show_all=level == "debug")
 
 
 if __name__ == "__main__":

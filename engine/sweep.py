@@ -104,7 +104,7 @@ def execute(args, run: SweepRun, out: Path) -> None:
     (run_dir / "sweep_run.json").write_text(json.dumps(identity(args, run)) + "\n")
     print(f"[sweep] {run.name}: running (log: {run_dir / 'train.log'})", flush=True)
     started = time.time()
-    with (run_dir / "train.log").open("w") as log:
+    with (run_dir / "train.log").open("a") as log:  # appended across resumes; the trainer adds no filter
         code = subprocess.run(train_command(args, run.overrides, run_dir), cwd=ROOT, stdout=log,
                               stderr=subprocess.STDOUT, env=job_env()).returncode
     minutes = (time.time() - started) / 60

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from engine.console import benign
+from engine.console import SEGMENT_LIMIT, LineFilter, benign, segments
 from tests.conftest import ROOT
 
 BENIGN_LINES = [
@@ -42,6 +42,9 @@ REAL_LINES = [
     "Processed prompts:  12%|█▎        | 1/8 [00:02<00:15,  2.20s/it]",  # the evaluation's progress
     "(MainProcess pid=5) WARNING 12-05 08:36:52 [interface.py:1457] Unknown vLLM environment variable detected: "
     "VLLM_ATTENTION_BACKNED",  # a user's misspelt variable: shown
+    # a crash message written after a bar's last "\r" joins the bar's segment: shown
+    "Loading safetensors checkpoint shards:   0% Completed | 0/1 [00:00<?, ?it/s]terminate called after throwing "
+    "an instance of 'c10::Error'",
 ]
 
 
@@ -68,7 +71,8 @@ def test_the_console_filters_the_terminal_and_keeps_everything_in_the_log(tmp_pa
         os.write(2, b"ERROR from C++\\n" + {BENIGN_LINES[2]!r}.encode() + b"\\n")
         subprocess.run([sys.executable, "-c", "print('child says hi')"])
         # a tqdm bar as written: "\\r" + its text at each redraw, "\\n" when it closes, then a blank line
-        sys.stderr.write("\\rLoading weights:   0%|   | 0/26\\rLoading weights: 100%|###| 26/26\\n\\n")
+        sys.stderr.write("\\rLoading weights:   0%|   | 0/26 [00:00<?, ?it/s]"
+                         "\\rLoading weights: 100%|###| 26/26 [00:00<00:00, 9.9it/s]\\n\\n")
         sys.stderr.write("\\rProcessed prompts:  50%|#  | 4/8\\rProcessed prompts: 100%|##| 8/8\\n")
         sys.stderr.flush()
         print("no newline at the end", end="")
@@ -88,3 +92,65 @@ def test_the_console_filters_the_terminal_and_keeps_everything_in_the_log(tmp_pa
         assert (line in terminal) is (level == "debug")
     assert "Processed prompts: 100%|##| 8/8\n" in stderr  # the evaluation's bar is shown
     assert ("\n\n" in stderr) is (level == "debug")  # the blank line after a hidden bar
+
+
+def test_segments_split_at_line_ends_and_bound_an_endless_line():
+    assert segments(b"a\rb\nc") == ([b"a\r", b"b\n"], b"c")
+    done, rest = segments(b"x" * (2 * SEGMENT_LIMIT + 5))
+    assert [len(d) for d in done] == [SEGMENT_LIMIT, SEGMENT_LIMIT] and rest == b"x" * 5
+
+
+def test_only_one_blank_line_after_a_hidden_one_is_hidden():
+    line_filter = LineFilter(show_all=False)
+    shown = [line_filter.shown(s) for s in (b"Loading weights: 100%|#| 1/1 [00:00<00:00, 9.9it/s]\n", b"\n",
+                                            b"\n", b"real\n", b"\n")]
+    assert shown == [False, False, True, True, True]
+
+
+def test_normal_exit_before_the_run_directory_exists_and_undecodable_bytes(tmp_path):
+    """Output from before the run directory exists is held and logged once it does; the filter drains and
+    exits when the trainer closes (close() does not wait out its timeout); each stream's unfinished line is
+    logged whole, never split by the other stream's lines; bytes that are not UTF-8 pass through as written."""
+    run_dir = tmp_path / "run"
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from engine.console import to_console
+        console = to_console(__import__("pathlib").Path({str(run_dir)!r}), 0, "info")
+        print("before the folder", flush=True)
+        time.sleep(0.3)
+        os.mkdir({str(run_dir)!r})
+        os.write(1, b"partial ")
+        time.sleep(0.3)
+        os.write(2, b"other stream\\n\\xff\\xfe not utf-8\\n")
+        time.sleep(0.3)
+        os.write(1, b"line\\n")
+        process = console.process
+        console.close()
+        print("filter exited:", process.poll())
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert b"filter exited: 0" in proc.stdout  # it saw the end and finished, not the 10 s timeout
+    log = (run_dir / "train.log").read_bytes()
+    assert b"before the folder\n" in log and b"partial line\n" in log
+    assert b"\xff\xfe not utf-8\n" in log and b"\xff\xfe not utf-8\n" in proc.stderr
+
+
+def test_output_already_sent_to_train_log_is_not_filtered_twice(tmp_path):
+    """`train.py ... >> run/train.log 2>&1` (engine.sweep's capture): no filter starts, so the file gets every
+    line once, in order, instead of two writers overwriting each other."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from engine.console import to_console
+        print("console:", to_console(__import__("pathlib").Path({str(tmp_path)!r}), 0, "info"), flush=True)
+        print({BENIGN_LINES[2]!r})
+        print("[step 1/1] done")
+    """)
+    log = tmp_path / "train.log"
+    log.write_text("earlier run\n")
+    with log.open("a") as out:
+        proc = subprocess.run([sys.executable, "-c", script], stdout=out, stderr=subprocess.STDOUT, timeout=60)
+    assert proc.returncode == 0
+    assert log.read_text() == f"earlier run\nconsole: None\n{BENIGN_LINES[2]}\n[step 1/1] done\n"
