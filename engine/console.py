@@ -191,6 +191,7 @@ class Console:
             [sys.executable, "-m", "engine.console", str(log_path), str(int(show_all)), str(out_read), str(err_read)],
             pass_fds=(out_read, err_read), stdin=subprocess.DEVNULL, stdout=self.saved[1], stderr=self.saved[2],
             cwd=Path(__file__).resolve().parent.parent)
+        self.pipes = {1: os.fstat(out_write), 2: os.fstat(err_write)}
         for fd, write_end in ((1, out_write), (2, err_write)):
             os.dup2(write_end, fd)
         for fd in (out_read, out_write, err_read, err_write):
@@ -206,11 +207,27 @@ class Console:
         sys.stderr.flush()
         for fd, saved in self.saved.items():
             os.dup2(saved, fd)  # this process's last write ends close: the filter sees the end
+        self.point_copies_back()
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
         self.process = None
+
+    def point_copies_back(self) -> None:
+        """Copies of fds 1 and 2 that a library made and kept (DeepSpeed's compiler probe leaves a dup of fd 2
+        open) would keep the pipes open until exit: they are pointed at the terminal too (Linux's /proc)."""
+        try:
+            open_fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+        except OSError:
+            return
+        for fd in open_fds:
+            for stream, pipe in self.pipes.items():
+                try:
+                    if fd > 2 and os.path.samestat(os.fstat(fd), pipe):
+                        os.dup2(self.saved[stream], fd)
+                except OSError:  # the listing's own descriptor, closed by now
+                    pass
 
 
 def writes_to(fd: int, path: Path) -> bool:
