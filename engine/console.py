@@ -10,7 +10,6 @@ that what the trainer writes just before it crashes (a C++ abort, a fatal error)
 from __future__ import annotations
 
 import atexit
-import glob
 import os
 import re
 import signal
@@ -19,9 +18,8 @@ import sys
 import threading
 from pathlib import Path
 
-# DeepSpeed's "Setting accelerator to CPU" is benign only where there is no GPU at all; on a GPU machine it is
-# the one clue that CUDA was not found.
-NO_GPU = not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd"))
+from engine import NO_GPU  # DeepSpeed's CPU note is benign only there: with a GPU it means CUDA was not found
+
 VLLM_WARNING = r"^(?:\x1b\[[0-9;]*m|\(\w+ pid=\d+\) )*WARNING \d\d-\d\d \d\d:\d\d:\d\d \[[\w.]+:\d+\] "
 BENIGN = [
     # vLLM reloads weights layer by layer after every sync; a rotary embedding's cos/sin cache is computed

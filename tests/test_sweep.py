@@ -59,7 +59,7 @@ def test_sweep_runs_records_failure_skips_finished_and_retries(tiny_model_dir, t
     assert bad["status"] == "failed" and "not found" in bad["detail"]
     assert "| data.train=builtin-arith | finished | builtin:arith |" in (out / "sweep_summary.md").read_text()
     log = (out / "data.train=builtin-arith" / "train.log").read_text()  # the trainer's output, each line once
-    assert log.count("[step 1/1]") == 1 and "INFO" in log, log[-2000:]
+    assert log.count("[step 1/1]") == 1 and "RotaryEmbedding: Failed to load weights" in log, log[-2000:]
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert "data.train=builtin-arith: skipped" in second.stdout
     assert "data.train=tests-data-missing.jsonl: unfinished earlier; running it again" in second.stdout
