@@ -221,17 +221,14 @@ class Console:
             return
         for fd in open_fds:
             for stream, pipe in self.pipes.items():
-                try:
-                    if fd > 2 and os.path.samestat(os.fstat(fd), pipe):
-                        os.dup2(self.saved[stream], fd)
-                except OSError:  # the listing's own descriptor, closed by now
-                    pass
+                if fd > 2 and fd_points_at(fd, pipe):
+                    os.dup2(self.saved[stream], fd)
 
 
-def writes_to(fd: int, path: Path) -> bool:
+def fd_points_at(fd: int, target: os.stat_result) -> bool:
     try:
-        return os.path.samestat(os.fstat(fd), os.stat(path))
-    except OSError:  # a closed descriptor
+        return os.path.samestat(os.fstat(fd), target)
+    except OSError:  # a closed descriptor (the /proc listing's own, for one)
         return False
 
 
@@ -241,7 +238,7 @@ def to_console(run_dir: Path, rank: int, level: str) -> Console | None:
     no filter starts (two writers of one file would overwrite each other)."""
     name = "train.log" if rank == 0 else f"train.rank{rank}.log"
     log_path = (run_dir / name).resolve()  # the filter runs from the repository
-    if log_path.exists() and any(writes_to(fd, log_path) for fd in (1, 2)):
+    if log_path.exists() and any(fd_points_at(fd, os.stat(log_path)) for fd in (1, 2)):
         return None
     return Console(log_path, show_all=level == "debug")
 

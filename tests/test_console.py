@@ -48,6 +48,12 @@ REAL_LINES = [
 ]
 
 
+def trainer_script(body: str) -> str:
+    """A Python program that imports this repository's to_console, then runs body."""
+    return f"import os, subprocess, sys, time\nsys.path.insert(0, {str(ROOT)!r})\n" \
+           f"from engine.console import to_console\n{textwrap.dedent(body)}"
+
+
 @pytest.mark.parametrize("line", BENIGN_LINES)
 def test_known_benign_lines_are_recognised(line):
     assert benign(line)
@@ -61,10 +67,7 @@ def test_progress_and_real_problems_are_not(line):
 @pytest.mark.parametrize("level", ["info", "debug"])
 def test_the_console_filters_the_terminal_and_keeps_everything_in_the_log(tmp_path, level):
     """Python prints, raw writes to fd 2 (as C++ code does) and a child process all pass through."""
-    script = textwrap.dedent(f"""
-        import os, subprocess, sys
-        sys.path.insert(0, {str(ROOT)!r})
-        from engine.console import to_console
+    script = trainer_script(f"""
         to_console(__import__("pathlib").Path({str(tmp_path)!r}), 0, {level!r})
         print("[step 1/2] progress")
         print({BENIGN_LINES[0]!r})
@@ -110,13 +113,10 @@ def test_only_one_blank_line_after_a_hidden_one_is_hidden():
 def test_normal_exit_before_the_run_directory_exists_and_undecodable_bytes(tmp_path):
     """Output from before the run directory exists is held and logged once it does; the filter drains and
     exits when the trainer closes, even with a library's copy of fd 2 still open (close() does not wait out
-    its timeout); each stream's unfinished line is
-    logged whole, never split by the other stream's lines; bytes that are not UTF-8 pass through as written."""
+    its timeout); each stream's unfinished line is logged whole, never split by the other stream's lines;
+    bytes that are not UTF-8 pass through as written."""
     run_dir = tmp_path / "run"
-    script = textwrap.dedent(f"""
-        import os, sys, time
-        sys.path.insert(0, {str(ROOT)!r})
-        from engine.console import to_console
+    script = trainer_script(f"""
         console = to_console(__import__("pathlib").Path({str(run_dir)!r}), 0, "info")
         leaked = os.dup(2)  # as DeepSpeed's compiler probe leaves one: it must not keep the filter waiting
         print("before the folder", flush=True)
@@ -142,10 +142,7 @@ def test_normal_exit_before_the_run_directory_exists_and_undecodable_bytes(tmp_p
 def test_output_already_sent_to_train_log_is_not_filtered_twice(tmp_path):
     """`train.py ... >> run/train.log 2>&1` (engine.sweep's capture): no filter starts, so the file gets every
     line once, in order, instead of two writers overwriting each other."""
-    script = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(ROOT)!r})
-        from engine.console import to_console
+    script = trainer_script(f"""
         print("console:", to_console(__import__("pathlib").Path({str(tmp_path)!r}), 0, "info"), flush=True)
         print({BENIGN_LINES[2]!r})
         print("[step 1/1] done")
