@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from engine.checkpoint import latest_checkpoint
 from engine.errors import UserError
 from engine.logprobs import impl_for_this_machine
-from engine.models import resolve_model_path
+from engine.models import check_model_source
 from rewards.registry import reward_needs
 from rollout.data import Problem, load_problems, require_answers
 from rollout.episodes import encode_prompt, turn_overhead
@@ -37,7 +37,7 @@ def check_inputs(cfg: DictConfig, rank: int, world: int, workers: int = 0) -> In
                 raise UserError(f"{key}={OmegaConf.select(cfg, key)} must be divisible by the number of learner "
                                 f"ranks ({world}).")
     reward = reward_needs(cfg.reward.kind, cfg.reward)
-    keys = (cfg.data.prompt_key, cfg.data.answer_key)
+    keys = (cfg.data.prompt_key, cfg.data.answer_key, cfg.data.prompt_template)
     train_problems, eval_problems = load_problems(cfg.data.train, *keys), load_problems(cfg.data.eval, *keys)
     require_answers(eval_problems, cfg.data.eval, "evaluation (data.eval)")
     if reward.needs_gold:
@@ -45,8 +45,7 @@ def check_inputs(cfg: DictConfig, rank: int, world: int, workers: int = 0) -> In
     if rank == 0 and len(eval_problems) < cfg.eval.problems:
         print(f"[warn] eval.problems={cfg.eval.problems} but {cfg.data.eval} has {len(eval_problems)}; "
               f"evaluating on all {len(eval_problems)}.", flush=True)
-    if not cfg.model.path.startswith("builtin:"):
-        resolve_model_path(cfg.model.path, is_builder=False)  # a bad folder fails here, not after set-up
+    check_model_source(cfg.model.path)  # a bad folder or file fails here, not after set-up
     if cfg.train.resume == "never" and latest_checkpoint(cfg.train.output_dir) is not None:
         raise UserError(f"train.output_dir={cfg.train.output_dir} holds checkpoints of an earlier run and "
                         f"train.resume=never would mix a new run into them. Hint: train.resume=auto continues "

@@ -25,23 +25,51 @@ BUILTIN_MODELS: dict[str, dict] = {
 }
 
 
+# Real models found on this machine: name -> a function returning their GGUF file (engine/model_sources.py).
+BUILTIN_GGUF = {"builtin:smollm2-135m-instruct": "smollm2_gguf"}
+
+
+def builtin_names() -> list[str]:
+    return [*BUILTIN_MODELS, *BUILTIN_GGUF]
+
+
 def resolve_model_path(spec: str, is_builder: bool, log=print) -> str:
-    """Build the embedded model on first use (only on the rank that `is_builder`; the others wait
-    at a barrier and then find it cached), or check that a local folder holds a model."""
+    """`model.path` -> a local Hugging Face folder. A built-in tiny model is built, and a GGUF file (given by
+    path, or a built-in real model's) is converted, on first use, only on the rank that `is_builder`; the others
+    wait at a barrier and then find it cached. A hub id (org/name) comes from the hub's local cache."""
+    from engine import model_sources
+    from engine.tiny_model import default_cache_dir
+
     if spec.startswith("builtin:"):
+        if spec in BUILTIN_GGUF:
+            gguf = getattr(model_sources, BUILTIN_GGUF[spec])()
+            return str(model_sources.gguf_folder(spec, gguf, default_cache_dir(), is_builder, log=log))
         if spec not in BUILTIN_MODELS:
-            raise UserError(f"model.path={spec!r} is not a built-in model; known: {list(BUILTIN_MODELS)}.")
+            raise UserError(f"model.path={spec!r} is not a built-in model; known: {builtin_names()}.")
         from engine.tiny_model import TinyArithRecipe, build_tiny_arith, cached_tiny_arith
 
         recipe = TinyArithRecipe(**BUILTIN_MODELS[spec])
         return str(build_tiny_arith(recipe, log=log) if is_builder else cached_tiny_arith(recipe))
+    if spec.endswith(".gguf"):
+        return str(model_sources.gguf_folder(spec, Path(spec), default_cache_dir(), is_builder, log=log))
     path = Path(spec)
+    if not path.exists() and model_sources.is_hub_id(spec):
+        path = model_sources.hub_folder(spec)
     if not (path / "config.json").is_file():
         raise UserError(
             f"model.path={spec!r} is not a folder with a config.json. Hint: give a local Hugging Face "
-            f"causal-LM folder (models cannot be downloaded here) or builtin:tiny-arith."
+            f"causal-LM folder, a .gguf file, a hub id (org/name) in the local hub cache, or one of "
+            f"{builtin_names()}."
         )
     return str(path)
+
+
+def check_model_source(spec: str) -> None:
+    """Fail early on a model.path that cannot resolve, without building or converting anything."""
+    try:
+        resolve_model_path(spec, is_builder=False)
+    except FileNotFoundError:  # valid, not built or converted yet: the builder rank does it at start-up
+        pass
 
 
 def load_tokenizer_and_config(model_path: str, trust_remote_code: bool):
