@@ -37,6 +37,7 @@ class DataConfig:
     eval: str = "builtin:arith-eval"
     prompt_key: str = "prompt"  # the field / column holding the prompt
     answer_key: str = "answer"  # the field / column holding the gold answer (GSM8K's "#### N" and \boxed{} are read)
+    prompt_template: str = "{prompt}"  # every prompt (train and eval) goes in at {prompt}; a literal brace: {{ or }}
     overlong: str = "error"  # a prompt whose two-turn episode cannot fit rollout.max_model_len: error | skip (counted)
 
 

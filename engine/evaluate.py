@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     except ValueError as err:
         raise UserError(str(err)) from None
     cfg = load_config(args)
-    problems = load_problems(cfg.data.eval, cfg.data.prompt_key, cfg.data.answer_key)
+    problems = load_problems(cfg.data.eval, cfg.data.prompt_key, cfg.data.answer_key, cfg.data.prompt_template)
     require_answers(problems, cfg.data.eval, "evaluation (data.eval)")
     problems = problems[: cfg.eval.problems]
     device = impl_for_this_machine(cfg.learner.logprob_impl)

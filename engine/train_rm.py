@@ -143,7 +143,7 @@ def check_rm_inputs(cfg: DictConfig) -> Sources:
                         "Hint: drop seq2seq from reward.weights for this command.")
     if cfg.rm.prompts % world:
         raise UserError(f"rm.prompts={cfg.rm.prompts} must be divisible by the number of ranks ({world}).")
-    problems = load_problems(cfg.data.train, cfg.data.prompt_key, cfg.data.answer_key)
+    problems = load_problems(cfg.data.train, cfg.data.prompt_key, cfg.data.answer_key, cfg.data.prompt_template)
     if reward_needs(cfg.rm.reward, cfg.reward).needs_gold:
         require_answers(problems, cfg.data.train, f"rm.reward={cfg.rm.reward}")
     return Sources(problems=problems)

@@ -3,7 +3,8 @@ Parquet / Arrow / `datasets` table (rollout/tables.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import string
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine.errors import UserError
@@ -25,19 +26,41 @@ class DataError(UserError):
     """A user-facing data mistake; the message names the file and line."""
 
 
-def load_problems(source: str, prompt_key: str = "prompt", answer_key: str = "answer") -> list[Problem]:
+def load_problems(source: str, prompt_key: str = "prompt", answer_key: str = "answer",
+                  template: str = "{prompt}") -> list[Problem]:
     """A built-in split, a JSONL file, or a table through the `datasets` library: a Parquet or Arrow file, or
     a folder saved with `save_to_disk` (a DatasetDict folder takes `folder:split`). Each row's
-    `prompt_key` is the prompt and its optional `answer_key` the gold answer (see gold_answer)."""
+    `prompt_key` is the prompt and its optional `answer_key` the gold answer (see gold_answer). Every prompt
+    is put through `template` (data.prompt_template), a format string whose one field is {prompt}."""
+    check_template(template)
     if source.startswith("builtin:"):
         if source not in BUILTIN:
             raise DataError(f"unknown built-in data set '{source}'. Known: {sorted(BUILTIN)}.")
-        return [Problem(p.prompt, p.answer) for p in arith_problems(BUILTIN[source])]
-    from rollout.tables import is_table, load_table
+        problems = [Problem(p.prompt, p.answer) for p in arith_problems(BUILTIN[source])]
+    else:
+        from rollout.tables import is_table, load_table
 
-    if is_table(source):
-        return load_table(source, prompt_key, answer_key)
-    return _load_jsonl(Path(source), prompt_key, answer_key)
+        problems = (load_table(source, prompt_key, answer_key) if is_table(source)
+                    else _load_jsonl(Path(source), prompt_key, answer_key))
+    return [replace(p, prompt=template.format(prompt=p.prompt)) for p in problems]
+
+
+def check_template(template: str) -> None:
+    """data.prompt_template must be a format string with {prompt} and no other field."""
+    hint = ("Hint: e.g. data.prompt_template=\"{prompt}\\nEnd with 'Final Answer: <number>'.\"; write a literal "
+            "brace as {{ or }}.")
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        if fields == {"prompt"}:
+            template.format(prompt="")  # a bad conversion or format spec on {prompt} fails here
+    except (ValueError, KeyError, IndexError, AttributeError) as err:  # e.g. an unmatched brace
+        raise DataError(f"data.prompt_template={template!r} cannot be formatted ({type(err).__name__}: {err}). "
+                        f"{hint}") from None
+    if fields != {"prompt"}:
+        others = sorted(f"{{{name}}}" for name in fields - {"prompt"})
+        what = f"has the fields {', '.join(others)}" if others else "has no {prompt} field"
+        raise DataError(f"data.prompt_template={template!r} {what}; it takes exactly one field, {{prompt}}, the "
+                        f"problem's prompt. {hint}")
 
 
 def gold_answer(value: str | int | float) -> str:

@@ -76,7 +76,7 @@ def main() -> None:
     init_distributed()  # vLLM joins a process group of one
     model_path = resolve_model_path(cfg.model.path, is_builder=True)
     tokenizer, _ = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
-    pool = load_problems(cfg.data.train, cfg.data.prompt_key, cfg.data.answer_key)
+    pool = load_problems(cfg.data.train, cfg.data.prompt_key, cfg.data.answer_key, cfg.data.prompt_template)
     problems = random.Random(cfg.train.seed).sample(pool, min(args.prompts, len(pool)))
     engine = RolloutEngine(model_path, max_model_len=cfg.rollout.max_model_len, seed=cfg.train.seed,
                            dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib,

@@ -1,5 +1,6 @@
 import json
 import random
+import re
 
 import pytest
 
@@ -106,3 +107,55 @@ def test_gold_matching_and_majority_share_one_notion_of_equal_answers():
     assert majority_votes([extract_answer(t) for t in texts]) == [1.0, 1.0, 1.0, 0.0]
     # as strings "13" (twice) would be the plurality; as answers 12 has three votes
     assert majority_votes(["12", "12.0", "13", "13", "12.00"]) == [1.0, 1.0, 0.0, 0.0, 1.0]
+
+
+TEMPLATE = "{prompt}\nEnd with 'Final Answer: <number>'."
+
+
+def test_prompt_template_wraps_every_prompt(tmp_path):
+    """load_problems puts each prompt of a built-in split, a JSONL file and a table in the template; the gold
+    answers and lines stay as they were."""
+    import datasets
+
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"question": "2+2=?", "answer": "#### 4"}) + "\n")
+    assert [(p.prompt, p.answer, p.line) for p in load_problems(str(f), "question", template=TEMPLATE)] == \
+        [("2+2=?\nEnd with 'Final Answer: <number>'.", "4", 1)]
+    datasets.Dataset.from_list([{"prompt": "3+3=?", "answer": "6"}]).to_parquet(str(tmp_path / "p.parquet"))
+    assert [p.prompt for p in load_problems(str(tmp_path / "p.parquet"), template="Q: {prompt} A: {{x}}")] == \
+        ["Q: 3+3=? A: {x}"]
+    plain = load_problems("builtin:arith-eval")
+    wrapped = load_problems("builtin:arith-eval", template=TEMPLATE)
+    assert [p.prompt + "\nEnd with 'Final Answer: <number>'." for p in plain] == [p.prompt for p in wrapped]
+    assert [p.answer for p in plain] == [p.answer for p in wrapped]
+
+
+def test_prompt_template_reaches_train_and_eval_problems(tmp_path):
+    """data.prompt_template from the config reaches both the training and the evaluation problems."""
+    from engine.config import load_config
+    from engine.inputs import check_inputs
+
+    cfg = load_config([f"data.prompt_template={json.dumps(TEMPLATE)}", f"train.output_dir={tmp_path / 'run'}"])
+    inputs = check_inputs(cfg, rank=0, world=1)
+    for problems, split in ((inputs.train, "train"), (inputs.eval, "eval")):
+        assert [p.prompt for p in problems] == [TEMPLATE.format(prompt=p.prompt) for p in arith_problems(split)]
+
+
+@pytest.mark.parametrize("template, needle", [
+    ("no field", "has no {prompt} field"),
+    ("{prompt} in {unit}", r"has the fields \{unit\}"),
+    ("{question}", r"has the fields \{question\}"),
+    ("{} {prompt}", r"has the fields \{\}"),
+    ('Reply as {"answer": N}. {prompt}', r'has the fields \{"answer"\}'),  # JSON braces, not doubled
+    ("{prompt", "cannot be formatted"),
+    ("{prompt!z}", "cannot be formatted"),
+])
+def test_a_bad_prompt_template_names_the_key_its_value_and_a_hint(tmp_path, template, needle):
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"prompt": "2+2=?"}) + "\n")
+    for source in (str(f), "builtin:arith"):
+        with pytest.raises(DataError) as err:
+            load_problems(source, template=template)
+        message = str(err.value)
+        assert re.search(needle, message) and f"data.prompt_template={template!r}" in message
+        assert "Hint:" in message and "{{ or }}" in message
