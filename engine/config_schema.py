@@ -22,11 +22,26 @@ class LoraSettings:
 
 
 @dataclass
+class WarmupSettings:
+    """A supervised warm-up on the built-in task's worked answers (its train split), run once on model.path and
+    cached (engine/warmup.py): for a model with no task it can partly do. Turns are ChatML: "47+85=?" ->
+    "7+5=12, 4+8+1=13. Final Answer: 132", then the correction instruction -> a second answer."""
+    steps: int = 0  # optimizer steps; 0: no warm-up (model.path is used as it is)
+    lr: float = 3e-5  # peak AdamW learning rate (short linear warm-up, then cosine to 0)
+    batch_size: int = 16  # episodes per step
+    seed: int = 0  # draws the episodes (and their slips)
+    p_slip_t1: float = 0.0  # share of turn-1 answers with an injected slip (0: gold worked answers only)
+    p_fix_t2: float = 0.0  # share of slipped turn-1 answers that turn 2 fixes (the rest repeat the slip)
+    p_break_t2: float = 0.0  # share of right turn-1 answers that turn 2 breaks (0: turn 2 repeats the right answer)
+
+
+@dataclass
 class ModelConfig:
     path: str = "builtin:tiny-arith"  # or a local Hugging Face causal-LM folder
     dtype: str = "float32"
     trust_remote_code: bool = False  # run Python code shipped in the model folder (config.json auto_map)
     lora: LoraSettings = field(default_factory=LoraSettings)  # LoRA through PEFT (model.lora.r > 0)
+    warmup: WarmupSettings = field(default_factory=WarmupSettings)  # supervised warm-up before RL (steps > 0)
 
 
 @dataclass

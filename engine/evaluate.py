@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from engine.errors import UserError
     from engine.logprobs import impl_for_this_machine
     from engine.inputs import require_chat_template
-    from engine.models import DTYPES, load_tokenizer_and_config, resolve_model_path
+    from engine.models import DTYPES, load_tokenizer_and_config, prepare_model
     from engine.scoring import ScoringModel
     from engine.token_stats import token_stats
     from rollout.data import load_problems, require_answers
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     problems = problems[: cfg.eval.problems]
     device = impl_for_this_machine(cfg.learner.logprob_impl)
     rank, world = init_distributed()
-    model_path = resolve_model_path(cfg.model.path, is_builder=rank == 0)
+    model_path = prepare_model(cfg.model, is_builder=rank == 0)
     tokenizer, _ = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
     require_chat_template(cfg.model.path, tokenizer)
     engine = RolloutEngine(model_path, max_model_len=cfg.rollout.max_model_len, seed=cfg.train.seed + rank,

@@ -64,6 +64,18 @@ def resolve_model_path(spec: str, is_builder: bool, log=print) -> str:
     return str(path)
 
 
+def prepare_model(model_cfg, is_builder: bool, log=print) -> str:
+    """The folder a run loads: `model.path` resolved (resolve_model_path), then, when model.warmup.steps > 0,
+    warmed up on the built-in task's worked answers (engine/warmup.py; built once on the builder rank, cached)."""
+    path = resolve_model_path(model_cfg.path, is_builder, log=log)
+    if model_cfg.warmup.steps == 0:
+        return path
+    from engine.tiny_model import default_cache_dir
+    from engine.warmup import warmed_up_folder
+
+    return str(warmed_up_folder(path, model_cfg.warmup, default_cache_dir(), is_builder, log=log))
+
+
 def check_model_source(spec: str) -> None:
     """Fail early on a model.path that cannot resolve, without building or converting anything."""
     try:

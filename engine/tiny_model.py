@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
+from engine.errors import UserError
 from engine.tokenizer import build_char_tokenizer
 from pairs.judge import JUDGE_LABELS, JUDGE_TEMPLATE, judge_prompt
 from rollout.arith import CORRECTION_INSTRUCTION, ArithProblem, arith_problems, sample_slip, worked_answer
@@ -29,6 +30,8 @@ from rollout.arith_steps import slipped_step_pairs
 from rollout.steps import DEFAULT_DELIMITER
 
 BUILD_VERSION = 1  # bump when the recipe below changes in a way the fields do not capture
+# ChatML's assistant turn, which _encode_episode's mask assumes: header, content, end token, newline
+CHATML_HEADER, CHATML_END = "<|im_start|>assistant\n", "<|im_end|>"
 
 
 @dataclass(frozen=True)
@@ -108,13 +111,34 @@ def _encode_episode(tokenizer, messages: list[dict]) -> tuple[list[int], list[in
         text = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         new = tokenizer(text, add_special_tokens=False).input_ids[len(ids):]
         if messages[i]["role"] == "assistant":
-            header = len(tokenizer("<|im_start|>assistant\n", add_special_tokens=False).input_ids)
+            header = len(tokenizer(CHATML_HEADER, add_special_tokens=False).input_ids)
             # train on the content and <|im_end|>, not on the header or the trailing newline
             mask += [0] * header + [1] * (len(new) - header - 1) + [0]
         else:
             mask += [0] * len(new)
         ids += new
     return ids, mask
+
+
+def require_chatml(tokenizer, source: str = "the tokenizer", hint: str = "use a model with a ChatML template "
+                   "(SmolLM2, Qwen)") -> None:
+    """Refuse a tokenizer whose chat template does not write ChatML turns: _encode_episode's mask would
+    silently train on the wrong tokens. Checked on a probe episode: the masked tokens must decode to the
+    assistant's content and its end token, nothing else."""
+    probe = [{"role": "user", "content": "47+85=?"}, {"role": "assistant", "content": "Final Answer: 132"}]
+    text, trained = None, None
+    if tokenizer.chat_template:
+        try:
+            text = tokenizer.apply_chat_template(probe, tokenize=False)
+        except Exception:  # a template that rejects this conversation (e.g. one that demands a system turn)
+            text = None
+    if text is not None and text.endswith(f"{CHATML_HEADER}{probe[1]['content']}{CHATML_END}\n"):
+        ids, mask = _encode_episode(tokenizer, probe)
+        trained = tokenizer.decode([t for t, m in zip(ids, mask) if m])
+    if trained != probe[1]["content"] + CHATML_END:
+        raise UserError(f"{source}: its chat template does not write turns as ChatML ({CHATML_HEADER!r} + answer + "
+                        f"{CHATML_END + chr(10)!r}), so the training episodes' answer tokens cannot be masked; a "
+                        f"user + assistant turn renders as {text!r}. Hint: {hint}.")
 
 
 def _batch(tokenizer, problems, rng, recipe) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,8 +152,12 @@ def _batch(tokenizer, problems, rng, recipe) -> tuple[torch.Tensor, torch.Tensor
     return input_ids, labels
 
 
-def pretrain(model: Qwen2ForCausalLM, tokenizer, recipe: TinyArithRecipe, log=print) -> None:
-    """Next-token training on synthetic two-turn episodes drawn from the train split only."""
+def pretrain(model, tokenizer, recipe: TinyArithRecipe, log=print, log_every: int = 100,
+             tag: str = "tiny-arith") -> None:
+    """Next-token training on synthetic two-turn episodes drawn from the train split only (any causal LM
+    whose tokenizer writes ChatML: engine/warmup.py warms real models up with it). A line with the loss
+    every `log_every` steps and at the last."""
+    require_chatml(tokenizer)
     problems = arith_problems("train")
     rng = random.Random(recipe.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -147,8 +175,8 @@ def pretrain(model: Qwen2ForCausalLM, tokenizer, recipe: TinyArithRecipe, log=pr
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        if step % 100 == 0 or step == recipe.steps - 1:
-            log(f"[tiny-arith] pretrain step {step + 1}/{recipe.steps} loss {loss.item():.4f} "
+        if step % log_every == 0 or step == recipe.steps - 1:
+            log(f"[{tag}] pretrain step {step + 1}/{recipe.steps} loss {loss.item():.4f} "
                 f"({time.time() - start:.0f}s)")
     model.eval()
 

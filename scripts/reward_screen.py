@@ -31,7 +31,7 @@ from engine.config import load_config
 from engine.distributed import init_distributed
 from engine.scoring import ScoringModel
 from engine.token_stats import token_stats
-from engine.models import DTYPES, load_tokenizer_and_config, resolve_model_path
+from engine.models import DTYPES, load_tokenizer_and_config, prepare_model
 from rewards import REWARDS, RewardInputs, turn_correctness, turn_has_answer
 from rewards.confidence import REDUCTIONS, SCOPES, TOKEN_METRICS
 from rollout.data import load_problems
@@ -74,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.config)
     init_distributed()  # vLLM joins a process group of one
-    model_path = resolve_model_path(cfg.model.path, is_builder=True)
+    model_path = prepare_model(cfg.model, is_builder=True)
     tokenizer, _ = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
     pool = load_problems(cfg.data.train, cfg.data.prompt_key, cfg.data.answer_key, cfg.data.prompt_template)
     problems = random.Random(cfg.train.seed).sample(pool, min(args.prompts, len(pool)))
