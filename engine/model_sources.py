@@ -8,11 +8,10 @@ import hashlib
 import importlib.util
 import json
 import re
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from engine.cache_folder import publish_folder
 from engine.errors import UserError
 
 GGUF_BUILD_VERSION = 1  # bump when the conversion below changes the folder it writes
@@ -42,8 +41,7 @@ def require_gguf_reader(spec: str) -> None:
 
 
 def convert_gguf(gguf: Path, target: Path, log=print) -> Path:
-    """De-quantise `gguf` into a float32 Hugging Face folder at `target` (written to a temporary folder, then
-    renamed: an interrupted conversion leaves nothing half-written). transformers marks a model loaded from a
+    """De-quantise `gguf` into a float32 Hugging Face folder at `target` (written whole or not at all). transformers marks a model loaded from a
     GGUF as quantised and refuses to save it, so its weights move into a plain model built from the same config."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -59,20 +57,13 @@ def convert_gguf(gguf: Path, target: Path, log=print) -> Path:
     plain.load_state_dict(loaded.state_dict(), strict=True)
     plain.tie_weights()
     plain.generation_config = loaded.generation_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any model folder
-        plain.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "source.json").write_text(json.dumps({"gguf": str(gguf), "sha256_12": target.name.split("-")[-2],
-                                                     "version": GGUF_BUILD_VERSION}, indent=2) + "\n")
-        tmp.rename(target)
-    except OSError:
-        if not (target / "config.json").exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone after a rename; cleaned up after a lost race or a failure
+    def write(folder: Path) -> None:
+        plain.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        (folder / "source.json").write_text(json.dumps({"gguf": str(gguf), "sha256_12": target.name.split("-")[-2],
+                                                        "version": GGUF_BUILD_VERSION}, indent=2) + "\n")
+
+    publish_folder(target, write)
     log(f"[model] converted {gguf.name} in {time.time() - started:.0f}s")
     return target
 

@@ -38,7 +38,7 @@ def resolve_model_path(spec: str, is_builder: bool, log=print) -> str:
     path, or a built-in real model's) is converted, on first use, only on the rank that `is_builder`; the others
     wait at a barrier and then find it cached. A hub id (org/name) comes from the hub's local cache."""
     from engine import model_sources
-    from engine.tiny_model import default_cache_dir
+    from engine.cache_folder import default_cache_dir
 
     if spec.startswith("builtin:"):
         if spec in BUILTIN_GGUF:
@@ -70,7 +70,7 @@ def prepare_model(model_cfg, is_builder: bool, log=print) -> str:
     path = resolve_model_path(model_cfg.path, is_builder, log=log)
     if model_cfg.warmup.steps == 0:
         return path
-    from engine.tiny_model import default_cache_dir
+    from engine.cache_folder import default_cache_dir
     from engine.warmup import warmed_up_folder
 
     return str(warmed_up_folder(path, model_cfg.warmup, default_cache_dir(), is_builder, log=log))

@@ -11,10 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
+from engine.cache_folder import default_cache_dir, publish_folder
 from engine.errors import UserError
 from engine.tokenizer import build_char_tokenizer
 from pairs.judge import JUDGE_LABELS, JUDGE_TEMPLATE, judge_prompt
@@ -198,10 +196,6 @@ def recipe_key(recipe: TinyArithRecipe) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("SELFCORRECT_CACHE", Path.home() / ".cache" / "selfcorrect-rl"))
-
-
 def _model_dir(recipe: TinyArithRecipe, cache_dir: Path | None) -> Path:
     return Path(cache_dir or default_cache_dir()) / f"tiny-arith-{recipe_key(recipe)}"
 
@@ -209,7 +203,6 @@ def _model_dir(recipe: TinyArithRecipe, cache_dir: Path | None) -> Path:
 def build_tiny_arith(recipe: TinyArithRecipe = TinyArithRecipe(), cache_dir: Path | None = None, log=print) -> Path:
     """Return the folder of the built model, building and caching it on first use."""
     target = _model_dir(recipe, cache_dir)
-    cache_dir = target.parent
     if (target / "config.json").exists():
         return target
     log(f"[tiny-arith] building base model into {target} (first use; cached afterwards)")
@@ -222,16 +215,13 @@ def build_tiny_arith(recipe: TinyArithRecipe = TinyArithRecipe(), cache_dir: Pat
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id
     )
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # Write into a temporary folder and rename, so an interrupted build never leaves a half model.
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".building-"))
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "recipe.json").write_text(json.dumps(recipe_fields(recipe), indent=2))
-    try:
-        tmp.rename(target)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        (folder / "recipe.json").write_text(json.dumps(recipe_fields(recipe), indent=2))
+
+    publish_folder(target, write)
     return target
 
 

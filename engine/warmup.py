@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from engine.config_schema import WarmupSettings
+from engine.cache_folder import publish_folder
 from engine.errors import UserError
 from engine.model_sources import file_digest
 from engine.tiny_model import TinyArithRecipe, pretrain, require_chatml
@@ -103,26 +102,20 @@ def build_warmup(base: Path, identity: dict, fields: dict, target: Path, log=pri
     torch.manual_seed(fields["seed"])
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     recipe = TinyArithRecipe(**{k: v for k, v in fields.items() if k in TinyArithRecipe.__dataclass_fields__})
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".warming-"))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any model folder
-        tokenizer.save_pretrained(tmp)  # as it came: the pad token below is lent for training only
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token  # padded positions carry no loss; any id will do
-        pretrain(model, tokenizer, recipe, log=log, log_every=LOG_EVERY, tag="warmup")
-        model.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "warmup.json").write_text(json.dumps({"base_folder": str(base), "base": identity, "settings": fields,
-                                                    "version": WARMUP_VERSION, "seconds": round(time.time() - started)},
-                                                   indent=2) + "\n")
-        for path in tmp.iterdir():
-            if path.is_file():
-                path.chmod(0o644)  # save_pretrained may write some files private too
-        tmp.rename(target)
-    except OSError:
-        if not (target / "config.json").exists():  # not a race lost to another builder: a real failure
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone after a rename; cleaned up after a lost race or a failure
+    if tokenizer.pad_token_id is None:
+        padded = type(tokenizer).from_pretrained(base)  # a copy lends its EOS as padding; the saved one has none
+        padded.pad_token = padded.eos_token  # padded positions carry no loss; any id will do
+    else:
+        padded = tokenizer
+    pretrain(model, padded, recipe, log=log, log_every=LOG_EVERY, tag="warmup")
+
+    def write(folder: Path) -> None:
+        tokenizer.save_pretrained(folder)
+        model.save_pretrained(folder, safe_serialization=True)
+        (folder / "warmup.json").write_text(json.dumps({"base_folder": str(base), "base": identity, "settings": fields,
+                                                       "version": WARMUP_VERSION,
+                                                       "seconds": round(time.time() - started)}, indent=2) + "\n")
+
+    publish_folder(target, write)
     log(f"[warmup] built {target.name} in {time.time() - started:.0f}s")
     return target
