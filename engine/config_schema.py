@@ -236,6 +236,8 @@ class DeepSpeedSection:
     prefetch_bucket_size: int = 50_000_000
     # elements per gradient reduce-scatter bucket at ZeRO-3: up to this many float32 gradients per rank
     reduce_bucket_size: int = 500_000_000
+    # ZeRO-3: parameters of at most this many elements stay whole on every rank (stage3_param_persistence_threshold)
+    param_persistence_threshold: int = 100_000
 
 
 @dataclass

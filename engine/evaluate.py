@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from engine.batch import collate
+from engine.batch import TrainBatch, collate
 from engine.distributed import gather_objects
 from engine.metrics import calibration_metrics, correction_metrics, edit_distance_ratio, turn_shape_metrics
 from rewards import RewardInputs, turn_correctness
@@ -28,18 +28,24 @@ from rollout.vllm_engine import RolloutEngine
 
 
 def eval_metrics(episodes: Sequence, tokenizer, score=None) -> dict[str, float]:
-    """Metrics over every rank's evaluation episodes (each rank passes its own) of K turns."""
-    turns = len(episodes[0].turns)
-    correct = turn_correctness(episodes)
-    lengths = [torch.tensor([len(e.turns[k].token_ids) for e in episodes]) for k in range(turns)]
-    edits = [torch.tensor([edit_distance_ratio(e.turns[k - 1].token_ids, e.turns[k].token_ids) for e in episodes])
-             for k in range(1, turns)]
-    columns = [*correct, *lengths, *edits]
+    """Metrics over every rank's evaluation episodes (each rank passes its own, maybe none) of K turns. Every
+    rank calls it: `score` can be collective (ZeRO-3), so a rank without episodes scores an empty batch."""
+    columns, turns = [], len(episodes[0].turns) if episodes else 0
+    if episodes:
+        correct = turn_correctness(episodes)
+        lengths = [torch.tensor([len(e.turns[k].token_ids) for e in episodes]) for k in range(turns)]
+        edits = [torch.tensor([edit_distance_ratio(e.turns[k - 1].token_ids, e.turns[k].token_ids)
+                               for e in episodes]) for k in range(1, turns)]
+        columns = [*correct, *lengths, *edits]
     if score is not None:
-        stats = score(collate(episodes, tokenizer.pad_token_id))
-        columns += list(answer_probability(RewardInputs(episodes, tokenizer, None, stats)))
-    gathered = gather_objects([c.tolist() for c in columns])
-    merged = [torch.tensor([x for part in gathered for x in part[i]]) for i in range(len(columns))]
+        empty = TrainBatch(torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.long),
+                           torch.zeros(0, 1, 1), torch.zeros(0, 1))
+        stats = score(collate(episodes, tokenizer.pad_token_id) if episodes else empty)
+        if episodes:
+            columns += list(answer_probability(RewardInputs(episodes, tokenizer, None, stats)))
+    parts = [part for part in gather_objects((turns, [c.tolist() for c in columns]) if episodes else None) if part]
+    turns = parts[0][0]
+    merged = [torch.tensor([x for _, part in parts for x in part[i]]) for i in range(len(parts[0][1]))]
     correct, lengths, edits, confidence = (merged[:turns], merged[turns:2 * turns], merged[2 * turns:3 * turns - 1],
                                            merged[3 * turns - 1:])
     metrics = correction_metrics(correct)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import deepspeed
@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from engine.algorithms import TurnWeights, kl_per_token, token_coefficients, token_loss, truncated_is_weights
 from engine.batch import TrainBatch
-from engine.distributed import all_ranks_sum, world_size
+from engine.distributed import all_ranks_sum, reduce_max, world_size
 from engine.models import DTYPES
 from engine.logprobs import Wanted
 from engine.lora import AdaptersOff, adapter_state, add_adapters, trainable
@@ -68,13 +68,70 @@ def reference_config(micro_batch: int, dtype: str, zero3: dict | None = None) ->
     return _engine_config(3, micro_batch, dtype, zero3)
 
 
+DEEPSPEED_PERSISTENCE_THRESHOLD = 100_000  # DeepSpeed's stage3_param_persistence_threshold default
+
+
 def zero3_settings(section) -> dict:
-    """The config's deepspeed section's bounds on ZeRO-3's gathered parameters and gradient buckets, in
-    DeepSpeed's names."""
+    """The config's deepspeed section's bounds on ZeRO-3's gathered parameters and gradient buckets, and the
+    size up to which a parameter stays whole on every rank, in DeepSpeed's names."""
     return {"stage3_max_live_parameters": section.max_live_parameters,
             "stage3_max_reuse_distance": section.max_reuse_distance,
             "stage3_prefetch_bucket_size": section.prefetch_bucket_size,
-            "reduce_bucket_size": section.reduce_bucket_size}
+            "reduce_bucket_size": section.reduce_bucket_size,
+            # a section built by hand (bench/zero3_memory.py) may leave it out: DeepSpeed's default
+            "stage3_param_persistence_threshold": getattr(section, "param_persistence_threshold",
+                                                          DEEPSPEED_PERSISTENCE_THRESHOLD)}
+
+
+@dataclass
+class PartitionReport:
+    """How a ZeRO-3 module's parameters are split on this rank (DeepSpeed's `ds_numel`: a parameter's full
+    size; `ds_tensor`: this rank's shard; `ds_persist`: kept whole on every rank, at or under the persistence
+    threshold)."""
+    parameters: int = 0  # parameters ZeRO-3 manages
+    partitioned: int = 0  # of them, those this rank holds only a shard of
+    elements: int = 0  # their full sizes, summed
+    local_elements: int = 0  # what this rank keeps of them: a shard, or the whole of a parameter kept whole
+    whole: list[tuple[str, int]] = field(default_factory=list)  # (name, full size) of those kept whole
+
+    @property
+    def local_share(self) -> float:
+        return self.local_elements / max(self.elements, 1)
+
+    def line(self, what: str) -> str:
+        return (f"[zero3] {what}: {self.partitioned} of {self.parameters} parameters partitioned; this rank holds "
+                f"{self.local_share:.0%} of {self.elements / 1e6:.1f}M elements")
+
+
+def partition_report(module: torch.nn.Module) -> PartitionReport:
+    """This rank's share of `module`'s ZeRO-3 parameters (parameters without ZeRO-3's attributes are left out)."""
+    report = PartitionReport()
+    for name, p in module.named_parameters():
+        if not hasattr(p, "ds_tensor") or p.ds_tensor is None:
+            continue
+        full, shard = p.ds_numel, p.ds_tensor.numel()
+        split = shard < full and not getattr(p, "ds_persist", False)
+        report.parameters += 1
+        report.partitioned += split
+        report.elements += full
+        report.local_elements += shard if split else full  # a persistent parameter keeps its full data too
+        if not split:
+            report.whole.append((name, full))
+    return report
+
+
+def check_partitioned(report: PartitionReport, world: int, threshold: int, what: str) -> None:
+    """With more than one rank, every parameter past the persistence threshold must be a shard; else ZeRO-3
+    is not partitioning (each rank would hold the whole model) and the run stops here."""
+    if world < 2:
+        return
+    # a 1-element parameter cannot be split, whatever the threshold
+    unsplit = [(name, n) for name, n in report.whole if n > max(threshold, 1)]
+    if report.parameters == 0 or unsplit:
+        shown = ", ".join(f"{name} ({n} elements)" for name, n in unsplit[:3]) or "no ZeRO-3 parameters at all"
+        raise RuntimeError(
+            f"ZeRO-3 is not partitioning the {what} over {world} ranks: {len(unsplit)} parameter(s) past "
+            f"deepspeed.param_persistence_threshold={threshold} are whole on this rank: {shown}")
 
 
 class Learner:
@@ -104,7 +161,9 @@ class Learner:
         self.engine, *_ = deepspeed.initialize(model=policy, config=config,
                                                model_parameters=trainable(policy))
         self.device = self.engine.device
+        self.partition = self._partition("policy", self.engine)
         self.reference = None
+        self.reference_partition = None
         if not with_reference:
             return
         if self.adapters is not None:  # the same weights: no second copy
@@ -118,8 +177,20 @@ class Learner:
             self.reference, *_ = deepspeed.initialize(model=reference,
                                                       config=reference_config(self.micro_batch, dtype, zero3))
             self.reference.eval()
+            self.reference_partition = self._partition("reference", self.reference)
         else:
             self.reference = reference.to(self.device)
+
+    def _partition(self, what: str, engine) -> PartitionReport | None:
+        """At ZeRO-3: this rank's share of the engine's parameters, checked (see check_partitioned) and logged on
+        rank 0."""
+        if self.zero_stage != 3:
+            return None
+        report = partition_report(engine.module)
+        check_partitioned(report, world_size(), engine._config.zero_config.param_persistence_threshold, what)
+        if engine.global_rank == 0:
+            print(report.line(what), flush=True)
+        return report
 
     def update(self, batch: TrainBatch, advantages: list[Tensor], weights: TurnWeights, kl_estimator: str,
                is_cap: float | None = None, temperature: float = 1.0) -> UpdateStats:
@@ -210,14 +281,20 @@ class Learner:
         return torch.stack(grads).norm().item() if grads else 0.0
 
     def score(self, batch: TrainBatch) -> TokenStats:
-        """The current policy's per-token statistics over the batch (no gradient), on the CPU."""
+        """The current policy's per-token statistics over the batch (no gradient), on the CPU. Every rank must
+        call it (each with its own batch, of any size, even empty) when ZeRO-3 shards over several."""
         return self.score_ids(batch.input_ids, batch.attention_mask)
 
     def score_ids(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> TokenStats:
         self.engine.eval()
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        passes = math.ceil(len(input_ids) / self.micro_batch)
+        if self.zero_stage == 3 and world_size() > 1:
+            # Each forward gathers the sharded weights with every rank: ranks with fewer rows (an evaluation's
+            # uneven shares) run throwaway forwards until all have run as many.
+            passes = int(reduce_max(passes))
         return token_stats(self.engine, input_ids.to(self.device), mask.to(self.device), self.micro_batch,
-                           self.vocab_size)
+                           self.vocab_size, passes=passes)
 
     @property
     def reference_lm(self):

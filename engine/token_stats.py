@@ -47,11 +47,28 @@ class TokenStats:
 
 
 @torch.no_grad()
-def token_stats(scorer, input_ids: Tensor, attention_mask: Tensor, micro_batch: int, vocab_size: int) -> TokenStats:
-    """`scorer(input_ids, attention_mask, wanted)` is a ScoringModel (or the DeepSpeed engine around one)."""
+def token_stats(scorer, input_ids: Tensor, attention_mask: Tensor, micro_batch: int, vocab_size: int,
+                passes: int = 0) -> TokenStats:
+    """`scorer(input_ids, attention_mask, wanted)` is a ScoringModel (or the DeepSpeed engine around one).
+    `passes`: run at least this many forwards, the ones past the batch's own on a throwaway row (a ZeRO-3
+    forward is collective: every rank must run as many). An empty batch gives [0, T] statistics."""
     parts = []
     for start in range(0, input_ids.shape[0], micro_batch):
         ids, mask = input_ids[start:start + micro_batch], attention_mask[start:start + micro_batch]
         part = TokenStats.from_head(HeadStats(*scorer(ids, mask, ALL_STATS)), targets_of(mask), vocab_size)
         parts.append(TokenStats(**{f.name: getattr(part, f.name).cpu() for f in fields(TokenStats)}))
+    _throwaway_forwards(scorer, input_ids, attention_mask, passes - len(parts))
+    if not parts:
+        return TokenStats(**{f.name: torch.zeros(input_ids.shape, dtype=torch.float32) for f in fields(TokenStats)})
     return TokenStats.cat(parts)
+
+
+def _throwaway_forwards(scorer, input_ids: Tensor, attention_mask: Tensor, count: int) -> None:
+    """`count` forwards whose results are dropped: on the batch's first row, or on two tokens of id 0 when it
+    has none."""
+    ids, mask = input_ids[:1], attention_mask[:1]
+    if not len(ids):
+        ids = torch.zeros(1, 2, dtype=torch.long, device=input_ids.device)
+        mask = torch.ones_like(ids)
+    for _ in range(count):
+        scorer(ids, mask, ALL_STATS)

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shutil
 import sys
 
@@ -98,9 +99,14 @@ def test_two_ranks_zero3_dpo(tiny_model_dir, tmp_path):
     from engine.distributed import free_port
 
     run_dir = tmp_path / "dpo2r"
-    run_script(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "engine/train.py",
-                "configs/evolve.yaml", f"model.path={tiny_model_dir}", f"train.output_dir={run_dir}",
-                "deepspeed.zero_stage=3", *SMALL, "dpo.rounds=1"], timeout=900)
+    # threshold 0: the tiny model's matrices are split too (at the default all stay whole)
+    proc = run_script(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "engine/train.py",
+                       "configs/evolve.yaml", f"model.path={tiny_model_dir}", f"train.output_dir={run_dir}",
+                       "deepspeed.zero_stage=3", "deepspeed.param_persistence_threshold=0", *SMALL, "dpo.rounds=1"],
+                      timeout=900)
+    for what in ("policy", "reference"):
+        counts = re.search(rf"\[zero3\] {what}: (\d+) of (\d+) parameters partitioned", proc.stdout)
+        assert counts and counts[1] == counts[2], proc.stdout[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     kept = summary["rounds"][0]["pairs_kept"]
     assert kept > 0 and summary["train"]["steps"] == math.ceil(kept / 4)

@@ -210,19 +210,24 @@ def test_self_reward_trains_on_prompts_without_answers(tiny_model_dir, tmp_path)
 
 def test_two_ranks_zero3(tiny_model_dir, tmp_path):
     """The launch from the issue, on a small model and eval set: 2 CPU ranks, ZeRO-3, 3 steps so the
-    last mismatch is measured after 2 updates."""
+    last mismatch is measured after 2 updates. A persistence threshold of 0 splits even the tiny model's
+    matrices (at the default every one stays whole), and 5 evaluation problems in micro-batches of 2 give
+    rank 0 two scoring forwards and rank 1 one: collectives that the ranks must still match."""
     run_dir = tmp_path / "run2r"
     from engine.distributed import free_port
 
-    run_script([
+    proc = run_script([
         "deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "engine/train.py", "configs/default.yaml",
-        "train.steps=3",
-        "deepspeed.zero_stage=3", f"model.path={tiny_model_dir}", "eval.problems=16",
+        "train.steps=3", "deepspeed.zero_stage=3", "deepspeed.param_persistence_threshold=0",
+        f"model.path={tiny_model_dir}", "eval.problems=5", "train.micro_batch_size=2",
         "rollout.prompts_per_step=4", f"train.output_dir={run_dir}",
     ], timeout=900)
     _, summary = _check_run_dir(run_dir, steps=3)
     assert_weights_synced(summary["train"]["history"])
-    assert summary["eval"]["after"]["n"] == 16  # both ranks' shards gathered
+    assert summary["eval"]["after"]["n"] == 5  # both ranks' shards gathered
+    for what in ("policy", "reference"):  # every parameter of more than one element is a shard on each rank
+        counts = re.search(rf"\[zero3\] {what}: (\d+) of (\d+) parameters partitioned", proc.stdout)
+        assert counts and counts[1] == counts[2], proc.stdout[-3000:]
 
 
 def test_guard_stop_saves_the_policy_and_ends_early(tiny_model_dir, tmp_path):

@@ -176,7 +176,7 @@ def test_one_rank_keeps_a_plain_reference_and_zero3_settings_reach_deepspeed(tin
 
     cfg = load_config(["configs/default.yaml", "deepspeed.max_live_parameters=12345",
                        "deepspeed.max_reuse_distance=0", "deepspeed.prefetch_bucket_size=777",
-                       "deepspeed.reduce_bucket_size=4096"])
+                       "deepspeed.reduce_bucket_size=4096", "deepspeed.param_persistence_threshold=123"])
     assert cfg.deepspeed.shard_reference is True
     init_distributed()
     learner = Learner(str(tiny_model_dir), zero_stage=3, lr=1e-3, grad_clip=1e6, episodes_per_rank=4,
@@ -184,7 +184,9 @@ def test_one_rank_keeps_a_plain_reference_and_zero3_settings_reach_deepspeed(tin
     assert isinstance(learner.reference, ScoringModel) and not isinstance(learner.reference, deepspeed.DeepSpeedEngine)
     zero = learner.engine._config.zero_config
     assert (zero.max_live_parameters, zero.max_reuse_distance, zero.prefetch_bucket_size,
-            zero.reduce_bucket_size) == (12345, 0, 777, 4096)
+            zero.reduce_bucket_size, zero.param_persistence_threshold) == (12345, 0, 777, 4096, 123)
+    assert learner.partition.parameters == len(list(learner.policy.parameters()))  # one rank: the whole of each
+    assert learner.partition.local_share == 1.0
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     batch = collate([_episode(tok, f"{i}+2=?", f"Final Answer: {i + 2}", f"Final Answer: {i}") for i in range(4)],
                     tok.pad_token_id)

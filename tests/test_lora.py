@@ -3,6 +3,7 @@ policy's own network with the adapters off, vLLM and the saved folder get merged
 trains, syncs, evaluates and resumes."""
 
 import json
+import re
 import shutil
 import sys
 
@@ -184,10 +185,14 @@ def test_two_ranks_zero3_with_adapters(tiny_model_dir, tmp_path):
     from engine.distributed import free_port
 
     out = tmp_path / "run"
-    run_script(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "engine/train.py",
-                "configs/default.yaml", f"model.path={tiny_model_dir}", "deepspeed.zero_stage=3", "model.lora.r=8",
-                "model.lora.alpha=32", "train.lr=5e-3", "algo.stage1_steps=0", "train.steps=3", "eval.every=0",
-                "eval.problems=8", "rollout.prompts_per_step=4", f"train.output_dir={out}"], timeout=900)
+    # threshold 0: the tiny model's matrices and the adapters are split too (at the default all stay whole)
+    proc = run_script(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "engine/train.py",
+                       "configs/default.yaml", f"model.path={tiny_model_dir}", "deepspeed.zero_stage=3",
+                       "deepspeed.param_persistence_threshold=0", "model.lora.r=8", "model.lora.alpha=32",
+                       "train.lr=5e-3", "algo.stage1_steps=0", "train.steps=3", "eval.every=0", "eval.problems=8",
+                       "rollout.prompts_per_step=4", f"train.output_dir={out}"], timeout=900)
+    counts = re.search(r"\[zero3\] policy: (\d+) of (\d+) parameters partitioned", proc.stdout)
+    assert counts and counts[1] == counts[2], proc.stdout[-3000:]
     assert_weights_synced(json.loads((out / "summary.json").read_text())["train"]["history"])
     saved = out / "checkpoints" / "step-000003" / "model"
     merged = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32)
