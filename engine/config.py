@@ -52,7 +52,7 @@ NON_NEGATIVE = ("eval.every", "train.save_every", "algo.stage1_steps", "algo.bet
                 "guard.min_entropy", "guard.patience", "reward.probe_tokens", "log.text_every", "log.text_episodes",
                 "rollout.max_staleness", "rollout.min_tokens", "rm.heldout_pairs", "rm.save_every", "rm.eval_every", "judge.eval_pairs",
                 "deepspeed.max_live_parameters", "deepspeed.max_reuse_distance", "deepspeed.prefetch_bucket_size",
-                "model.lora.r")
+                "model.lora.r", "deepspeed.param_persistence_threshold")
 POSITIVE += ("deepspeed.reduce_bucket_size",)
 
 

@@ -282,7 +282,7 @@ def rewards_on_every_rank(run: Run, step: int, inputs: RewardInputs):
 def run_eval(run: Run, step: int) -> dict[str, float]:
     cfg = run.cfg
     run.rollouts.push_weights(step)  # the policy after `step` updates
-    metrics = eval_metrics(run.rollouts.eval_episodes(run.eval_problems), run.tokenizer, score=run.learner.score)
+    metrics = eval_metrics(run.rollouts.eval_episodes(run.eval_problems), run.tokenizer)
     run.logger.scalars("eval", {k: v for k, v in metrics.items() if k != "n"}, step)
     turns = range(1, cfg.rollout.turns + 1)
     run.log(f"[eval] step {step}: " + " ".join(f"acc_t{k} {metrics[f'acc_t{k}']:.3f}" for k in turns) +

@@ -99,10 +99,11 @@ def turn_confidence(inputs: RewardInputs, metric: str, scope: str, reduction: st
     return reduce_over_scope(inputs, confidence_per_token(stats, metric), scope, reduction, require_answer)
 
 
-def answer_probability(inputs: RewardInputs) -> list[Tensor]:
+def answer_probability(inputs: RewardInputs, logprob: Tensor | None = None) -> list[Tensor]:
     """p(answer tokens | context) per turn, the confidence that calibration (ECE) is measured on;
-    0 where the turn has no answer."""
-    sums = reduce_over_scope(inputs, inputs.token_stats.logprob, "answer", "sum")
+    0 where the turn has no answer. `logprob` [B, T]: each token's log-prob (default: the scoring pass's)."""
+    per_token = inputs.token_stats.logprob if logprob is None else logprob
+    sums = reduce_over_scope(inputs, per_token, "answer", "sum")
     has = turn_has_answer(inputs.episodes, inputs.tokenizer)  # exp(0) = 1 would read as certainty
     return [s.exp() * h for s, h in zip(sums, has)]
 

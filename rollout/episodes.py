@@ -84,12 +84,18 @@ def sample_episodes(engine: RolloutEngine, tokenizer, problems: Sequence[Problem
                     min_tokens: int = 0) -> list[Episode]:
     """Turn 1: n samples per problem. Each later turn: one correction per chain, one vLLM call per turn, of
     at most max_tokens or the room left in the engine's context (and at least min_tokens, within it).
-    `progress` shows vLLM's progress bar for each turn."""
+    `progress` prints a line naming each turn, then vLLM's progress bar (with its ETA) while it samples."""
+    if not problems:  # a rank whose share of the evaluation is empty (eval.problems < ranks)
+        return []
     prompt_ids = [encode_prompt(tokenizer, p.prompt) for p in problems]
+    if progress:
+        print(f"[sample] turn 1/{turns}: {len(prompt_ids) * n} answers to {len(prompt_ids)} prompts", flush=True)
     first = engine.generate(prompt_ids, n=n, max_tokens=max_tokens, temperature=temperature, progress=progress,
                             min_tokens=min_tokens)
     episodes = [Episode(problems[g], g, [prompt_ids[g]], [c]) for g, comps in enumerate(first) for c in comps]
-    for _ in range(1, turns):
+    for turn in range(2, turns + 1):
+        if progress:
+            print(f"[sample] turn {turn}/{turns}: {len(episodes)} corrections", flush=True)
         contexts = [ep.input_ids + correction_request_ids(tokenizer, ep.problem.prompt, ep.turns, instruction)
                     for ep in episodes]
         budgets = [min(max_tokens, engine.max_model_len - len(c)) for c in contexts]

@@ -2,6 +2,7 @@
 stdout and the metrics (with standard errors) as JSON; bad input gets one `error:` line."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -80,6 +81,21 @@ def test_table_rows_name_every_turn():
     assert "| Acc@t1 | 0.250 | 0.100 |" in table and table.startswith("| metric (n=4) |")
 
 
+def test_eval_confidence_is_the_sampled_answer_tokens_probability():
+    """ECE reads p(answer tokens) from the log-probs vLLM returned with the sampled tokens (no forward pass):
+    with the char tokenizer the answer "5" / "6" is the 15th sampled token of each turn, sampled at log-prob
+    -0.1 * 15 (tests/test_episodes.py's completions); turn 1 is right (gold 5), turn 2 wrong."""
+    from engine.evaluate import eval_metrics
+    from engine.tokenizer import build_char_tokenizer
+    from tests.test_episodes import _episode
+
+    tok = build_char_tokenizer()
+    metrics = eval_metrics([_episode(tok, "2+3=?", "Final Answer: 5", "Final Answer: 6")], tok)
+    p = math.exp(-1.5)
+    assert metrics["acc_t1"] == 1.0 and metrics["acc_t2"] == 0.0
+    assert metrics["ece_t1"] == pytest.approx(1 - p, abs=1e-6) and metrics["ece_t2"] == pytest.approx(p, abs=1e-6)
+
+
 @pytest.mark.slow
 def test_evaluate_cli_scores_a_model_folder(tiny_model_dir, tmp_path):
     out = tmp_path / "eval.json"
@@ -92,6 +108,9 @@ def test_evaluate_cli_scores_a_model_folder(tiny_model_dir, tmp_path):
     assert metrics["delta"] == pytest.approx(metrics["delta_i2c"] - metrics["delta_c2i"])
     assert metrics["len_t1"] > 0 and "se_delta" in metrics
     assert "| Acc@t2 |" in proc.stdout and "| edit ratio t1→t2 |" in proc.stdout
+    # progress: each turn is named before vLLM's bar (with its ETA) runs
+    assert "[sample] turn 1/2: 16 answers to 16 prompts" in proc.stdout
+    assert "[sample] turn 2/2: 16 corrections" in proc.stdout
 
 
 @pytest.mark.slow

@@ -42,9 +42,9 @@ def main() -> None:
     share = learner.score(collate([episodes[i] for i in mine], tok.pad_token_id))
     width = share.logprob.shape[1]
     share_error = (share.logprob - whole.logprob[mine, :width]).abs().max().item()
-    # The trainer's evaluation: eval.problems=5 and eval.problems=1 (rank 1 has no episode at all).
-    uneven = eval_metrics(episodes[rank::world], tok, score=learner.score)
-    lone = eval_metrics(episodes[:1][rank::world], tok, score=learner.score)
+    # The evaluation's gather: eval.problems=5 and eval.problems=1 (rank 1 has no episode at all).
+    uneven = eval_metrics(episodes[rank::world], tok)
+    lone = eval_metrics(episodes[:1][rank::world], tok)
     reports = gather_objects({"policy": asdict(learner.partition),
                               "reference": asdict(learner.reference_partition)})
     if rank == 0:
