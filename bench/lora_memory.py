@@ -1,10 +1,11 @@
 """Learner memory of LoRA against full fine-tuning: what the adapters save (no reference copy, no optimizer
 state or gradients for the base weights).
 
-    python -m bench.lora_memory [--json PATH] [--rank R] [--zero-stage S]
+    python -m bench.lora_memory [--json PATH] [--rank R] [--zero-stage S] [--model MODEL_PATH]
 
 The model and batch are bench/zero3_memory.py's (a random Qwen2 of 65M parameters, 32k vocabulary, float32;
-16 episodes of 64 prompt + 128 sampled tokens, one micro-batch), on one rank. Each configuration runs in its
+16 episodes of 64 prompt + 128 sampled tokens, one micro-batch), on one rank; --model takes any model.path
+(builtin:smollm2-135m-instruct: the real 135M Llama) with the same batch shape over its vocabulary. Each configuration runs in its
 own process: it records its resident memory (RSS) after imports, then polls it while it builds the Learner
 and takes two updates (the second is the steady state: AdamW's moments exist). Reported: the peak above that
 baseline, and the bytes held between updates in parameters (policy + reference) and optimizer state (the
@@ -37,15 +38,17 @@ def child(model_dir: str, rank: int, zero_stage: int) -> None:
     import torch
     from omegaconf import OmegaConf
 
-    from bench.peers import MODEL
     from bench.profile_update import random_batch
     from bench.zero3_memory import EPISODES, PROMPT, RESPONSE, PeakRSS
     from engine.algorithms import TurnWeights
     from engine.distributed import init_distributed
     from engine.learner import Learner
 
+    from transformers import AutoConfig
+
     init_distributed()
-    batch = random_batch(MODEL["vocab_size"], episodes=EPISODES, prompt=PROMPT, response=RESPONSE)
+    vocab = AutoConfig.from_pretrained(model_dir).vocab_size
+    batch = random_batch(vocab, episodes=EPISODES, prompt=PROMPT, response=RESPONSE)
     advantages = [torch.randn(EPISODES, generator=torch.Generator().manual_seed(1))]
     lora = OmegaConf.create({"r": rank, "alpha": 2.0 * max(rank, 1), "dropout": 0.0, "target_modules": ["all-linear"]})
     rss = PeakRSS()
@@ -71,6 +74,8 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16, help="model.lora.r of the LoRA row (target: all-linear)")
     parser.add_argument("--zero-stage", type=int, default=0, help="deepspeed.zero_stage (the engine's default: 0)")
     parser.add_argument("--out", default="runs/bench-zero3")
+    parser.add_argument("--model", default=None, help="a model.path (e.g. builtin:smollm2-135m-instruct) instead "
+                                                       "of the random 65M Qwen2")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-rank", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -78,8 +83,9 @@ def main() -> None:
         return child(args.child, args.child_rank, args.zero_stage)
     from bench.logprobs import machine_name
     from bench.zero3_memory import build_model
+    from engine.models import resolve_model_path
 
-    folder = ROOT / args.out / "model"
+    folder = Path(resolve_model_path(args.model, is_builder=True)) if args.model else ROOT / args.out / "model"
     if not (folder / "config.json").is_file():
         build_model(folder)
     # As in bench/zero3_memory.py: tensors of 1 MiB or more are unmapped when freed, so RSS follows live tensors.
@@ -104,7 +110,8 @@ def main() -> None:
               f"{r['optimizer_state_mib']:.0f} | {r['update_peak_mib']:.0f} | {r['update_peak_mib'] / full:.2f}x |")
     path = Path(args.json or f"bench/results/lora-memory-{machine_name('cpu')}.json")
     path = path if path.is_absolute() else ROOT / path
-    path.write_text(json.dumps({"machine": machine_name("cpu"), "zero_stage": args.zero_stage, "rows": rows},
+    path.write_text(json.dumps({"machine": machine_name("cpu"), "model": args.model or "random 65M Qwen2",
+                                "zero_stage": args.zero_stage, "rows": rows},
                                indent=1) + "\n")
     print(f"wrote {path}")
 
