@@ -1,8 +1,8 @@
 """Per-rank memory of the learner's update under ZeRO-3: 1 rank against 2, the reference sharded or not.
 
-    python -m bench.zero3_memory [--json PATH] [--live-parameters N] [--reduce-bucket N] [--micro-batch N]
+    python -m bench.zero3_memory [--json PATH] [--live-parameters N] [--reduce-bucket N] [--micro-batch N] [--model M]
 
-The model is bench/peers.py's (a random Qwen2 of 65M parameters, 32k vocabulary, float32). The global batch
+The model is bench/peers.py's (a random Qwen2 of 65M parameters, 32k vocabulary, float32), or --model's. The global batch
 is the same in every configuration: 16 episodes of 64 prompt + 128 sampled tokens (one rank takes all 16, two
 ranks 8 each), in micro-batches of at most --micro-batch episodes (default 64, the engine's
 train.micro_batch_size: each rank then takes its share in one micro-batch; 8 compares equal micro-batches).
@@ -73,8 +73,8 @@ def build_model(folder: Path) -> None:
 
 def child(model_dir: str, shard_reference: bool, micro_batch: int, live: int, bucket: int) -> None:
     import torch
+    from transformers import AutoConfig
 
-    from bench.peers import MODEL
     from bench.profile_update import random_batch
     from bench.reference_memory import resident_bytes, shut_down
     from engine.algorithms import TurnWeights
@@ -83,7 +83,8 @@ def child(model_dir: str, shard_reference: bool, micro_batch: int, live: int, bu
 
     rank, world = init_distributed()
     per_rank = EPISODES // world
-    batch = random_batch(MODEL["vocab_size"], episodes=EPISODES, prompt=PROMPT, response=RESPONSE)
+    vocab = AutoConfig.from_pretrained(model_dir).vocab_size
+    batch = random_batch(vocab, episodes=EPISODES, prompt=PROMPT, response=RESPONSE)
     batch = batch.slice(rank * per_rank, (rank + 1) * per_rank)
     advantages = [torch.randn(EPISODES, generator=torch.Generator().manual_seed(1))[rank * per_rank:][:per_rank]]
     rss = PeakRSS()
@@ -137,6 +138,8 @@ def main() -> None:
                         help="deepspeed.max_live_parameters and max_reuse_distance (prefetch: at most 5e7)")
     parser.add_argument("--reduce-bucket", type=int, default=500_000_000, help="deepspeed.reduce_bucket_size")
     parser.add_argument("--out", default="runs/bench-zero3")
+    parser.add_argument("--model", default=None, help="a model.path (e.g. builtin:smollm2-135m-instruct) instead "
+                                                       "of the random 65M Qwen2")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--shard-reference", type=int, default=1, help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args()  # the deepspeed launcher adds --local_rank
@@ -144,8 +147,9 @@ def main() -> None:
         return child(args.child, bool(args.shard_reference), args.micro_batch, args.live_parameters,
                      args.reduce_bucket)
     from bench.logprobs import machine_name
+    from engine.models import resolve_model_path
 
-    folder = ROOT / args.out / "model"
+    folder = Path(resolve_model_path(args.model, is_builder=True)) if args.model else ROOT / args.out / "model"
     if not (folder / "config.json").is_file():
         build_model(folder)
     results = []
@@ -171,7 +175,8 @@ def main() -> None:
     suffix = ("" if args.micro_batch == 64 else f"-microbatch{args.micro_batch}") + ("" if defaults else "-tuned")
     path = Path(args.json or f"bench/results/zero3-memory-{machine_name('cpu')}{suffix}.json")
     path = path if path.is_absolute() else ROOT / path
-    path.write_text(json.dumps({"machine": machine_name("cpu"), "episodes": EPISODES, "micro_batch": args.micro_batch,
+    path.write_text(json.dumps({"machine": machine_name("cpu"), "model": args.model or "random 65M Qwen2",
+                                "episodes": EPISODES, "micro_batch": args.micro_batch,
                                 "max_live_parameters": args.live_parameters, "max_reuse_distance": args.live_parameters,
                                 "prefetch_bucket_size": min(args.live_parameters, 50_000_000),
                                 "reduce_bucket_size": args.reduce_bucket,

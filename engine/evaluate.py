@@ -90,10 +90,10 @@ def split_json_flag(argv: list[str]) -> tuple[list[str], str | None]:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     from engine.config import load_config, main_args
-    from engine.distributed import barrier, init_distributed
+    from engine.distributed import init_distributed
     from engine.errors import UserError
     from engine.inputs import require_chat_template
-    from engine.models import load_tokenizer_and_config, prepare_model
+    from engine.models import load_tokenizer_and_config, prepare_model_everywhere
     from rollout.data import load_problems, require_answers
 
     try:
@@ -105,10 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     require_answers(problems, cfg.data.eval, "evaluation (data.eval)")
     problems = problems[: cfg.eval.problems]
     rank, world = init_distributed()
-    # Rank 0 builds, converts or warms up the model on first use; the others wait, then find it cached.
-    model_path = prepare_model(cfg.model, is_builder=True) if rank == 0 else None
-    barrier()
-    model_path = model_path or prepare_model(cfg.model, is_builder=False)
+    model_path = prepare_model_everywhere(cfg.model, rank)
     tokenizer, _ = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
     require_chat_template(cfg.model.path, tokenizer)
     engine = RolloutEngine(model_path, max_model_len=cfg.rollout.max_model_len, seed=cfg.train.seed + rank,

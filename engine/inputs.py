@@ -12,6 +12,7 @@ from engine.checkpoint import latest_checkpoint
 from engine.errors import UserError
 from engine.logprobs import impl_for_this_machine
 from engine.models import check_model_source
+from engine.warmup import warmup_fields
 from rewards.registry import reward_needs
 from rollout.data import Problem, load_problems, require_answers
 from rollout.episodes import encode_prompt, turn_overhead
@@ -46,6 +47,7 @@ def check_inputs(cfg: DictConfig, rank: int, world: int, workers: int = 0) -> In
         print(f"[warn] eval.problems={cfg.eval.problems} but {cfg.data.eval} has {len(eval_problems)}; "
               f"evaluating on all {len(eval_problems)}.", flush=True)
     check_model_source(cfg.model.path)  # a bad folder or file fails here, not after set-up
+    warmup_fields(cfg.model.warmup)  # on every rank: a bad setting must not leave the others at rank 0's barrier
     if cfg.train.resume == "never" and latest_checkpoint(cfg.train.output_dir) is not None:
         raise UserError(f"train.output_dir={cfg.train.output_dir} holds checkpoints of an earlier run and "
                         f"train.resume=never would mix a new run into them. Hint: train.resume=auto continues "

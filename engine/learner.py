@@ -282,7 +282,7 @@ class Learner:
 
     def score(self, batch: TrainBatch) -> TokenStats:
         """The current policy's per-token statistics over the batch (no gradient), on the CPU. Every rank must
-        call it (each with its own batch, of any size, even empty) when ZeRO-3 shards over several."""
+        call it (each with its own batch, of any size, even with no rows) when ZeRO-3 shards over several."""
         return self.score_ids(batch.input_ids, batch.attention_mask)
 
     def score_ids(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> TokenStats:

@@ -48,8 +48,10 @@ def convert_gguf(gguf: Path, target: Path, log=print) -> Path:
 
     started = time.time()
     log(f"[model] converting {gguf.name} into {target} (first use; cached afterwards)")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # the absolute path: transformers tries gguf_file relative to the working directory first
+    source = str(gguf.resolve())
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=source)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=source, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -100,9 +102,10 @@ def is_hub_id(spec: str) -> bool:
     return bool(HUB_ID.match(spec)) and not Path(spec).exists()
 
 
-def hub_folder(repo_id: str) -> Path:
-    """The local snapshot of a hub model: from huggingface_hub's cache, or downloaded when the machine is online
-    and HF_HUB_OFFLINE is unset. Offline and not cached is a UserError naming the cache it looked in."""
+def hub_folder(repo_id: str, download: bool) -> Path:
+    """The local snapshot of a hub model: from huggingface_hub's cache, or downloaded (only when `download`: the
+    builder rank) when the machine is online and HF_HUB_OFFLINE is unset. Offline and not cached is a UserError
+    naming the cache it looked in; online, not cached and not `download` is FileNotFoundError (not yet fetched)."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -111,10 +114,13 @@ def hub_folder(repo_id: str) -> Path:
     except LocalEntryNotFoundError:
         pass
     if constants.HF_HUB_OFFLINE:
-        raise UserError(f"model.path={repo_id!r} is a Hugging Face hub id that is not in the local hub cache "
+        raise UserError(f"model.path={repo_id!r} is neither a local folder ({Path(repo_id).resolve()} does not "
+                        f"exist) nor a Hugging Face hub id in the local hub cache "
                         f"({constants.HF_HUB_CACHE}), and the hub is offline (HF_HUB_OFFLINE=1). Hint: download it "
                         f"on a machine with access (`huggingface-cli download {repo_id}`) into that cache, or give "
                         f"a local model folder.") from None
+    if not download:
+        raise FileNotFoundError(f"{repo_id} is not in the hub cache yet; the builder rank downloads it first")
     try:
         return Path(snapshot_download(repo_id))
     except Exception as err:  # no network, no such repo, no access: the user needs the reason, not the stack

@@ -54,7 +54,7 @@ def resolve_model_path(spec: str, is_builder: bool, log=print) -> str:
         return str(model_sources.gguf_folder(spec, Path(spec), default_cache_dir(), is_builder, log=log))
     path = Path(spec)
     if not path.exists() and model_sources.is_hub_id(spec):
-        path = model_sources.hub_folder(spec)
+        path = model_sources.hub_folder(spec, download=is_builder)
     if not (path / "config.json").is_file():
         raise UserError(
             f"model.path={spec!r} is not a folder with a config.json. Hint: give a local Hugging Face "
@@ -74,6 +74,16 @@ def prepare_model(model_cfg, is_builder: bool, log=print) -> str:
     from engine.warmup import warmed_up_folder
 
     return str(warmed_up_folder(path, model_cfg.warmup, default_cache_dir(), is_builder, log=log))
+
+
+def prepare_model_everywhere(model_cfg, rank: int, log=print) -> str:
+    """prepare_model on every rank: rank 0 builds, converts or warms up on first use while the others wait at a
+    barrier, then find it cached."""
+    from engine.distributed import barrier
+
+    model_path = prepare_model(model_cfg, is_builder=True, log=log) if rank == 0 else None
+    barrier()
+    return model_path or prepare_model(model_cfg, is_builder=False, log=log)
 
 
 def check_model_source(spec: str) -> None:

@@ -41,7 +41,7 @@ from engine.learner import Learner, zero3_settings
 from engine.inputs import check_inputs, fit_to_model
 from engine.placement import Channels, Placement, launch_rank_and_world, plan_placement, split_default_group
 from engine.metrics import Laps, RunLogger
-from engine.models import load_tokenizer_and_config, prepare_model
+from engine.models import load_tokenizer_and_config, prepare_model_everywhere
 from engine.objectives import ROWS_PER_UPDATE, training_loop
 from engine.stop_signals import StopSignals
 from rewards import RewardInputs, turn_correctness, turn_has_answer
@@ -88,10 +88,7 @@ def build_run(cfg: DictConfig, placement: Placement, channels: Channels | None) 
     rank, world = dist.get_rank(), dist.get_world_size()  # the learner group
     inputs = check_inputs(cfg, rank, world, workers=placement.workers)
     torch.manual_seed(cfg.train.seed)
-    # Rank 0 builds the embedded model on first use; the others wait, then find it cached.
-    model_path = prepare_model(cfg.model, is_builder=True) if rank == 0 else None
-    barrier()
-    model_path = model_path or prepare_model(cfg.model, is_builder=False)
+    model_path = prepare_model_everywhere(cfg.model, rank)
     tokenizer, model_config = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
     inputs = fit_to_model(cfg, inputs, tokenizer, model_config, log=print if rank == 0 else lambda _: None)
     reward = reward_needs(cfg.reward.kind, cfg.reward)

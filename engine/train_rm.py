@@ -44,7 +44,7 @@ from engine.inputs import require_chat_template
 from engine.learner import Learner, zero3_settings
 from engine.logprobs import impl_for_this_machine
 from engine.metrics import RunLogger
-from engine.models import load_tokenizer_and_config, prepare_model, resolve_model_path
+from engine.models import check_model_source, load_tokenizer_and_config, prepare_model_everywhere
 from engine.placement import launch_rank_and_world
 from engine.reward_model.builder import build_pairs, builder_prompts, overridden
 from engine.reward_model.examples import RewriteExample, collate_examples, epoch_batches, rewrite_examples
@@ -124,8 +124,7 @@ def check_rm_inputs(cfg: DictConfig) -> Sources:
     resumed = latest_checkpoint(cfg.rm.output_dir) if cfg.train.resume == "auto" else None
     if resumed is not None:  # before any set-up: another model.path would fail inside DeepSpeed's load
         check_same_schedule(cfg, json.loads((resumed / "meta.json").read_text())["config"], resumed)
-    if not cfg.model.path.startswith("builtin:"):
-        resolve_model_path(cfg.model.path, is_builder=False)
+    check_model_source(cfg.model.path)  # a bad folder or file fails here, not after set-up
     impl_for_this_machine(cfg.learner.logprob_impl)
     if cfg.train.resume == "auto" and saved_pairs_path(cfg).is_file():
         return Sources(saved=read_pairs(saved_pairs_path(cfg)))
@@ -152,10 +151,7 @@ def check_rm_inputs(cfg: DictConfig) -> Sources:
 def build_rm_run(cfg: DictConfig) -> RMRun:
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(cfg.train.seed)
-    # Rank 0 builds the embedded model on first use; the others wait, then find it cached.
-    model_path = prepare_model(cfg.model, is_builder=True) if rank == 0 else None
-    barrier()
-    model_path = model_path or prepare_model(cfg.model, is_builder=False)
+    model_path = prepare_model_everywhere(cfg.model, rank)
     tokenizer, model_config = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
     require_chat_template(cfg.model.path, tokenizer)
     positions = getattr(model_config, "max_position_embeddings", None) or cfg.rollout.max_model_len

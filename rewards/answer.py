@@ -7,7 +7,7 @@ anywhere in the text: "so \\boxed{85} is the sum. ..."), and GSM8K's "#### N".
 What follows a "Final Answer:" or "####" marker is the rest of its line, tidied the way instruct models write
 it: surrounding spaces, markdown `*`, `$...$` / `\\(...\\)` math delimiters, a leading `$` currency sign and
 a closing period go ("$85." -> "85", "$\\frac{1}{2}$" -> "\\frac{1}{2}"). A number followed by words is the
-number ("85 apples" -> "85", "12. Wait, ..." -> "12"); a number followed by anything else stays whole
+number ("85 apples" -> "85", "12. Wait, ..." -> "12", "5 (since 2+3=5)" -> "5"); a number followed by anything else stays whole
 ("2 + 3", "2x", "5\\sqrt{2}": an expression, for math-verify). "The final answer is 85" is not a format.
 The span `answer_char_span` gives covers exactly the text `extract_answer` returns (rewards/answer_span.py
 maps it to tokens).
@@ -18,11 +18,12 @@ from __future__ import annotations
 import re
 
 _FINAL_ANSWER = re.compile(r"(?<![A-Za-z])final answer[ \t]*\**[ \t]*:", re.IGNORECASE)
-_HASHES = re.compile(r"####")
+# GSM8K's marker starts a line; "#### Explanation" is a markdown heading
+_HASHES = re.compile(r"^[ \t]*####(?![ \t]*[A-Za-z])", re.MULTILINE)
 _BOXED = re.compile(r"\\boxed\{")
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 # after a leading number, what makes the number alone the answer: words ("85 apples"), or a sentence going on
-_NUMBER_THEN_WORDS = re.compile(r"[ \t]+[A-Za-z]|[.,;][ \t]")
+_NUMBER_THEN_WORDS = re.compile(r"[ \t]+[A-Za-z(]|[.,;][ \t]")
 _OPENERS, _CLOSERS = ("*", "$", "\\(", "\\["), ("*", "$", "\\)", "\\]", ".")
 
 

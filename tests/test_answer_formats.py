@@ -16,6 +16,9 @@ HAND_WRITTEN = [
     ("7+5=12, 4+8+1=13. Final Answer: 132", "132"),
     ("Natalia sold 48/2 = 24 clips in May.\n#### 72", "72"),
     ("#### 1,234", "1,234"),
+    # a markdown heading is not GSM8K's marker; an aside in brackets after the number is not the answer
+    ("Final Answer: 85\n#### Explanation\nWe add.", "85"),
+    ("Final Answer: 5 (since 2+3=5)", "5"),
     # markdown, math delimiters, a currency sign and a closing period around the answer
     ("She makes 9 * 2 = $18 a day.\nFinal Answer: $18.", "18"),
     ("Final Answer: $85.", "85"),

@@ -211,8 +211,9 @@ def test_self_reward_trains_on_prompts_without_answers(tiny_model_dir, tmp_path)
 def test_two_ranks_zero3(tiny_model_dir, tmp_path):
     """The launch from the issue, on a small model and eval set: 2 CPU ranks, ZeRO-3, 3 steps so the
     last mismatch is measured after 2 updates. A persistence threshold of 0 splits even the tiny model's
-    matrices (at the default every one stays whole), and 5 evaluation problems in micro-batches of 2 give
-    rank 0 two scoring forwards and rank 1 one: collectives that the ranks must still match."""
+    matrices (at the default every one stays whole). 5 evaluation problems split 3 / 2 over the ranks (the
+    evaluation runs no learner forward; uneven scoring forwards are tested in tests/test_zero3_partition.py), and
+    micro-batches of 2 give the update several collective forwards per rank."""
     run_dir = tmp_path / "run2r"
     from engine.distributed import free_port
 

@@ -239,6 +239,33 @@ def test_hub_id_not_cached_offline_is_a_user_error(offline_hub):
             call("tiny-org/not-cached", is_builder=False)
         message = str(err.value)
         assert "'tiny-org/not-cached'" in message and str(offline_hub) in message and "offline" in message
+        assert "does not exist" in message  # a mistyped local path reads as such too
+
+
+def test_hub_id_not_cached_online_is_fetched_only_by_the_builder(offline_hub, monkeypatch):
+    """Online and not cached: the start-up check and the ranks that wait never download (only the builder
+    rank does, after the check); snapshot_download is replaced so that nothing can reach the network."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    fetched = []
+
+    def fake_download(repo_id, local_files_only=False, **kw):
+        if local_files_only:
+            from huggingface_hub.errors import LocalEntryNotFoundError
+            raise LocalEntryNotFoundError("not cached")
+        fetched.append(repo_id)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    check_model_source("tiny-org/not-cached")  # valid, not fetched yet: the builder fetches it
+    with pytest.raises(FileNotFoundError):
+        resolve_model_path("tiny-org/not-cached", is_builder=False)
+    assert fetched == []
+    with pytest.raises(UserError, match="could not be downloaded"):
+        resolve_model_path("tiny-org/not-cached", is_builder=True)
+    assert fetched == ["tiny-org/not-cached"]
 
 
 def test_smollm2_gguf_is_found_without_importing_the_package():
