@@ -106,7 +106,8 @@ def _check_run_dir(run_dir, steps, turns=2):
 # This run's numbers, timings left out: the default rollout.turns=2 must give them to the last digit (same
 # machine type; vLLM samples with the seed). Recorded on main before K-turn episodes (commit 00b0e2b); re-recorded
 # once, when the fused head's float32 arithmetic changed (issue 16): the same samples and evaluation accuracies,
-# every statistic within 2e-5 relative but logprob_mismatch (4.3e-6 -> 9.5e-6, rounding of a near-zero gap).
+# every statistic within 2e-5 relative but logprob_mismatch (4.3e-6 -> 9.5e-6, rounding of a near-zero gap);
+# and its ECE once more (issue 29), when evaluation took confidences from vLLM's logprobs: ECE moved by < 1e-8.
 K2_TRAJECTORY = Path(__file__).parent / "data" / "k2_trajectory.json"
 TIMINGS = {"sync_s", "rollout_s", "score_s", "update_s", "idle_s", "step_seconds"}
 
