@@ -124,16 +124,44 @@ def load_checkpoint(run, path: Path) -> dict:
     return meta
 
 
-def check_same_adapters(cfg, saved: dict, path: Path) -> None:
-    """The checkpoint's network has the adapters model.lora asks for (rank and layers), or none of them."""
-    saved_lora = saved.get("model", {}).get("lora", {"r": 0, "target_modules": ["all-linear"]})
-    for key in ("r", "target_modules"):
-        now, then = cfg.model.lora[key], saved_lora.get(key)
-        now = list(now) if key == "target_modules" else now
-        if (cfg.model.lora.r or saved_lora.get("r")) and now != then:
-            raise UserError(f"model.lora.{key}={now}, but the checkpoint {path} was trained with model.lora.{key}="
-                            f"{then}: its weights do not fit this network. Hint: resume with model.lora.{key}={then}, "
-                            f"or start a new run in another train.output_dir.")
+# What a resumed run may change: how long it runs, where it writes, how often it saves, what it evaluates and
+# logs. Anything else (the model, seed, sampling, reward, algorithm, adapters...) would silently continue another
+# run from this one's weights, so resuming with it is refused.
+RESUME_MAY_CHANGE = ("train.steps", "train.output_dir", "train.resume", "train.save_every", "train.keep_checkpoints",
+                     "eval.", "log.")
+
+
+def flat_config(tree, prefix: str = "") -> dict:
+    """{"a.b.c": leaf} for a resolved config tree; a list is one leaf."""
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    return {key: leaf for name, sub in tree.items() for key, leaf in flat_config(sub, f"{prefix}{name}.").items()}
+
+
+def resume_changes(now: dict, saved: dict) -> tuple[list[tuple[str, object, object]], list[str]]:
+    """The settings that differ between this command's resolved config and its checkpoint's, outside
+    RESUME_MAY_CHANGE, as (key, old, new); and the keys the checkpoint predates (not in its config)."""
+    now, saved = flat_config(now), flat_config(saved)
+    changed = [(key, saved[key], value) for key, value in now.items()
+               if key in saved and saved[key] != value and not key.startswith(RESUME_MAY_CHANGE)]
+    return changed, sorted(key for key in now if key not in saved)
+
+
+def check_resume_config(cfg, saved: dict, path: Path) -> list[str]:
+    """Refuse to resume the checkpoint at `path` (whose config is `saved`) with other settings than it was
+    trained with, naming each changed key with its old and new value. Returns the keys the checkpoint predates."""
+    from omegaconf import OmegaConf
+
+    changed, predates = resume_changes(OmegaConf.to_container(cfg, resolve=True), saved)
+    if changed:
+        lines = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changed)
+        undo = " ".join(f"{key}={old!r}" if isinstance(old, str) and " " in old else f"{key}={old}"
+                        for key, old, _ in changed)
+        raise UserError(f"the checkpoint {path} was trained with other settings than this command's ({lines}): "
+                        f"resuming would continue another run from its weights. Hint: pass {undo} to resume it, or "
+                        f"start a new run in another train.output_dir. A resume may change only "
+                        f"{', '.join(k + '*' if k.endswith('.') else k for k in RESUME_MAY_CHANGE)}.")
+    return predates
 
 
 def save_rng(folder: Path, rank: int) -> None:

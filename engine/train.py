@@ -30,7 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine import algorithms as algo
 from engine.batch import collate
-from engine.checkpoint import latest_checkpoint, load_checkpoint, run_identity, save_checkpoint, write_summary
+from engine.checkpoint import (check_resume_config, latest_checkpoint, load_checkpoint, run_identity, save_checkpoint,
+                               write_summary)
 from engine.config import load_config, main_args, save_config, staleness
 from engine.console import to_console
 from engine.distributed import barrier, init_distributed, reduce_max, reduce_mean
@@ -327,6 +328,18 @@ def resume_or_start(run: Run, guard: CollapseGuard) -> dict:
     return state
 
 
+def check_resumable(cfg: DictConfig) -> None:
+    """Before any set-up (another model.path or model.lora.r would fail deep inside DeepSpeed's load, another
+    seed or reward would silently continue a different run): the checkpoint resume=auto will continue was
+    trained with this command's settings, up to RESUME_MAY_CHANGE."""
+    path = latest_checkpoint(cfg.train.output_dir) if cfg.train.resume == "auto" else None
+    if path is not None:
+        predates = check_resume_config(cfg, json.loads((path / "meta.json").read_text())["config"], path)
+        if predates and launch_rank_and_world()[0] == 0:
+            print(f"[resume] {path} predates {len(predates)} setting(s), not checked: {', '.join(predates)}",
+                  flush=True)
+
+
 def main(argv: list[str] | None = None, console: bool = False) -> dict | None:
     """console: the command line's run (cli): the terminal shows progress and problems, train.log all."""
     cfg = load_config(main_args(argv))
@@ -338,6 +351,7 @@ def main(argv: list[str] | None = None, console: bool = False) -> dict | None:
     if cfg.train.resume == "auto" and done.is_file():
         print(f"[resume] {cfg.train.output_dir} already finished ({done} exists): nothing to do", flush=True)
         return json.loads(done.read_text())
+    check_resumable(cfg)
     placement = plan_placement(cfg.rollout.placement, cfg.rollout.workers, *launch_rank_and_world())
     channels = None
     if placement.kind == "dedicated":  # before the default group is split: the launch's own rendezvous

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from engine.errors import UserError
 from tests.conftest import ROOT, run_script
 
 
@@ -111,6 +112,52 @@ def test_resume_never_refuses_a_directory_with_checkpoints(tmp_path, resume):
     proc = subprocess.run([sys.executable, "engine/train.py", f"train.output_dir={tmp_path / 'run'}",
                            f"train.resume={resume}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "holds checkpoints of an earlier run" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_resume_refuses_changed_settings_and_names_each(tmp_path):
+    """A checkpoint resumes only with the settings it was trained with, up to RESUME_MAY_CHANGE (length,
+    output, saving, eval.*, log.*); each other change is named with its old and new value."""
+    from omegaconf import OmegaConf
+
+    from engine.checkpoint import check_resume_config
+    from engine.config import load_config
+
+    base = ["configs/default.yaml", "model.path=/models/a"]
+    saved = OmegaConf.to_container(load_config(base), resolve=True)
+    allowed = ["train.steps=500", "train.output_dir=/elsewhere", "train.save_every=3", "train.keep_checkpoints=5",
+               "eval.problems=7", "eval.every=0", "log.level=debug", "log.text_every=9"]
+    assert check_resume_config(load_config([*base, *allowed]), saved, tmp_path) == []
+    for override, named in [("model.path=/models/b", "model.path: '/models/a' -> '/models/b'"),
+                            ("train.seed=1", "train.seed: 0 -> 1"), ("rollout.n=8", "rollout.n: 4 -> 8"),
+                            ("reward.kind=gold", "reward.kind: 'confidence' -> 'gold'"),
+                            ("algo.stage1_steps=3", "algo.stage1_steps: "), ("train.lr=0.5", "train.lr: "),
+                            ("rollout.temperature=0.3", "rollout.temperature: ")]:
+        with pytest.raises(UserError, match="trained with other settings") as err:
+            check_resume_config(load_config([*base, override]), saved, tmp_path)
+        assert named in str(err.value) and f"pass {override.split('=')[0]}=" in str(err.value), str(err.value)
+    with pytest.raises(UserError) as err:  # every change at once, not the first only
+        check_resume_config(load_config([*base, "train.seed=3", "rollout.n=2", "eval.problems=9"]), saved, tmp_path)
+    assert "train.seed: 0 -> 3; rollout.n: 4 -> 2)" in str(err.value) and "eval.problems" not in str(err.value)
+    del saved["rollout"]["n"]  # a checkpoint from before a setting existed: not checked, but reported
+    assert check_resume_config(load_config(base), saved, tmp_path) == ["rollout.n"]
+
+
+def test_the_trainer_checks_the_checkpoints_settings_before_any_set_up(tmp_path):
+    """engine/train.py refuses, at start-up and without a traceback, a resume with another seed and model."""
+    from omegaconf import OmegaConf
+
+    from engine.config import load_config
+
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step-000003"
+    step.mkdir(parents=True)
+    saved = OmegaConf.to_container(load_config([f"train.output_dir={run}", "model.path=/models/a"]), resolve=True)
+    (step / "meta.json").write_text(json.dumps({"step": 3, "config": saved}))
+    proc = subprocess.run([sys.executable, "engine/train.py", f"train.output_dir={run}", "model.path=/models/b",
+                           "train.seed=2", "train.steps=9"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "model.path: '/models/a' -> '/models/b'; train.seed: 0 -> 2)" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
 
 
