@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import NoReturn
 from pathlib import Path
 
@@ -48,7 +48,7 @@ from engine.stop_signals import StopSignals
 from rewards import RewardInputs, turn_correctness, turn_has_answer
 from rewards.checked import RewardError, checked_rewards
 from rewards.plugins import load_plugins
-from rewards.registry import RewardSpec, reward_needs
+from rewards.registry import RewardSpec, lowest_reward, reward_needs, unanswered_lowest
 from rollout.data import Problem
 from rollout.service import LocalRollouts, RemoteRollouts, WorkerLost
 from rollout.vllm_engine import RolloutEngine
@@ -95,6 +95,7 @@ def build_run(cfg: DictConfig, placement: Placement, channels: Channels | None) 
     reward = reward_needs(cfg.reward.kind, cfg.reward)
     if reward.check is not None:  # e.g. seq2seq: reward.model must be a causal LM sharing the policy's tokenizer
         reward.check(cfg.reward, tokenizer)
+    lowest_reward(reward, cfg.reward.kind, cfg.reward, tokenizer)  # what an unanswered turn earns: finite
     if cfg.rollout.min_tokens and rank == 0:
         print(f"[warn] rollout.min_tokens={cfg.rollout.min_tokens}: vLLM masks the end of turn until then, so the "
               f"samples are not from the policy the learner scores (their processed log-probs are renormalised "
@@ -233,21 +234,26 @@ def score_episodes(run: Run, step: int, stage: int, episodes, batch, token_stats
     lengths = [batch.turn_mask(k).sum(-1) for k in range(batch.turns)]
     rewards = [algo.turn_means(r, n) if r.dim() == 2 else r for r, n in zip(rewards, lengths)]
     # A skipped (NaN/inf) episode takes its group's mean reward, then no policy gradient; a turn without a
-    # locatable answer earns nothing (unless the reward reads no answer).
-    gates = has_answer if run.reward.needs_answer else [torch.ones_like(h) for h in has_answer]
-    rewards = [algo.fill_skipped(r, skipped, cfg.rollout.n) * gate for r, gate in zip(rewards, gates)]
+    # locatable answer earns the reward's lowest value (unless the reward reads no answer).
+    rewards = [algo.fill_skipped(r, skipped, cfg.rollout.n) for r in rewards]
+    unanswered = partial(unanswered_lowest, run.reward, cfg.reward.kind, cfg.reward, run.tokenizer)
+    rewards = unanswered(rewards, has_answer)
+    token_rewards = unanswered([None if t is None else t.masked_fill(skipped.unsqueeze(-1), 0.0)
+                                for t in token_rewards], has_answer)
     returns = algo.turn_returns(rewards, stage, cfg.algo.alpha, cfg.algo.turn1_credit)
     estimator = algo.ADVANTAGE_ESTIMATORS[cfg.algo.advantage]
     advantages = [estimator(ret.view(-1, cfg.rollout.n)).flatten().masked_fill(skipped, 0.0) for ret in returns]
     dense = [(t, n) for t, n in zip(token_rewards, lengths) if t is not None]
     if not dense:
         return Scored(rewards, advantages, skipped, has_answer)
-    advantages = per_token_advantages(cfg, stage, batch, advantages, returns, token_rewards, lengths, gates, skipped)
-    return Scored(rewards, advantages, skipped, has_answer, token_level=True, negative_tokens=sum(int((t < 0).sum()) for t, _ in dense),
+    advantages = per_token_advantages(cfg, stage, batch, advantages, returns, token_rewards, lengths, skipped)
+    # What the update trains with, sampled tokens only: an unanswered turn's tokens at the lowest reward count
+    negative = sum(int(((t < 0) & algo.positions_within(n, t.shape[1]).bool()).sum()) for t, n in dense)
+    return Scored(rewards, advantages, skipped, has_answer, token_level=True, negative_tokens=negative,
                   dense_tokens=sum(int(n.sum()) for _, n in dense))
 
 
-def per_token_advantages(cfg, stage: int, batch, advantages, returns, token_rewards, lengths, gates, skipped):
+def per_token_advantages(cfg, stage: int, batch, advantages, returns, token_rewards, lengths, skipped):
     """Turns with token-level rewards get per-token advantages [B, T] (algo.token_advantages, baseline
     algo.token_baseline); the others keep their per-episode advantages [B]."""
     coefficients = algo.own_reward_coefficients(stage, cfg.algo.alpha, batch.turns, cfg.algo.turn1_credit)
@@ -256,7 +262,6 @@ def per_token_advantages(cfg, stage: int, batch, advantages, returns, token_rewa
         if tokens is None:
             out.append(advantage)
             continue
-        tokens = tokens.masked_fill(skipped.unsqueeze(-1), 0.0) * gates[k].unsqueeze(-1)
         per_token = algo.token_advantages(advantage, ret, tokens, lengths[k], coefficients[k], cfg.rollout.n,
                                           cfg.algo.token_baseline).masked_fill(skipped.unsqueeze(-1), 0.0)
         out.append(algo.place_turn_tokens(per_token, batch.turn_mask(k)))

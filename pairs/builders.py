@@ -26,7 +26,7 @@ from engine.batch import collate
 from pairs.selection import confidence_pairs, ranked_pairs, refinement_pairs
 from rewards import RewardInputs, turn_has_answer
 from rewards.checked import checked_rewards
-from rewards.registry import reward_needs
+from rewards.registry import reward_needs, unanswered_lowest
 from rollout.answer_probe import probe_answer_spans
 from rollout.cot_decoding import cot_decode
 from rollout.episodes import Episode, encode_prompt, rows_by_prompt
@@ -73,7 +73,7 @@ def register(kind: str):
 
 
 def turn_rewards(inputs: RoundInputs, episodes: list[Episode]) -> list[list[float]]:
-    """reward.kind's reward per turn, [turn][episode]; a turn without a locatable answer gets 0."""
+    """reward.kind's reward per turn, [turn][episode]; a turn without a locatable answer gets the lowest."""
     stats = inputs.learner.score(collate(episodes, inputs.tokenizer.pad_token_id))
     reward = RewardInputs(episodes, inputs.tokenizer, inputs.cfg.reward, stats)
     spec = reward_needs(inputs.cfg.reward.kind, inputs.cfg.reward)
@@ -81,9 +81,11 @@ def turn_rewards(inputs: RoundInputs, episodes: list[Episode]) -> list[list[floa
                                        inputs.cfg.reward.nonfinite)
     lengths = [torch.tensor([len(e.turns[k].token_ids) for e in episodes]) for k in range(len(rewards))]
     rewards = [turn_means(r, n) if r.dim() == 2 else r for r, n in zip(rewards, lengths)]  # token-level: the mean
-    # reward.nonfinite=skip: a skipped episode's turns score NaN, and `informative` drops their pairs
-    return [(r * has).masked_fill(skipped, float("nan")).tolist()
-            for r, has in zip(rewards, turn_has_answer(episodes, inputs.tokenizer))]
+    # An unanswered turn scores the reward's lowest value (as in policy-gradient training); reward.nonfinite=skip:
+    # a skipped episode's turns score NaN, and `informative` drops their pairs
+    rewards = unanswered_lowest(spec, inputs.cfg.reward.kind, inputs.cfg.reward, inputs.tokenizer, rewards,
+                                turn_has_answer(episodes, inputs.tokenizer))
+    return [r.masked_fill(skipped, float("nan")).tolist() for r in rewards]
 
 
 def _pair(kind, ep, context, chosen, rejected, scores, weight) -> PreferencePair:

@@ -85,11 +85,11 @@ def vote_weights(inputs: RewardInputs) -> list[Tensor] | None:
     return turn_confidence(inputs, opts.vote_metric, opts.scope, opts.reduction, require_answer=False)
 
 
-@register("agreement", needs_token_stats=True)  # the token statistics weigh votes (reward.vote_weight)
+@register("agreement", needs_token_stats=True, bounds=(0.0, 1.0))  # the token statistics weigh votes (reward.vote_weight)
 def agreement_reward(inputs: RewardInputs) -> list[Tensor]:
     return per_group(inputs, agreement_shares, vote_weights(inputs))
 
 
-@register("majority")
+@register("majority", bounds=(0.0, 1.0))
 def majority_reward(inputs: RewardInputs) -> list[Tensor]:
     return per_group(inputs, majority_votes)

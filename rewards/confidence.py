@@ -15,6 +15,8 @@ A confidence reward is a per-token metric, a scope and a reduction:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -108,7 +110,14 @@ def answer_probability(inputs: RewardInputs, logprob: Tensor | None = None) -> l
     return [s.exp() * h for s, h in zip(sums, has)]
 
 
-@register("confidence", needs_token_stats=True)
+def confidence_bounds(options, tokenizer) -> tuple[float, float]:
+    """p, p1 - p2, a share of votes and any geometric mean lie in [0, 1]; -H(p) (mean or min) in [-log V, 0]."""
+    if options.metric == "neg_entropy" and options.get("reduction", "mean") != "geomean":
+        return -math.log(len(tokenizer)), 0.0
+    return 0.0, 1.0
+
+
+@register("confidence", needs_token_stats=True, bounds=confidence_bounds)
 def confidence_reward(inputs: RewardInputs) -> list[Tensor]:
     opts = inputs.options
     if opts.metric == "agreement":  # a turn-level metric; rewards/agreement.py builds on this module
@@ -118,6 +127,6 @@ def confidence_reward(inputs: RewardInputs) -> list[Tensor]:
     return turn_confidence(inputs, opts.metric, opts.get("scope", "answer"), opts.get("reduction", "mean"))
 
 
-@register("self_certainty", needs_token_stats=True)
+@register("self_certainty", needs_token_stats=True, bounds=(0.0, math.inf))  # KL(U || p) >= 0
 def self_certainty_reward(inputs: RewardInputs) -> list[Tensor]:
     return reduce_over_scope(inputs, inputs.token_stats.self_certainty, "response", "mean")

@@ -7,6 +7,7 @@ the episodes, K = rollout.turns), each of shape [episodes]. The engine computes 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,24 +35,57 @@ class RewardSpec:
     needs_gold: bool  # a gold `answer` on every training problem
     # At start-up, (reward options, the policy's tokenizer) -> None, or a UserError naming the bad key
     check: Callable[[Any, Any], None] | None = None
-    # A turn without a locatable final answer earns 0 (so a self-reward cannot be had without answering);
-    # False for a reward of the whole response that reads no answer (a length or format reward)
+    # A turn without a locatable final answer earns the reward's lowest value (so no reward is had by not
+    # answering); False for a reward of the whole response that reads no answer (a length or format reward)
     needs_answer: bool = True
+    # (reward options, tokenizer) -> (lowest, highest) value the reward can give a turn (or a token)
+    bounds: Callable[[Any, Any], Bounds] = lambda options, tokenizer: UNBOUNDED
 
 
+Bounds = tuple[float, float]
+UNBOUNDED = (-math.inf, math.inf)
 REWARDS: dict[str, RewardSpec] = {}
 
 
 def register(name: str, needs_token_stats: bool = False, needs_gold: bool = False, check=None,
-             needs_answer: bool = True):
+             needs_answer: bool = True, bounds: Bounds | Callable[[Any, Any], Bounds] | None = None):
+    """`bounds`: the reward's range, a (lowest, highest) pair or a function of (reward options, tokenizer)
+    giving one; required when the reward reads answers, whose unanswered turns then earn the lowest."""
     def add(fn):
         known = REWARDS.get(name)
         if known is not None and (known.fn.__module__, known.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise ValueError(f"a reward named {name!r} is already registered (by {known.fn.__module__}."
                              f"{known.fn.__qualname__}); give yours another name")
-        REWARDS[name] = RewardSpec(fn, needs_token_stats, needs_gold, check, needs_answer)
+        if needs_answer and bounds is None:
+            raise ValueError(f"reward {name!r} reads answers (needs_answer=True), so it must declare its range: "
+                             f"a turn without an answer earns its lowest value. Hint: @register({name!r}, "
+                             f"bounds=(lowest, highest)), e.g. bounds=(0.0, 1.0), or needs_answer=False")
+        spec_bounds = bounds if callable(bounds) else (lambda options, tokenizer: tuple(bounds or UNBOUNDED))
+        REWARDS[name] = RewardSpec(fn, needs_token_stats, needs_gold, check, needs_answer, spec_bounds)
         return fn
     return add
+
+
+def unanswered_lowest(spec: RewardSpec, kind: str, options, tokenizer, rewards: Sequence[Tensor | None],
+                      has_answer: Sequence[Tensor]) -> list[Tensor]:
+    """Per turn, the rewards with each turn that has no locatable answer set to the reward's lowest value (not
+    0: for neg_entropy or a seq2seq token reward 0 is at or near the top); unchanged for a reward that reads
+    no answer. A per-token reward [B, T] gets the lowest on every token of such a turn (None stays None)."""
+    if not spec.needs_answer:
+        return list(rewards)
+    lowest = lowest_reward(spec, kind, options, tokenizer)
+    return [r if r is None else torch.where(has.bool().view(-1, *[1] * (r.dim() - 1)), r, torch.full_like(r, lowest))
+            for r, has in zip(rewards, has_answer)]
+
+
+def lowest_reward(spec: RewardSpec, kind: str, options, tokenizer) -> float:
+    """The lowest value of the reward, checked finite at start-up (an unanswered turn earns it)."""
+    lowest = float(spec.bounds(options, tokenizer)[0])
+    if spec.needs_answer and not math.isfinite(lowest):
+        raise UserError(f"reward.kind={kind!r} reads answers but its lowest value is {lowest}: a turn without an "
+                        f"answer must earn a finite lowest reward. Hint: register its rewards with finite bounds=("
+                        f"lowest, highest) (a reward inside reward.weights too).")
+    return lowest
 
 
 def get_reward(kind: str) -> RewardSpec:
@@ -75,7 +109,7 @@ def reward_needs(kind: str, options) -> RewardSpec:
     checks = [p.check for p in parts if p.check is not None]
     return RewardSpec(spec.fn, any(p.needs_token_stats for p in parts), any(p.needs_gold for p in parts),
                       (lambda options, tokenizer: [c(options, tokenizer) for c in checks]) if checks else None,
-                      any(p.needs_answer for p in parts))  # one gate for the sum: any part reading answers
+                      any(p.needs_answer for p in parts), spec.bounds)  # one gate for the sum: any part reading answers
 
 
 def turn_correctness(episodes: Sequence) -> list[Tensor]:
@@ -92,7 +126,7 @@ def turn_has_answer(episodes: Sequence, tokenizer) -> list[Tensor]:
             for k in range(len(episodes[0].turns))]
 
 
-@register("gold", needs_gold=True)
+@register("gold", needs_gold=True, bounds=(0.0, 1.0))
 def gold_reward(inputs: RewardInputs) -> list[Tensor]:
     """Gold answer match: 1 if the turn's final answer equals the data set's answer, else 0."""
     return turn_correctness(inputs.episodes)

@@ -15,7 +15,17 @@ from rewards import seq2seq  # noqa: F401  (registers the seq2seq reward)
 from rewards.registry import REWARDS, RewardInputs, register
 
 
-@register("mix", needs_token_stats=True)
+def mix_bounds(options, tokenizer) -> tuple[float, float]:
+    """sum_k weight_k * reward_k ranges over the weighted parts' ranges (a negative weight swaps a part's ends)."""
+    lowest = highest = 0.0
+    for kind, weight in options.weights.items():
+        low, high = REWARDS[kind].bounds(options, tokenizer)
+        lowest += weight * (low if weight >= 0 else high)
+        highest += weight * (high if weight >= 0 else low)
+    return lowest, highest
+
+
+@register("mix", needs_token_stats=True, bounds=mix_bounds)
 def mix_reward(inputs: RewardInputs) -> list[Tensor]:
     """sum_k weight_k * reward_k over `reward.weights` (a mapping from reward kind to weight), per turn."""
     total = [torch.zeros(len(inputs.episodes)) for _ in inputs.episodes[0].turns]

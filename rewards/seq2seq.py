@@ -125,7 +125,13 @@ def load_rewriter(path: str) -> Rewriter:
     return Rewriter(path)
 
 
-@register("seq2seq", check=check_reward_model)
+def token_reward_bounds(options, tokenizer) -> tuple[float, float]:
+    """Every token earns reward.keep, reward.change or reward.identical, so does their turn mean."""
+    values = (options.keep, options.change, options.identical)
+    return min(values), max(values)
+
+
+@register("seq2seq", check=check_reward_model, bounds=token_reward_bounds)
 def seq2seq_reward(inputs: RewardInputs) -> list[Tensor]:
     """Per turn, [episodes, longest response] token rewards from the reward model's rewrites."""
     options, tokenizer = inputs.options, inputs.tokenizer

@@ -60,6 +60,9 @@ def test_a_module_plugin_imports_from_the_python_path(tmp_path, monkeypatch):
     # a name a built-in reward has: refused, not silently replaced
     ("from rewards import register\n\n@register('gold')\ndef gold(inputs):\n    return []\n", ":3",
      "a reward named 'gold' is already registered (by rewards.registry.gold_reward)"),
+    # a reward that reads answers must say what an unanswered turn earns: its lowest value
+    ("from rewards import register\n\n@register('mine')\ndef mine(inputs):\n    return []\n", ":3",
+     "reward 'mine' reads answers (needs_answer=True), so it must declare its range"),
 ])
 def test_a_plugin_that_fails_to_import_names_its_file_and_line(tmp_path, monkeypatch, source, where, what):
     monkeypatch.chdir(tmp_path)

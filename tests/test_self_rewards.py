@@ -1,5 +1,7 @@
 """Self-rewards with hand-computed numbers: span aggregation, self-certainty, majority vote, mix."""
 
+import math
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -157,10 +159,10 @@ def test_rewards_score_every_turn_of_three_turn_episodes():
     assert len(m) == 3 and m[2].tolist() == [2.0, 2.0, 0.0] and m[0].tolist() == [3.0, 3.0, 0.0]
 
 
-@pytest.mark.parametrize("needs_answer, expected_turn1", [(True, [0.0, 1.0]), (False, [5.0, 1.0])])
+@pytest.mark.parametrize("needs_answer, expected_turn1", [(True, [-1.0, 1.0]), (False, [5.0, 1.0])])
 def test_the_answer_gate_spares_a_reward_that_reads_no_answer(needs_answer, expected_turn1):
-    """A turn with no locatable answer earns 0 under a reward that reads answers; a whole-response reward
-    declared with needs_answer=False (a length reward) keeps its value there."""
+    """A turn with no locatable answer earns the reward's lowest value (declared -1 here) under a reward that
+    reads answers; a whole-response reward declared with needs_answer=False (a length reward) keeps its value."""
     from types import SimpleNamespace
 
     from engine.config import load_config
@@ -173,8 +175,63 @@ def test_the_answer_gate_spares_a_reward_that_reads_no_answer(needs_answer, expe
     length_mod_7 = lambda inputs: [torch.tensor([float(len(e.turns[k].text) % 7) for e in inputs.episodes])  # noqa: E731
                                    for k in range(2)]
     cfg = load_config(["configs/default.yaml", "rollout.n=2"])
-    run = SimpleNamespace(cfg=cfg, tokenizer=TOK, reward=RewardSpec(length_mod_7, False, False, None, needs_answer))
+    run = SimpleNamespace(cfg=cfg, tokenizer=TOK, reward=RewardSpec(length_mod_7, False, False, None, needs_answer,
+                                                                  lambda options, tokenizer: (-1.0, 6.0)))
     scored = score_episodes(run, 0, 2, episodes, collate(episodes, TOK.pad_token_id), None)
     assert scored.rewards[0].tolist() == expected_turn1
     assert scored.rewards[1].tolist() == [1.0, 1.0]
     assert scored.has_answer[0].tolist() == [0.0, 1.0]  # counted either way (train/no_answer_frac)
+
+
+# Every built-in reward, with the settings that change its range; each at the answered turn's worst case.
+GATE_CASES = [("gold", {}), ("majority", {}), ("agreement", {}), ("self_certainty", {}),
+              ("agreement", {"vote_weight": "confidence"}), ("confidence", {"metric": "agreement"}),
+              *[("confidence", {"metric": m, "reduction": r, "scope": s}) for m in ("disparity", "prob", "neg_entropy")
+                for r in ("mean", "min", "geomean") for s in ("answer", "response")],
+              ("mix", {"metric": "neg_entropy", "weights": {"confidence": 1.0, "majority": 0.5}}),
+              ("mix", {"weights": {"gold": -1.0, "majority": 1.0}}),
+              ("seq2seq", {"model": "a-reward-model"})]
+
+
+class RewritesEverything:
+    """A stand-in reward model whose rewrite shares no token with any response: every token is `change`."""
+    max_positions = 10_000
+
+    def rewrite(self, contexts, max_tokens, pad_id, eos_id):
+        return [[TOK.convert_tokens_to_ids("#")] for _ in contexts]
+
+
+@pytest.mark.parametrize("kind, options", GATE_CASES, ids=[f"{k}-{i}" for i, (k, _) in enumerate(GATE_CASES)])
+def test_an_answered_turn_scores_at_least_the_same_turn_without_an_answer(kind, options, monkeypatch):
+    """Dropping the answer line never pays: an unanswered turn earns the reward's lowest value (it earned 0,
+    the top of neg_entropy's range and above a rewritten answer's seq2seq mean of -1)."""
+    from engine.config import load_config
+    from rewards import seq2seq
+    from rewards.registry import reward_needs, turn_has_answer, unanswered_lowest
+
+    monkeypatch.setattr(seq2seq, "load_rewriter", lambda path: RewritesEverything())
+    cfg = load_config(["configs/default.yaml"])
+    reward_options = OmegaConf.merge(cfg.reward, options)
+    spec = reward_needs(kind, reward_options)
+
+    def gated(episodes):
+        def worst(name, shape):  # the least confident a turn can be: uniform, p1 = p2, p(sampled) ~ 0
+            return {"logprob": torch.full(shape, -30.0), "p_top1": torch.full(shape, 0.3),
+                    "p_top2": torch.full(shape, 0.3), "entropy": torch.full(shape, math.log(len(TOK))),
+                    "self_certainty": torch.zeros(shape)}[name]
+        inputs = RewardInputs(episodes, TOK, reward_options, _stats_with(episodes, worst))
+        rewards = [r if r.dim() == 1 else r.sum(-1) / torch.tensor([len(e.turns[k].token_ids) for e in episodes])
+                   for k, r in enumerate(spec.fn(inputs))]  # a token-level reward: its turn mean
+        return unanswered_lowest(spec, kind, reward_options, TOK, rewards, turn_has_answer(episodes, TOK))
+
+    answered = gated([_episode(TOK, "2+3=?", "Final Answer: 6", "Final Answer: 7"),
+                      _episode(TOK, "2+3=?", "Final Answer: 8", "Final Answer: 9")])
+    unanswered = gated([_episode(TOK, "2+3=?", "I think it is six.", "Or seven."),
+                        _episode(TOK, "2+3=?", "Maybe eight.", "Nine, I guess.")])
+    for k in range(2):
+        assert (answered[k] >= unanswered[k]).all(), (k, answered[k].tolist(), unanswered[k].tolist())
+
+
+def test_gate_cases_cover_every_built_in_reward():
+    built_in = {name for name, spec in REWARDS.items() if spec.fn.__module__.startswith("rewards.")}
+    assert built_in == {kind for kind, _ in GATE_CASES}

@@ -20,7 +20,7 @@ from rewards.registry import register  # noqa: E402
 seen = {"batches": 0, "bad_prompt": None}
 
 
-@register("faulty")
+@register("faulty", bounds=(0.0, 1.0))
 def faulty_reward(inputs):
     episodes = inputs.episodes
     if os.environ.get("FAULTY_REWARD_FIXED") == "1":
