@@ -4,6 +4,7 @@
         deepspeed/        the DeepSpeed engine state (model, optimizer, scheduler), every rank's shard
         model/            the policy as a Hugging Face folder (safetensors, tokenizer, config.json)
         rng-rank<r>.pt    that rank's torch RNG state (vLLM's CPU sampler draws from it)
+        cuda-rng-rank<r>.pt  on a GPU machine, that rank's CUDA RNG states (the GPU sampler's)
         rng-rank<r>.json  that rank's python and numpy RNG states
         meta.json         the step, stage and data position, the run's identity, the metrics so far,
                           the guard's history, the config
@@ -166,6 +167,8 @@ def check_resume_config(cfg, saved: dict, path: Path) -> list[str]:
 
 def save_rng(folder: Path, rank: int) -> None:
     torch.save(torch.get_rng_state(), folder / f"rng-rank{rank}.pt")
+    if torch.cuda.is_available():  # vLLM's GPU sampler draws from it: without it a GPU resume is not exact
+        torch.save(torch.cuda.get_rng_state_all(), folder / f"cuda-rng-rank{rank}.pt")
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, state, gauss_next = random.getstate()
     (folder / f"rng-rank{rank}.json").write_text(json.dumps({
@@ -176,6 +179,9 @@ def save_rng(folder: Path, rank: int) -> None:
 
 def load_rng(folder: Path, rank: int) -> None:
     torch.set_rng_state(torch.load(folder / f"rng-rank{rank}.pt", weights_only=True))
+    cuda = folder / f"cuda-rng-rank{rank}.pt"
+    if cuda.is_file() and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(torch.load(cuda, weights_only=True))
     states = json.loads((folder / f"rng-rank{rank}.json").read_text())
     version, state, gauss_next = states["python"]
     random.setstate((version, tuple(state), gauss_next))

@@ -161,6 +161,23 @@ def test_the_trainer_checks_the_checkpoints_settings_before_any_set_up(tmp_path)
     assert "Traceback" not in proc.stderr
 
 
+def test_the_cuda_rng_is_saved_and_restored_where_there_is_a_gpu(tmp_path, monkeypatch):
+    """On a GPU machine vLLM samples with the CUDA RNG: a resume restores it with the CPU states (here a
+    stand-in CUDA RNG: this machine has none), so the resumed rollouts continue the same stream."""
+    import torch
+
+    from engine.checkpoint import load_rng, save_rng
+
+    device_states = {"now": [torch.tensor([1, 2, 3], dtype=torch.uint8)]}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: device_states["now"])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: device_states.update(now=list(states)))
+    save_rng(tmp_path, 0)
+    device_states["now"] = [torch.tensor([9, 9, 9], dtype=torch.uint8)]  # the stream moved on after the save
+    load_rng(tmp_path, 0)
+    assert device_states["now"][0].tolist() == [1, 2, 3]
+
+
 def test_latest_checkpoint_ignores_incomplete_and_temporary_directories(tmp_path):
     from engine.checkpoint import latest_checkpoint
 
