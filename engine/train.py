@@ -32,7 +32,7 @@ from engine import algorithms as algo
 from engine.batch import collate
 from engine.checkpoint import (check_resume_config, latest_checkpoint, load_checkpoint, run_identity, save_checkpoint,
                                write_summary)
-from engine.config import load_config, main_args, save_config, staleness
+from engine.config import base_config, load_config, main_args, save_config, staleness
 from engine.console import to_console
 from engine.distributed import barrier, init_distributed, reduce_max, reduce_mean
 from engine.errors import run_cli
@@ -48,7 +48,7 @@ from engine.stop_signals import StopSignals
 from rewards import RewardInputs, turn_correctness, turn_has_answer
 from rewards.checked import RewardError, checked_rewards
 from rewards.plugins import load_plugins
-from rewards.registry import RewardSpec, lowest_reward, reward_needs, unanswered_lowest
+from rewards.registry import RewardSpec, lowest_reward, reward_needs, unanswered_lowest, unread_settings
 from rollout.data import Problem
 from rollout.service import LocalRollouts, RemoteRollouts, WorkerLost
 from rollout.vllm_engine import RolloutEngine
@@ -96,6 +96,8 @@ def build_run(cfg: DictConfig, placement: Placement, channels: Channels | None) 
     if reward.check is not None:  # e.g. seq2seq: reward.model must be a causal LM sharing the policy's tokenizer
         reward.check(cfg.reward, tokenizer)
     lowest_reward(reward, cfg.reward.kind, cfg.reward, tokenizer)  # what an unanswered turn earns: finite
+    if rank == 0:
+        say_settings_without_effect(cfg)
     if cfg.rollout.min_tokens and rank == 0:
         print(f"[warn] rollout.min_tokens={cfg.rollout.min_tokens}: vLLM masks the end of turn until then, so the "
               f"samples are not from the policy the learner scores (their processed log-probs are renormalised "
@@ -222,6 +224,30 @@ class Scored:
     token_level: bool = False  # some turn has token-level rewards (the same on every rank: one reward.kind)
     negative_tokens: int = 0  # then this rank's sampled tokens rewarded below 0
     dense_tokens: int = 0  # ... out of this many
+
+
+def say_settings_without_effect(cfg: DictConfig) -> None:
+    """Settings that would silently do nothing are named at start-up: reward.* keys set (away from their
+    defaults) that the chosen reward does not read, and a guard that reads evaluations there will not be."""
+    defaults = base_config().reward
+    unread = [key for key in unread_settings(reward_needs(cfg.reward.kind, cfg.reward), cfg.reward)
+              if cfg.reward[key] != defaults[key]]
+    if unread:
+        print(f"[reward] reward.kind={cfg.reward.kind} does not read "
+              f"{', '.join(f'reward.{k}={cfg.reward[k]}' for k in unread)}: no effect (left out of the HParams)",
+              flush=True)
+    if cfg.guard.patience > 0 and cfg.eval.every == 0:
+        print(f"[warn] guard.patience={cfg.guard.patience} compares held-out evaluations during training, and "
+              f"eval.every=0 runs none: the guard's reward/accuracy check never runs. Hint: eval.every=N, or "
+              f"guard.patience=0 to say so.", flush=True)
+
+
+def hparams_config(cfg: DictConfig) -> dict:
+    """The resolved config for TensorBoard's HParams, without the reward.* keys the reward does not read."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for key in unread_settings(reward_needs(cfg.reward.kind, cfg.reward), cfg.reward):
+        del config["reward"][key]
+    return config
 
 
 def score_episodes(run: Run, step: int, stage: int, episodes, batch, token_stats) -> Scored:
@@ -473,7 +499,7 @@ def finish(run: Run, before: dict, history: list, alarms: list, started: float, 
         **(extra or {}),
     }
     run.rollouts.stop()
-    run.logger.hparams(OmegaConf.to_container(cfg, resolve=True), after)
+    run.logger.hparams(hparams_config(cfg), after)
     if run.is_main:
         write_summary(cfg.train.output_dir, summary)
         run.log(f"[done] run directory: {cfg.train.output_dir}")

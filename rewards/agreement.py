@@ -85,11 +85,18 @@ def vote_weights(inputs: RewardInputs) -> list[Tensor] | None:
     return turn_confidence(inputs, opts.vote_metric, opts.scope, opts.reduction, require_answer=False)
 
 
-@register("agreement", needs_token_stats=True, bounds=(0.0, 1.0))  # the token statistics weigh votes (reward.vote_weight)
+def agreement_reads(options) -> tuple[str, ...]:
+    """vote_weight; with vote_weight=confidence, what each vote's confidence is made of."""
+    confident = options.get("vote_weight", "uniform") == "confidence"
+    return ("vote_weight", *(("vote_metric", "scope", "reduction") if confident else ()))
+
+
+# the token statistics weigh votes (reward.vote_weight)
+@register("agreement", needs_token_stats=True, bounds=(0.0, 1.0), reads=agreement_reads)
 def agreement_reward(inputs: RewardInputs) -> list[Tensor]:
     return per_group(inputs, agreement_shares, vote_weights(inputs))
 
 
-@register("majority", bounds=(0.0, 1.0))
+@register("majority", bounds=(0.0, 1.0), reads=())
 def majority_reward(inputs: RewardInputs) -> list[Tensor]:
     return per_group(inputs, majority_votes)

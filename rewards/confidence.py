@@ -117,7 +117,15 @@ def confidence_bounds(options, tokenizer) -> tuple[float, float]:
     return 0.0, 1.0
 
 
-@register("confidence", needs_token_stats=True, bounds=confidence_bounds)
+def confidence_reads(options) -> tuple[str, ...]:
+    if options.metric == "agreement":  # rewards/agreement.py's reward, under this name
+        from rewards.agreement import agreement_reads
+
+        return ("metric", *agreement_reads(options))
+    return "metric", "scope", "reduction"
+
+
+@register("confidence", needs_token_stats=True, bounds=confidence_bounds, reads=confidence_reads)
 def confidence_reward(inputs: RewardInputs) -> list[Tensor]:
     opts = inputs.options
     if opts.metric == "agreement":  # a turn-level metric; rewards/agreement.py builds on this module
@@ -127,6 +135,6 @@ def confidence_reward(inputs: RewardInputs) -> list[Tensor]:
     return turn_confidence(inputs, opts.metric, opts.get("scope", "answer"), opts.get("reduction", "mean"))
 
 
-@register("self_certainty", needs_token_stats=True, bounds=(0.0, math.inf))  # KL(U || p) >= 0
+@register("self_certainty", needs_token_stats=True, bounds=(0.0, math.inf), reads=())  # KL(U || p) >= 0
 def self_certainty_reward(inputs: RewardInputs) -> list[Tensor]:
     return reduce_over_scope(inputs, inputs.token_stats.self_certainty, "response", "mean")

@@ -40,17 +40,24 @@ class RewardSpec:
     needs_answer: bool = True
     # (reward options, tokenizer) -> (lowest, highest) value the reward can give a turn (or a token)
     bounds: Callable[[Any, Any], Bounds] = lambda options, tokenizer: UNBOUNDED
+    # reward options -> the `reward.*` keys it reads besides ALWAYS_READ; None: not declared (a plugin's)
+    reads: Callable[[Any], Sequence[str]] | None = None
 
 
 Bounds = tuple[float, float]
 UNBOUNDED = (-math.inf, math.inf)
+# reward.* keys every run reads, whatever the reward: the rest are each reward's own (RewardSpec.reads)
+ALWAYS_READ = ("kind", "plugins", "nonfinite", "probe_prompt", "probe_tokens", "probe_min_tokens")
 REWARDS: dict[str, RewardSpec] = {}
 
 
 def register(name: str, needs_token_stats: bool = False, needs_gold: bool = False, check=None,
-             needs_answer: bool = True, bounds: Bounds | Callable[[Any, Any], Bounds] | None = None):
+             needs_answer: bool = True, bounds: Bounds | Callable[[Any, Any], Bounds] | None = None,
+             reads: Sequence[str] | Callable[[Any], Sequence[str]] | None = None):
     """`bounds`: the reward's range, a (lowest, highest) pair or a function of (reward options, tokenizer)
-    giving one; required when the reward reads answers, whose unanswered turns then earn the lowest."""
+    giving one; required when the reward reads answers, whose unanswered turns then earn the lowest.
+    `reads`: the `reward.*` keys it reads (or a function of the options giving them); the others are said
+    at start-up to have no effect when set, and left out of the run's HParams."""
     def add(fn):
         known = REWARDS.get(name)
         if known is not None and (known.fn.__module__, known.fn.__qualname__) != (fn.__module__, fn.__qualname__):
@@ -61,7 +68,8 @@ def register(name: str, needs_token_stats: bool = False, needs_gold: bool = Fals
                              f"a turn without an answer earns its lowest value. Hint: @register({name!r}, "
                              f"bounds=(lowest, highest)), e.g. bounds=(0.0, 1.0), or needs_answer=False")
         spec_bounds = bounds if callable(bounds) else (lambda options, tokenizer: tuple(bounds or UNBOUNDED))
-        REWARDS[name] = RewardSpec(fn, needs_token_stats, needs_gold, check, needs_answer, spec_bounds)
+        spec_reads = reads if callable(reads) or reads is None else (lambda options: tuple(reads))
+        REWARDS[name] = RewardSpec(fn, needs_token_stats, needs_gold, check, needs_answer, spec_bounds, spec_reads)
         return fn
     return add
 
@@ -109,7 +117,18 @@ def reward_needs(kind: str, options) -> RewardSpec:
     checks = [p.check for p in parts if p.check is not None]
     return RewardSpec(spec.fn, any(p.needs_token_stats for p in parts), any(p.needs_gold for p in parts),
                       (lambda options, tokenizer: [c(options, tokenizer) for c in checks]) if checks else None,
-                      any(p.needs_answer for p in parts), spec.bounds)  # one gate for the sum: any part reading answers
+                      any(p.needs_answer for p in parts), spec.bounds,  # one gate for the sum: any part reading answers
+                      None if any(p.reads is None for p in parts) else
+                      (lambda options: ("weights", *(key for p in parts for key in p.reads(options)))))
+
+
+def unread_settings(spec: RewardSpec, options) -> list[str]:
+    """The `reward.*` keys the chosen reward does not read: none known for a reward that does not declare
+    what it reads (a plugin's)."""
+    if spec.reads is None:
+        return []
+    read = {*ALWAYS_READ, *spec.reads(options)}
+    return [key for key in options if key not in read]
 
 
 def turn_correctness(episodes: Sequence) -> list[Tensor]:
@@ -126,7 +145,7 @@ def turn_has_answer(episodes: Sequence, tokenizer) -> list[Tensor]:
             for k in range(len(episodes[0].turns))]
 
 
-@register("gold", needs_gold=True, bounds=(0.0, 1.0))
+@register("gold", needs_gold=True, bounds=(0.0, 1.0), reads=())
 def gold_reward(inputs: RewardInputs) -> list[Tensor]:
     """Gold answer match: 1 if the turn's final answer equals the data set's answer, else 0."""
     return turn_correctness(inputs.episodes)

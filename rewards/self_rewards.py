@@ -25,7 +25,7 @@ def mix_bounds(options, tokenizer) -> tuple[float, float]:
     return lowest, highest
 
 
-@register("mix", needs_token_stats=True, bounds=mix_bounds)
+@register("mix", needs_token_stats=True, bounds=mix_bounds, reads=("weights",))  # + its parts' (reward_needs)
 def mix_reward(inputs: RewardInputs) -> list[Tensor]:
     """sum_k weight_k * reward_k over `reward.weights` (a mapping from reward kind to weight), per turn."""
     total = [torch.zeros(len(inputs.episodes)) for _ in inputs.episodes[0].turns]

@@ -131,7 +131,8 @@ def token_reward_bounds(options, tokenizer) -> tuple[float, float]:
     return min(values), max(values)
 
 
-@register("seq2seq", check=check_reward_model, bounds=token_reward_bounds)
+@register("seq2seq", check=check_reward_model, bounds=token_reward_bounds,
+          reads=("model", "rewrite_instruction", "keep", "change", "identical", "rewrite_max_tokens"))
 def seq2seq_reward(inputs: RewardInputs) -> list[Tensor]:
     """Per turn, [episodes, longest response] token rewards from the reward model's rewrites."""
     options, tokenizer = inputs.options, inputs.tokenizer

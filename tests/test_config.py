@@ -122,3 +122,35 @@ def test_base_layers_a_recipe_on_another(tmp_path):
     (tmp_path / "e.yaml").write_text("base: a.yaml\ntrain:\n  stepz: 1\n")
     with pytest.raises(ConfigError, match="train.stepz.*e.yaml"):
         load_config([str(tmp_path / "e.yaml")])
+
+
+@pytest.mark.parametrize("overrides, said", [
+    # a guard whose check reads evaluations, without any during training
+    (["eval.every=0"], "[warn] guard.patience=2 compares held-out evaluations during training, and eval.every=0"),
+    # majority counts plain votes: a confidence weighting does nothing
+    (["reward.kind=majority"], "[reward] reward.kind=majority does not read reward.metric=agreement, "
+                               "reward.scope=response, reward.reduction=min, reward.vote_weight=confidence"),
+    # configs/gold.yaml inherits the default reward's settings
+    (["configs/gold.yaml"], "[reward] reward.kind=gold does not read reward.metric=agreement"),
+])
+def test_settings_that_would_do_nothing_are_said_at_start_up(overrides, said, capsys):
+    from engine.train import say_settings_without_effect
+
+    files = [o for o in overrides if o.endswith(".yaml")] or ["configs/default.yaml"]
+    say_settings_without_effect(load_config([*files, *[o for o in overrides if not o.endswith(".yaml")]]))
+    assert said in capsys.readouterr().out
+
+
+def test_settings_that_take_effect_are_not_said_and_hparams_keep_only_what_the_reward_reads(capsys):
+    from engine.train import hparams_config, say_settings_without_effect
+
+    say_settings_without_effect(load_config(["configs/default.yaml"]))  # every reward key set is read
+    say_settings_without_effect(load_config(["configs/smollm2.yaml"]))  # no evaluations, and no guard
+    assert capsys.readouterr().out == ""
+    gold = hparams_config(load_config(["configs/gold.yaml"]))["reward"]
+    assert gold["kind"] == "gold" and not {"metric", "vote_weight", "scope", "reduction", "weights"} & set(gold)
+    default = hparams_config(load_config(["configs/default.yaml"]))["reward"]
+    assert {"metric", "vote_weight", "vote_metric", "scope", "reduction"} <= set(default)
+    assert "keep" not in default and "weights" not in default
+    mix = hparams_config(load_config(["reward.kind=mix", "reward.weights.gold=1.0", "reward.weights.majority=1.0"]))
+    assert "weights" in mix["reward"] and "metric" not in mix["reward"]
