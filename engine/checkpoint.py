@@ -128,13 +128,15 @@ def load_checkpoint(run, path: Path) -> dict:
 # What a resumed run may change: how long it runs, where it writes, how often it saves, what it evaluates and
 # logs. Anything else (the model, seed, sampling, reward, algorithm, adapters...) would silently continue another
 # run from this one's weights, so resuming with it is refused.
+# reward.nonfinite may change too: the NaN error's own hint is to resume with reward.nonfinite=skip.
 RESUME_MAY_CHANGE = ("train.steps", "train.output_dir", "train.resume", "train.save_every", "train.keep_checkpoints",
-                     "eval.", "log.")
+                     "reward.nonfinite", "eval.", "log.")
+OPEN_SECTIONS = ("reward.weights",)  # a section of the user's own keys: compared whole (a weight added or dropped)
 
 
 def flat_config(tree, prefix: str = "") -> dict:
-    """{"a.b.c": leaf} for a resolved config tree; a list is one leaf."""
-    if not isinstance(tree, dict):
+    """{"a.b.c": leaf} for a resolved config tree; a list, and an OPEN_SECTIONS mapping, is one leaf."""
+    if not isinstance(tree, dict) or prefix[:-1] in OPEN_SECTIONS:
         return {prefix[:-1]: tree}
     return {key: leaf for name, sub in tree.items() for key, leaf in flat_config(sub, f"{prefix}{name}.").items()}
 

@@ -176,6 +176,7 @@ class Console:
     """Points fds 1 and 2 at pipes read by the filter process; close() points them back and waits for it."""
 
     def __init__(self, log_path: Path, show_all: bool):
+        self.log_path = log_path
         sys.stdout.flush()
         sys.stderr.flush()
         os.environ["PYTHONUNBUFFERED"] = "1"  # child processes' output is no longer held back by a pipe's buffering
@@ -232,11 +233,11 @@ def fd_points_at(fd: int, target: os.stat_result) -> bool:
         return False
 
 
-def to_console(run_dir: Path, rank: int, level: str) -> Console | None:
-    """train.log for rank 0 (train.rank<r>.log for the others), appended across resumes. When stdout or stderr
+def to_console(run_dir: Path, rank: int, level: str, stem: str = "train") -> Console | None:
+    """<stem>.log for rank 0 (<stem>.rank<r>.log for the others), appended across resumes. When stdout or stderr
     already goes to that file (`... > run/train.log`, as engine.sweep does), it gets every line unfiltered and
     no filter starts (two writers of one file would overwrite each other)."""
-    name = "train.log" if rank == 0 else f"train.rank{rank}.log"
+    name = f"{stem}.log" if rank == 0 else f"{stem}.rank{rank}.log"
     log_path = (run_dir / name).resolve()  # the filter runs from the repository
     if log_path.exists() and any(fd_points_at(fd, os.stat(log_path)) for fd in (1, 2)):
         return None

@@ -88,12 +88,16 @@ def split_json_flag(argv: list[str]) -> tuple[list[str], str | None]:
     return argv[:at] + argv[at + 2:], argv[at + 1]
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
+def main(argv: list[str] | None = None, console: bool = False) -> dict[str, float]:
+    """console: the command line's run: the terminal shows progress, the table and problems; evaluate.log
+    (beside --json's file, else in train.output_dir) keeps every line."""
     from engine.config import load_config, main_args
+    from engine.console import to_console
     from engine.distributed import init_distributed
     from engine.errors import UserError
     from engine.inputs import require_chat_template
     from engine.models import load_tokenizer_and_config, prepare_model_everywhere
+    from engine.placement import launch_rank_and_world
     from rollout.data import load_problems, require_answers
 
     try:
@@ -104,6 +108,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     problems = load_problems(cfg.data.eval, cfg.data.prompt_key, cfg.data.answer_key, cfg.data.prompt_template)
     require_answers(problems, cfg.data.eval, "evaluation (data.eval)")
     problems = problems[: cfg.eval.problems]
+    log = None
+    if console:
+        log_dir = Path(json_path).parent if json_path else Path(cfg.train.output_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = to_console(log_dir, launch_rank_and_world()[0], cfg.log.level, stem="evaluate")
     rank, world = init_distributed()
     model_path = prepare_model_everywhere(cfg.model, rank)
     tokenizer, _ = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
@@ -121,10 +130,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             Path(json_path).write_text(json.dumps({"model": cfg.model.path, "data": cfg.data.eval, "turns": cfg.rollout.turns, **metrics},
                                                   indent=2) + "\n")
             print(f"wrote {json_path}")
+        if log is not None:
+            print(f"[done] every line of this run: {log.log_path}")
     return metrics
 
 
 if __name__ == "__main__":
     from engine.errors import run_cli
 
-    run_cli(main)
+    run_cli(lambda: main(console=True))

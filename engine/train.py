@@ -261,9 +261,8 @@ def score_episodes(run: Run, step: int, stage: int, episodes, batch, token_stats
     rewards = [algo.turn_means(r, n) if r.dim() == 2 else r for r, n in zip(rewards, lengths)]
     # A skipped (NaN/inf) episode takes its group's mean reward, then no policy gradient; a turn without a
     # locatable answer earns the reward's lowest value (unless the reward reads no answer).
-    rewards = [algo.fill_skipped(r, skipped, cfg.rollout.n) for r in rewards]
     unanswered = partial(unanswered_lowest, run.reward, cfg.reward.kind, cfg.reward, run.tokenizer)
-    rewards = unanswered(rewards, has_answer)
+    rewards = [algo.fill_skipped(r, skipped, cfg.rollout.n) for r in unanswered(rewards, has_answer)]
     token_rewards = unanswered([None if t is None else t.masked_fill(skipped.unsqueeze(-1), 0.0)
                                 for t in token_rewards], has_answer)
     returns = algo.turn_returns(rewards, stage, cfg.algo.alpha, cfg.algo.turn1_credit)

@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine.checkpoint import latest_checkpoint, load_checkpoint, run_identity, save_checkpoint, write_summary
 from engine.config import load_config, main_args, save_config
+from engine.console import to_console
 from engine.distributed import barrier, init_distributed
 from engine.errors import UserError, run_cli
 from engine.inputs import require_chat_template
@@ -332,7 +333,8 @@ def finish(run: RMRun, data: RMData, state: dict, started: float) -> dict:
     return summary
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, console: bool = False) -> dict:
+    """console: the command line's run (cli): the terminal shows progress and problems, train.log all."""
     cfg = load_config(main_args(argv))
     load_plugins(cfg.reward.plugins)  # rm.reward may be a plugin's
     done = Path(cfg.rm.output_dir) / "summary.json"
@@ -340,6 +342,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[resume] {cfg.rm.output_dir} already finished ({done} exists): nothing to do", flush=True)
         return json.loads(done.read_text())
     sources = check_rm_inputs(cfg)
+    if console:  # after the input checks: a bad input is one error line, and nothing is written
+        to_console(Path(cfg.rm.output_dir), launch_rank_and_world()[0], cfg.log.level)
     started = time.time()
     init_distributed()
     run = build_rm_run(cfg)
@@ -354,7 +358,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def cli(argv: list[str] | None = None) -> None:
     """The command line: a user's mistake is one `error:` line and exit code 2, never a traceback."""
-    run_cli(lambda: main(argv))
+    run_cli(lambda: main(argv, console=True))
 
 
 if __name__ == "__main__":  # vLLM may spawn helpers; the guard keeps them from re-running training

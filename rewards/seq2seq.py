@@ -116,8 +116,8 @@ def check_room(max_positions: int, contexts: list[list[int]], turns, model: str)
         raise RewardError(f"reward.model={model!r} has {max_positions} positions: after the longest rewrite context "
                           f"({max_positions - room} tokens) there is room for {room} tokens, fewer than the "
                           f"{longest}-token response it must rewrite. Hint: a reward model with a longer context "
-                          f"(max_position_embeddings), or a lower rollout.max_tokens; the same command then resumes "
-                          f"from the last checkpoint.")
+                          f"(max_position_embeddings), or a lower rollout.max_tokens, in a new run (another train.output_dir: "
+                          f"a resume keeps the checkpoint's settings).")
 
 
 @lru_cache(maxsize=2)

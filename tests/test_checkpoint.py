@@ -139,6 +139,11 @@ def test_resume_refuses_changed_settings_and_names_each(tmp_path):
     with pytest.raises(UserError) as err:  # every change at once, not the first only
         check_resume_config(load_config([*base, "train.seed=3", "rollout.n=2", "eval.problems=9"]), saved, tmp_path)
     assert "train.seed: 0 -> 3; rollout.n: 4 -> 2)" in str(err.value) and "eval.problems" not in str(err.value)
+    mixed = [*base, "reward.kind=mix", "reward.weights.gold=0.5"]  # a weight added or dropped is a change
+    with pytest.raises(UserError, match=r"reward\.weights: \{'gold': 0\.5\} -> \{'gold': 0\.5, 'majority': 1\.0\}"):
+        check_resume_config(load_config([*mixed, "reward.weights.majority=1.0"]),
+                            OmegaConf.to_container(load_config(mixed), resolve=True), tmp_path)
+    assert check_resume_config(load_config([*base, "reward.nonfinite=skip"]), saved, tmp_path) == []  # its hint
     del saved["rollout"]["n"]  # a checkpoint from before a setting existed: not checked, but reported
     assert check_resume_config(load_config(base), saved, tmp_path) == ["rollout.n"]
 

@@ -2,6 +2,7 @@
 stdout and the metrics (with standard errors) as JSON; bad input gets one `error:` line."""
 
 import json
+import re
 import math
 import subprocess
 import sys
@@ -111,6 +112,12 @@ def test_evaluate_cli_scores_a_model_folder(tiny_model_dir, tmp_path):
     # progress: each turn is named before vLLM's bar (with its ETA) runs
     assert "[sample] turn 1/2: 16 answers to 16 prompts" in proc.stdout
     assert "[sample] turn 2/2: 16 corrections" in proc.stdout
+    # the trainer's quiet terminal: no library chatter or benign warning; evaluate.log beside the JSON keeps all
+    terminal = (proc.stdout + proc.stderr).splitlines()
+    assert not [line for line in terminal if re.search(r"fail|error|warn|INFO", line, re.IGNORECASE)], terminal
+    log = (tmp_path / "evaluate.log").read_text()
+    assert f"[done] every line of this run: {tmp_path / 'evaluate.log'}" in proc.stdout
+    assert "Enforce eager set" in log and "| Acc@t2 |" in log
 
 
 @pytest.mark.slow

@@ -256,6 +256,10 @@ def test_the_seq2seq_recipe_end_to_end(tiny_model_dir, tmp_path):
                        "rm.reward=confidence", "rm.prompts=8", "rm.heldout_pairs=2", "rm.batch_size=8", "rm.epochs=1",
                        f"rm.output_dir={out}"], timeout=600)
     assert "[pairs] " in proc.stdout and "pairs.kind=evolve, rm.reward=confidence" in proc.stdout
+    # the trainer's quiet terminal: no library chatter or benign warning; <rm.output_dir>/train.log keeps all
+    terminal = (proc.stdout + proc.stderr).splitlines()
+    assert not [line for line in terminal if re.search(r"fail|error|warn|INFO", line, re.IGNORECASE)], terminal
+    assert "Enforce eager set" in (out / "train.log").read_text()
     pairs = read_pairs(out / "pairs.jsonl")
     assert pairs and {p.origin for p in pairs} <= {"direct", "refine"}
     assert all(p.chosen != p.rejected for p in pairs) and len({p.prompt for p in pairs}) <= 8
