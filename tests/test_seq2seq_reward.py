@@ -34,6 +34,17 @@ def _episode(tokenizer, prompt, text, group=0):
                    [Completion(token_ids=ids, logprobs=[0.0] * len(ids), text=text, finished=True)])
 
 
+def _greedy_by_hand(model, context, max_new_tokens, eos_id) -> list[int]:
+    """One unpadded context, one argmax at a time, through the end-of-turn token."""
+    ids = list(context)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+            if ids[-1] == eos_id:
+                break
+    return ids[len(context):]
+
+
 def test_token_rewards_come_from_the_reward_models_own_rewrites(tiny_model_dir):
     """Each turn is rewritten greedily by the folder's model; its alignment with the sampled tokens gives
     the rewards (identical rewrite: `identical` everywhere; else keep/change per token)."""
@@ -52,10 +63,13 @@ def test_token_rewards_come_from_the_reward_models_own_rewrites(tiny_model_dir):
     (rewards,) = seq2seq_reward(RewardInputs(episodes, tokenizer, options))
     assert rewards.shape == (3, max(len(e.turns[0].token_ids) for e in episodes))
     rewriter = load_rewriter(str(tiny_model_dir))
+    contexts = [rewrite_context_ids(tokenizer, e.problem.prompt, e.turns[0].text, options.rewrite_instruction)
+                for e in episodes]
+    batched = rewriter.rewrite(contexts, 64, tokenizer.pad_token_id, tokenizer.eos_token_id)  # left-padded batch
     seen = set()
-    for row, episode in enumerate(episodes):
-        context = rewrite_context_ids(tokenizer, episode.problem.prompt, episode.turns[0].text, options.rewrite_instruction)
-        rewrite = rewriter.rewrite([context], 64, tokenizer.pad_token_id, tokenizer.eos_token_id)[0]
+    for row, (episode, context) in enumerate(zip(episodes, contexts)):
+        rewrite = _greedy_by_hand(rewriter.model, context, 64, tokenizer.eos_token_id)  # not the code under test
+        assert batched[row] == rewrite and rewrite[-1] == tokenizer.eos_token_id
         response = episode.turns[0].token_ids
         expected = token_rewards(response, rewrite, 0.25, -3.0, 2.0)
         assert rewards[row, :len(response)].tolist() == expected

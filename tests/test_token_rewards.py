@@ -129,3 +129,31 @@ def test_token_labels_and_rewards_by_hand():
     assert token_rewards(wrong, right, keep=0.5, change=-2.0, identical=1.0)[4:8] == [-2.0, 0.5, 0.5, -2.0]
     assert token_rewards(right, right, keep=0.5, change=-2.0, identical=1.0) == [1.0] * len(right)  # fallback
     assert token_rewards([], [], 0.5, -2.0, 1.0) == []
+
+
+def test_the_trainer_gives_each_token_of_a_token_rewarded_turn_its_own_advantage():
+    """engine.train.per_token_advantages, by hand: Stage II, alpha 2, own credit, so turn 2's coefficient is
+    1 + 2 = 3; turn 2 has token rewards, turn 1 does not. A_t = A + 3 (r_t - mean r), at turn 2's positions;
+    turn 1 keeps its per-episode advantage (a per-episode result for turn 2 would fail here)."""
+    from engine.batch import collate
+    from engine.config import load_config
+    from engine.tokenizer import build_char_tokenizer
+    from engine.train import per_token_advantages
+    from tests.test_episodes import _episode
+
+    tok = build_char_tokenizer()
+    episodes = [_episode(tok, "2+3=?", "Final Answer: 6", "ab"), _episode(tok, "2+3=?", "Final Answer: 5", "abc")]
+    batch = collate(episodes, tok.pad_token_id)
+    lengths = [batch.turn_mask(k).sum(-1) for k in range(2)]
+    assert lengths[1].tolist() == [3, 4]  # "ab" + end of turn, "abc" + end of turn
+    dense = torch.tensor([[1.0, -1.0, 1.0, 0.0], [1.0, 1.0, -1.0, -1.0]])  # row 0: 3 tokens, mean 1/3; row 1: 0
+    cfg = load_config(["rollout.n=2", "algo.alpha=2", "algo.turn1_credit=own", "algo.token_baseline=turn_mean"])
+    turn1, turn2 = torch.tensor([0.5, -0.5]), torch.tensor([0.25, -0.25])
+    out = per_token_advantages(cfg, 2, batch, [turn1, turn2], [torch.zeros(2), torch.zeros(2)], [None, dense],
+                               lengths, torch.tensor([False, False]))
+    assert out[0] is turn1
+    placed = out[1][batch.turn_mask(1).bool()]
+    expected = [0.25 + 3 * (1 - 1 / 3), 0.25 + 3 * (-1 - 1 / 3), 0.25 + 3 * (1 - 1 / 3),
+                -0.25 + 3, -0.25 + 3, -0.25 - 3, -0.25 - 3]
+    assert placed.tolist() == pytest.approx(expected)
+    assert out[1][~batch.turn_mask(1).bool()].eq(0).all()  # nothing outside turn 2's sampled tokens
