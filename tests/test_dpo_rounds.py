@@ -37,6 +37,11 @@ def test_evolve_rounds_train_and_save_their_pairs(tiny_model_dir, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     rounds = summary["rounds"]
     assert [r["round"] for r in rounds] == [1, 2] and all(r["pairs_kept"] > 0 for r in rounds)
+    from transformers import AutoTokenizer
+
+    from rollout.episodes import encode_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     assert "eval" in rounds[0]  # every round but the last is evaluated; the last is the final evaluation
     assert {"acc_t1", "acc_t2", "acc_t3"} <= summary["eval"]["after"].keys()  # 3-turn chains
     for r in rounds:
@@ -45,8 +50,15 @@ def test_evolve_rounds_train_and_save_their_pairs(tiny_model_dir, tmp_path):
         assert len(pairs) == r["pairs_kept"] <= 12
         assert {p["kind"] for p in pairs} <= {"refine", "direct"}
         assert all(p["chosen_ids"] != p["rejected_ids"] and p["chosen_text"] is not None for p in pairs)
-        # a refinement pair's responses sit in a later turn's context: longer than the prompt alone
         assert all(p["chosen_score"] != p["rejected_score"] for p in pairs)
+        # a refinement pair's responses sit in a later turn's context: longer than the prompt alone, which is
+        # a direct pair's whole context
+        for p in pairs:
+            prompt_alone = encode_prompt(tokenizer, p["prompt"])
+            if p["kind"] == "direct":
+                assert p["context_ids"] == prompt_alone
+            else:
+                assert len(p["context_ids"]) > len(prompt_alone) and p["context_ids"][:len(prompt_alone)] == prompt_alone
     scalars = _scalars(run_dir / "tb")
     updates = sum(math.ceil(r["pairs_kept"] / 4) for r in rounds)
     assert all(len(scalars[tag]) == updates for tag in DPO_TAGS), {t: len(scalars.get(t, [])) for t in DPO_TAGS}
@@ -65,7 +77,13 @@ def test_an_empty_round_is_reported_and_skipped(tiny_model_dir, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [r["pairs_kept"] for r in summary["rounds"]] == [0, 0] and summary["train"]["steps"] == 0
     assert (run_dir / "pairs" / "round-001.jsonl").read_text() == ""
-    assert summary["eval"]["after"] == summary["eval"]["before"] or summary["eval"]["after"]["n"] == 16
+    # no update ran: the policy the run ends with is the base model, weight for weight
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    final = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / "step-000000" / "model").state_dict()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert final.keys() == base.keys() and [k for k in base if not torch.equal(final[k], base[k])] == []
 
 
 def test_kill_and_resume_inside_a_round_matches_a_straight_run(tiny_model_dir, tmp_path):

@@ -157,3 +157,41 @@ def test_the_trainer_gives_each_token_of_a_token_rewarded_turn_its_own_advantage
                 -0.25 + 3, -0.25 + 3, -0.25 - 3, -0.25 - 3]
     assert placed.tolist() == pytest.approx(expected)
     assert out[1][~batch.turn_mask(1).bool()].eq(0).all()  # nothing outside turn 2's sampled tokens
+
+
+def test_negative_token_frac_counts_what_the_update_trains_with():
+    """A turn without an answer trains with the reward's lowest value on each of its sampled tokens (-1 here):
+    those count as negative; padding past a turn's tokens never does. By hand: turn 1 of episode 0 is
+    unanswered (3 sampled tokens: 'ab' + end of turn, all -1); the answered turns' tokens are +1 but one."""
+    from types import SimpleNamespace
+
+    from engine.batch import collate
+    from engine.config import load_config
+    from engine.tokenizer import build_char_tokenizer
+    from engine.train import score_episodes
+    from rewards.registry import RewardSpec
+    from tests.test_episodes import _episode
+
+    tok = build_char_tokenizer()
+    episodes = [_episode(tok, "2+3=?", "ab", "Final Answer: 5"), _episode(tok, "2+3=?", "Final Answer: 6", "Final Answer: 5")]
+    batch = collate(episodes, tok.pad_token_id)
+
+    def plus_one_but_the_first(inputs):  # [B, longest turn] per turn; padding positions 0
+        out = []
+        for k in range(2):
+            lengths = [len(e.turns[k].token_ids) for e in inputs.episodes]
+            values = torch.zeros(len(lengths), max(lengths))
+            for row, n in enumerate(lengths):
+                values[row, :n] = 1.0
+                values[row, 0] = -1.0
+            out.append(values)
+        return out
+
+    spec = RewardSpec(plus_one_but_the_first, False, False, None, True, lambda options, tokenizer: (-1.0, 1.0))
+    run = SimpleNamespace(cfg=load_config(["configs/default.yaml", "rollout.n=2"]), tokenizer=tok, reward=spec)
+    scored = score_episodes(run, 0, 2, episodes, batch, None)
+    sampled = sum(len(t.token_ids) for e in episodes for t in e.turns)
+    assert scored.dense_tokens == sampled
+    # unanswered turn: all 3 of its tokens at -1; each of the 3 answered turns: its first token at -1
+    assert scored.negative_tokens == 3 + 3
+    assert scored.rewards[0][0].item() == -1.0  # the unanswered turn's mean: the lowest
