@@ -274,8 +274,9 @@ class Learner:
                            lr=self.engine.get_lr()[0], entropy=entropy_sum / max(sum(turn_tokens), 1))
 
     def _grad_norm_before_step(self) -> float | None:
-        """At ZeRO 0 every rank holds the full, already averaged gradients."""
-        if self.zero_stage != 0:
+        """At ZeRO 0 every rank holds the full, already averaged gradients. In bfloat16, DeepSpeed's optimizer
+        keeps them in its own float32 buffers (p.grad may be empty) and computes the norm itself."""
+        if self.zero_stage != 0 or self.engine.bfloat16_enabled():
             return None
         grads = [p.grad.float().norm() for p in self.engine.module.parameters() if p.grad is not None]
         return torch.stack(grads).norm().item() if grads else 0.0

@@ -197,3 +197,20 @@ def test_one_rank_keeps_a_plain_reference_and_zero3_settings_reach_deepspeed(tin
     # ZeRO 0-2 take none of the stage-3 keys
     assert "stage3_max_live_parameters" not in deepspeed_config(0, 2, 1, 1e-3, 1.0, "float32",
                                                                 zero3_settings(cfg.deepspeed))["zero_optimization"]
+
+
+def test_a_bfloat16_learner_reports_the_gradient_norm_of_float32(tiny_model_dir):
+    """DeepSpeed's bfloat16 optimizer keeps the gradients in its own float32 buffers, so p.grad may be empty
+    (the norm read 0 from it): the same update in bfloat16 and float32 gives norms within 5%."""
+    init_distributed()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    answers = ["Final Answer: 5", "1+2=3. Final Answer: 13", "Final Answer: 7", "x"]
+    batch = collate([_episode(tok, f"{i}+{i}=?", answers[i], answers[-1 - i]) for i in range(4)], tok.pad_token_id)
+    advantages = [torch.tensor([1.0, -0.5, 0.25, 2.0]), torch.tensor([-1.0, 0.5, 1.5, -0.25])]
+    norms = {}
+    for dtype in ("float32", "bfloat16"):
+        learner = Learner(str(tiny_model_dir), zero_stage=0, lr=1e-3, grad_clip=1e6, episodes_per_rank=4,
+                          micro_batch_size=2, dtype=dtype)
+        norms[dtype] = learner.update(batch, advantages, TurnWeights(pg=(1.0, 1.0), kl=(0.1, 0.1)), "k2").grad_norm
+    assert norms["float32"] > 0
+    assert norms["bfloat16"] == pytest.approx(norms["float32"], rel=0.05), norms
