@@ -20,6 +20,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -128,9 +129,10 @@ def load_checkpoint(run, path: Path) -> dict:
 # What a resumed run may change: how long it runs, where it writes, how often it saves, what it evaluates and
 # logs. Anything else (the model, seed, sampling, reward, algorithm, adapters...) would silently continue another
 # run from this one's weights, so resuming with it is refused.
-# reward.nonfinite may change too: the NaN error's own hint is to resume with reward.nonfinite=skip.
+# reward.nonfinite and rollout.worker_timeout_s may change too (their errors' hints say to resume with them), and
+# rollout.sync_bucket_mb, a transfer size that changes no number.
 RESUME_MAY_CHANGE = ("train.steps", "train.output_dir", "train.resume", "train.save_every", "train.keep_checkpoints",
-                     "reward.nonfinite", "eval.", "log.")
+                     "reward.nonfinite", "rollout.worker_timeout_s", "rollout.sync_bucket_mb", "eval.", "log.")
 OPEN_SECTIONS = ("reward.weights",)  # a section of the user's own keys: compared whole (a weight added or dropped)
 
 
@@ -158,7 +160,7 @@ def check_resume_config(cfg, saved: dict, path: Path) -> list[str]:
     changed, predates = resume_changes(OmegaConf.to_container(cfg, resolve=True), saved)
     if changed:
         lines = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changed)
-        undo = " ".join(f"{key}={old!r}" if isinstance(old, str) and " " in old else f"{key}={old}"
+        undo = " ".join(shlex.quote(f"{key}={json.dumps(old) if isinstance(old, (list, dict)) else old}")
                         for key, old, _ in changed)
         raise UserError(f"the checkpoint {path} was trained with other settings than this command's ({lines}): "
                         f"resuming would continue another run from its weights. Hint: pass {undo} to resume it, or "

@@ -97,7 +97,6 @@ def main(argv: list[str] | None = None, console: bool = False) -> dict[str, floa
     from engine.errors import UserError
     from engine.inputs import require_chat_template
     from engine.models import load_tokenizer_and_config, prepare_model_everywhere
-    from engine.placement import launch_rank_and_world
     from rollout.data import load_problems, require_answers
 
     try:
@@ -108,15 +107,15 @@ def main(argv: list[str] | None = None, console: bool = False) -> dict[str, floa
     problems = load_problems(cfg.data.eval, cfg.data.prompt_key, cfg.data.answer_key, cfg.data.prompt_template)
     require_answers(problems, cfg.data.eval, "evaluation (data.eval)")
     problems = problems[: cfg.eval.problems]
-    log = None
-    if console:
-        log_dir = Path(json_path).parent if json_path else Path(cfg.train.output_dir)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        log = to_console(log_dir, launch_rank_and_world()[0], cfg.log.level, stem="evaluate")
     rank, world = init_distributed()
     model_path = prepare_model_everywhere(cfg.model, rank)
     tokenizer, _ = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
     require_chat_template(cfg.model.path, tokenizer)
+    log = None
+    if console:  # after the start-up checks: a bad input leaves no log folder behind
+        log_dir = Path(json_path).parent if json_path else Path(cfg.train.output_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = to_console(log_dir, rank, cfg.log.level, stem="evaluate")
     engine = RolloutEngine(model_path, max_model_len=cfg.rollout.max_model_len, seed=cfg.train.seed + rank,
                            dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib,
                            trust_remote_code=cfg.model.trust_remote_code)

@@ -236,7 +236,7 @@ def say_settings_without_effect(cfg: DictConfig) -> None:
         print(f"[reward] reward.kind={cfg.reward.kind} does not read "
               f"{', '.join(f'reward.{k}={cfg.reward[k]}' for k in unread)}: no effect (left out of the HParams)",
               flush=True)
-    if cfg.guard.patience > 0 and cfg.eval.every == 0:
+    if cfg.guard.patience > 0 and cfg.eval.every == 0 and cfg.algo.kind == "pg":  # the preference loop has none
         print(f"[warn] guard.patience={cfg.guard.patience} compares held-out evaluations during training, and "
               f"eval.every=0 runs none: the guard's reward/accuracy check never runs. Hint: eval.every=N, or "
               f"guard.patience=0 to say so.", flush=True)
@@ -273,7 +273,8 @@ def score_episodes(run: Run, step: int, stage: int, episodes, batch, token_stats
         return Scored(rewards, advantages, skipped, has_answer)
     advantages = per_token_advantages(cfg, stage, batch, advantages, returns, token_rewards, lengths, skipped)
     # What the update trains with, sampled tokens only: an unanswered turn's tokens at the lowest reward count
-    negative = sum(int(((t < 0) & algo.positions_within(n, t.shape[1]).bool()).sum()) for t, n in dense)
+    trained = ~skipped.unsqueeze(-1)  # a skipped episode gets no policy gradient
+    negative = sum(int(((t < 0) & algo.positions_within(n, t.shape[1]).bool() & trained).sum()) for t, n in dense)
     return Scored(rewards, advantages, skipped, has_answer, token_level=True, negative_tokens=negative,
                   dense_tokens=sum(int(n.sum()) for _, n in dense))
 

@@ -25,7 +25,7 @@ def concise_answer_score(text: str) -> float:
 
 
 # needs_answer=False: the reward decides itself what a turn without an answer earns (the engine's default
-# gate would give it 0 too, and would also try RLSF's answer probe on it).
+# gate would give it the reward's lowest value, from bounds=, and would also try RLSF's answer probe on it).
 @register("concise_answer", needs_answer=False)
 def concise_answer(inputs: RewardInputs) -> list[torch.Tensor]:
     turns = len(inputs.episodes[0].turns)

@@ -10,7 +10,8 @@ A confidence reward is a per-token metric, a scope and a reduction:
   space, exp(mean log c): exp(mean log p) for `prob` (the per-token perplexity's inverse), exp(-mean H) for
   `neg_entropy` (-H is the expected log-probability) and exp(mean log(p1 - p2)) for `disparity`.
 
-`self_certainty` is KL(Uniform || p) averaged over the response. A turn without a locatable answer gets 0.
+`self_certainty` is KL(Uniform || p) averaged over the response. A turn without a locatable answer gets 0 here;
+the engine then gives it the reward's lowest value (rewards.registry.unanswered_lowest).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def reduce_tokens(values: Tensor, reduction: str) -> Tensor:
 def scope_tokens(tokenizer, completion, turn_span: tuple[int, int], scope: str,
                  require_answer: bool = True) -> tuple[int, int] | None:
     """[start, end) of the scope's tokens in the collated row; None when there are none, or when the turn
-    has no locatable answer and `require_answer` (a reward: an unanswered turn earns 0)."""
+    has no locatable answer and `require_answer` (a reward: an unanswered turn scores 0, then the engine's lowest)."""
     start, end = turn_span
     if end <= start:
         return None

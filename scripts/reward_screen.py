@@ -34,6 +34,7 @@ from engine.token_stats import token_stats
 from engine.models import DTYPES, load_tokenizer_and_config, prepare_model
 from rewards import REWARDS, RewardInputs, turn_correctness, turn_has_answer
 from rewards.confidence import REDUCTIONS, SCOPES, TOKEN_METRICS
+from rewards.registry import reward_needs, unanswered_lowest
 from rollout.data import load_problems
 from rollout.service import sample_step
 from rollout.vllm_engine import RolloutEngine
@@ -94,7 +95,10 @@ def main() -> None:
     for cand in candidates():
         options = OmegaConf.merge(cfg.reward, {k: v for k, v in cand.items() if k != "kind"})
         r1, r2 = REWARDS[cand["kind"]].fn(RewardInputs(episodes, tokenizer, options, stats))
-        (a1, n1), (a2, n2) = (ranking_accuracy(r1 * has1, c1, groups), ranking_accuracy(r2 * has2, c2, groups))
+        # an unanswered turn scores what training gives it: the reward's lowest value
+        r1, r2 = unanswered_lowest(reward_needs(cand["kind"], options), cand["kind"], options, tokenizer, [r1, r2],
+                                   [has1, has2])
+        (a1, n1), (a2, n2) = (ranking_accuracy(r1, c1, groups), ranking_accuracy(r2, c2, groups))
         rows.append({"reward": label(cand), **cand, "rank_acc_t1": a1, "pairs_t1": n1, "rank_acc_t2": a2,
                      "pairs_t2": n2, "mean_r1": r1.mean().item(), "mean_r2": r2.mean().item()})
     print(f"\nmodel {cfg.model.path}, {len(problems)} prompts x n={cfg.rollout.n}, seed {cfg.train.seed}; "

@@ -229,7 +229,8 @@ def test_an_answered_turn_scores_at_least_the_same_turn_without_an_answer(kind, 
     unanswered = gated([_episode(TOK, "2+3=?", "I think it is six.", "Or seven."),
                         _episode(TOK, "2+3=?", "Maybe eight.", "Nine, I guess.")])
     for k in range(2):
-        assert (answered[k] >= unanswered[k]).all(), (k, answered[k].tolist(), unanswered[k].tolist())
+        # at the bound itself an answered turn ties the unanswered one, up to float32 rounding of its mean
+        assert (answered[k] >= unanswered[k] - 1e-5).all(), (k, answered[k].tolist(), unanswered[k].tolist())
 
 
 def test_gate_cases_cover_every_built_in_reward():
