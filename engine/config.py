@@ -4,6 +4,8 @@ then checked. Every user-facing error names the offending key and, for typos, th
 
 from __future__ import annotations
 
+import copy
+
 import difflib
 import re
 import string
@@ -38,6 +40,7 @@ CHOICES = {
     "rollout.placement": ("colocated", "dedicated"),
     "reward.nonfinite": ("error", "skip"),
     "log.level": ("info", "debug"),
+    "dpo.reference": ("previous", "base"),
 }
 OPEN_SECTIONS = ("reward.weights",)  # user-named keys live here
 POSITIVE = ("train.keep_checkpoints", "rollout.turns", "train.steps", "rollout.n", "rollout.prompts_per_step", "rollout.max_tokens",
@@ -54,6 +57,7 @@ NON_NEGATIVE = ("eval.every", "train.save_every", "algo.stage1_steps", "algo.bet
                 "deepspeed.max_live_parameters", "deepspeed.max_reuse_distance", "deepspeed.prefetch_bucket_size",
                 "model.lora.r", "deepspeed.param_persistence_threshold")
 POSITIVE += ("deepspeed.reduce_bucket_size",)
+OPTIONAL = ("rollout.max_model_len",)  # null: derived at start-up (engine/inputs.py)
 
 
 class ConfigError(UserError):
@@ -118,6 +122,8 @@ def _validate(cfg: DictConfig) -> None:
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}.")
     for key in POSITIVE:
+        if key in OPTIONAL and OmegaConf.select(cfg, key) is None:
+            continue
         if OmegaConf.select(cfg, key) <= 0:
             raise ConfigError(f"{key} must be > 0, got {OmegaConf.select(cfg, key)}.{_default_hint(key, typed=False)}")
     for key in NON_NEGATIVE:
@@ -268,6 +274,16 @@ def load_config(argv: list[str]) -> DictConfig:
     _validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def with_values(cfg: DictConfig, values: dict[str, object]) -> DictConfig:
+    """A read-only copy of cfg with {dotted key: value} set."""
+    out = copy.deepcopy(cfg)
+    OmegaConf.set_readonly(out, False)
+    for key, value in values.items():
+        OmegaConf.update(out, key, value)
+    OmegaConf.set_readonly(out, True)
+    return out
 
 
 def save_config(cfg: DictConfig, path: Path) -> None:

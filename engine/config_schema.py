@@ -6,6 +6,7 @@ engine/config.py loads YAML files and `key=value` overrides onto it and checks t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
@@ -85,7 +86,7 @@ class RolloutConfig:
     min_tokens: int = 0  # no end of turn before this many tokens (sample_step's turns; off-policy: benchmarks only)
     turns: int = 2  # K: turn 1 answers, turns 2..K correct the turn before (1: single-turn RL)
     temperature: float = 1.0
-    max_model_len: int = 256
+    max_model_len: Optional[int] = None  # vLLM's context; null: the longest prompt's episode, within the model's positions
     kv_cache_gib: int = 1
     correction_instruction: str = "Check your answer and fix any mistake."
     placement: str = "colocated"  # colocated: a vLLM engine on every rank | dedicated: rollout.workers ranks run only vLLM
@@ -143,6 +144,9 @@ class GuardConfig:
     min_entropy: float = 0.0  # alarm when train/entropy (nats per token) falls below; 0 = off
     patience: int = 0  # alarm when the train reward rises and eval acc_t2 falls over this many evals; 0 = off
     action: str = "warn"  # warn | stop (saves the policy, ends training early, evaluates, writes the summary)
+    # the labelled problems the accuracy check evaluates (eval.problems of them) with guard.patience > 0: a
+    # split apart from data.eval, so the set the results are reported on does not decide when training stops
+    data: str = "builtin:arith-val"
 
 
 @dataclass
@@ -168,6 +172,9 @@ class DPOConfig:
     pairs_per_round: int = 256  # at most this many of the round's pairs train (a seeded shuffle picks them)
     batch_pairs: int = 16  # pairs per optimizer step, all ranks
     epochs: int = 1  # passes over the round's pairs
+    # previous: round r trains M(r) against M(r-1), the policy that built its pairs (iterative DPO, as EVOLVE and
+    # PSRLM do; for a single round it is the base model) | base: every round against the run's starting model
+    reference: str = "previous"
 
 
 @dataclass

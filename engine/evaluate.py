@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None, console: bool = False) -> dict[str, floa
     from engine.console import to_console
     from engine.distributed import init_distributed
     from engine.errors import UserError
-    from engine.inputs import require_chat_template
+    from engine.inputs import require_chat_template, sized_for
     from engine.models import load_tokenizer_and_config, prepare_model_everywhere
     from rollout.data import load_problems, require_answers
 
@@ -109,8 +109,9 @@ def main(argv: list[str] | None = None, console: bool = False) -> dict[str, floa
     problems = problems[: cfg.eval.problems]
     rank, world = init_distributed()
     model_path = prepare_model_everywhere(cfg.model, rank)
-    tokenizer, _ = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
+    tokenizer, model_config = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
     require_chat_template(cfg.model.path, tokenizer)
+    cfg = sized_for(cfg, problems, tokenizer, model_config, log=print if rank == 0 else lambda _: None)
     log = None
     if console:  # after the start-up checks: a bad input leaves no log folder behind
         log_dir = Path(json_path).parent if json_path else Path(cfg.train.output_dir)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig, OmegaConf
 
 from engine.checkpoint import latest_checkpoint
+from engine.config import with_values
 from engine.errors import UserError
 from engine.logprobs import impl_for_this_machine
 from engine.models import check_model_source
@@ -22,7 +23,8 @@ from rollout.episodes import encode_prompt, turn_overhead
 class Inputs:
     train: list[Problem]
     eval: list[Problem]
-    skipped: dict[str, int] = field(default_factory=dict)  # "train"/"eval" -> problems dropped by data.overlong=skip
+    skipped: dict[str, int] = field(default_factory=dict)  # "train"/"eval"/"guard" -> problems dropped (data.overlong=skip)
+    guard: list[Problem] = field(default_factory=list)  # guard.data's problems, when the guard's accuracy check is on
 
 
 def check_inputs(cfg: DictConfig, rank: int, world: int, workers: int = 0) -> Inputs:
@@ -53,41 +55,87 @@ def check_inputs(cfg: DictConfig, rank: int, world: int, workers: int = 0) -> In
                         f"train.resume=never would mix a new run into them. Hint: train.resume=auto continues "
                         f"it; or give another train.output_dir.")
     impl_for_this_machine(cfg.learner.logprob_impl)
-    inputs = Inputs(train_problems, eval_problems)  # eval.problems is taken after overlong ones are dropped
+    guard_problems = []
+    if cfg.guard.patience > 0 and cfg.algo.kind == "pg":  # the accuracy check: it reads gold labels
+        guard_problems = load_problems(cfg.guard.data, *keys)
+        require_answers(guard_problems, cfg.guard.data, "the guard's accuracy check (guard.data, guard.patience > 0)")
+    # eval.problems is taken after overlong ones are dropped
+    inputs = Inputs(train_problems, eval_problems, guard=guard_problems)
     _check_enough_prompts(cfg, inputs)
     return inputs
 
 
-def fit_to_model(cfg: DictConfig, inputs: Inputs, tokenizer, model_config, log=print) -> Inputs:
-    """Check the context settings against the model, then drop (data.overlong=skip, counted) or refuse
-    (data.overlong=error) problems whose rollout.turns-turn episode could outgrow rollout.max_model_len."""
+def fit_to_model(cfg: DictConfig, inputs: Inputs, tokenizer, model_config,
+                 log=print) -> tuple[DictConfig, Inputs]:
+    """Check the context settings against the model, size rollout.max_model_len when it is unset (the config
+    returned records the value), then drop (data.overlong=skip, counted) or refuse (data.overlong=error)
+    problems whose rollout.turns-turn episode could outgrow it."""
     positions = getattr(model_config, "max_position_embeddings", None)
-    if positions is not None and cfg.rollout.max_model_len > positions:
+    if cfg.rollout.max_model_len is not None and positions is not None and cfg.rollout.max_model_len > positions:
         raise UserError(f"rollout.max_model_len={cfg.rollout.max_model_len} exceeds the model's "
-                        f"max_position_embeddings={positions}. Hint: lower rollout.max_model_len.")
+                        f"max_position_embeddings={positions}. Hint: lower rollout.max_model_len, or leave it "
+                        f"unset (null) to size it from the data.")
     require_chat_template(cfg.model.path, tokenizer)
-    turns = cfg.rollout.turns
-    overhead = turn_overhead(tokenizer, inputs.train[0].prompt, cfg.rollout.max_tokens,
-                             cfg.rollout.correction_instruction, turns)
-    if cfg.reward.probe_tokens:  # RLSF's answer probe extends the last turn's response
-        overhead += len(tokenizer(cfg.reward.probe_prompt, add_special_tokens=False).input_ids) + cfg.reward.probe_tokens
+    overhead = episode_overhead(cfg, tokenizer, inputs.train[0].prompt)
+    roles = (("train", cfg.data.train, inputs.train), ("eval", cfg.data.eval, inputs.eval),
+             ("guard", cfg.guard.data, inputs.guard))
+    lengths = {role: [len(encode_prompt(tokenizer, p.prompt)) for p in problems] for role, _, problems in roles}
+    cfg = with_context_length(cfg, max(max(n, default=0) for n in lengths.values()), overhead, positions, log)
     if overhead >= cfg.rollout.max_model_len:
-        raise UserError(f"{turns} turn(s) of rollout.max_tokens={cfg.rollout.max_tokens} (rollout.turns), the correction "
-                        f"requests and the answer probe take {overhead} tokens, leaving no room for a prompt in "
-                        f"rollout.max_model_len={cfg.rollout.max_model_len}. Hint: raise rollout.max_model_len "
-                        f"or lower rollout.max_tokens.")
+        raise UserError(f"{cfg.rollout.turns} turn(s) of rollout.max_tokens={cfg.rollout.max_tokens} (rollout.turns), "
+                        f"the correction requests and the answer probe take {overhead} tokens, leaving no room for "
+                        f"a prompt in rollout.max_model_len={cfg.rollout.max_model_len}. Hint: raise "
+                        f"rollout.max_model_len or lower rollout.max_tokens.")
     skipped = {}
     kept = {}
-    for role, source, problems in (("train", cfg.data.train, inputs.train), ("eval", cfg.data.eval, inputs.eval)):
-        kept[role], skipped[role] = _fit(cfg, source, problems, tokenizer, overhead, log)
-    fitted = Inputs(kept["train"], kept["eval"][: cfg.eval.problems], {k: v for k, v in skipped.items() if v})
+    for role, source, problems in roles:
+        kept[role], skipped[role] = _fit(cfg, source, problems, lengths[role], overhead, log) if problems else ([], 0)
+    fitted = Inputs(kept["train"], kept["eval"][: cfg.eval.problems], {k: v for k, v in skipped.items() if v},
+                    guard=kept["guard"][: cfg.eval.problems])
     _check_enough_prompts(cfg, fitted)
-    return fitted
+    return cfg, fitted
 
 
-def _fit(cfg: DictConfig, source: str, problems: list[Problem], tokenizer, overhead: int, log) -> tuple[list, int]:
+def episode_overhead(cfg: DictConfig, tokenizer, prompt: str) -> int:
+    """The tokens an episode adds to its prompt at most: rollout.turns full turns, the correction requests
+    and RLSF's answer probe (it extends the last turn's response)."""
+    overhead = turn_overhead(tokenizer, prompt, cfg.rollout.max_tokens, cfg.rollout.correction_instruction,
+                             cfg.rollout.turns)
+    if cfg.reward.probe_tokens:
+        overhead += len(tokenizer(cfg.reward.probe_prompt, add_special_tokens=False).input_ids) + cfg.reward.probe_tokens
+    return overhead
+
+
+def context_length(longest_prompt: int, overhead: int, positions: int | None) -> int:
+    """The context that fits the longest prompt's whole episode, within the model's positions."""
+    needed = longest_prompt + overhead
+    return needed if positions is None else min(needed, positions)
+
+
+def with_context_length(cfg: DictConfig, longest_prompt: int, overhead: int, positions: int | None,
+                        log=print) -> DictConfig:
+    """cfg itself when rollout.max_model_len is set; else a copy with it sized by context_length."""
+    if cfg.rollout.max_model_len is not None:
+        return cfg
+    chosen = context_length(longest_prompt, overhead, positions)
+    capped = ", the model's max_position_embeddings" if chosen < longest_prompt + overhead else ""
+    log(f"[context] rollout.max_model_len={chosen} (unset: the longest prompt, {longest_prompt} tokens, and its "
+        f"{cfg.rollout.turns}-turn episode, {overhead} tokens{capped})")
+    return with_values(cfg, {"rollout.max_model_len": chosen})
+
+
+def sized_for(cfg: DictConfig, problems: list[Problem], tokenizer, model_config, log=print) -> DictConfig:
+    """with_context_length for commands that sample without fit_to_model (evaluation, the reward screen)."""
+    if cfg.rollout.max_model_len is not None:
+        return cfg
+    longest = max(len(encode_prompt(tokenizer, p.prompt)) for p in problems)
+    return with_context_length(cfg, longest, episode_overhead(cfg, tokenizer, problems[0].prompt),
+                               getattr(model_config, "max_position_embeddings", None), log)
+
+
+def _fit(cfg: DictConfig, source: str, problems: list[Problem], lengths: list[int], overhead: int,
+         log) -> tuple[list, int]:
     room = cfg.rollout.max_model_len - overhead
-    lengths = [len(encode_prompt(tokenizer, p.prompt)) for p in problems]
     over = [i for i, n in enumerate(lengths) if n > room]
     if not over:
         return problems, 0

@@ -26,6 +26,7 @@ from pathlib import Path
 from engine.config import load_config
 from engine.distributed import RENDEZVOUS_VARS
 from engine.errors import UserError, run_cli
+from rollout.data import VALIDATION
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "ece_t1", "ece_t2", "edit_ratio")
@@ -144,6 +145,23 @@ def write_summary(out: Path, runs: list[SweepRun], grid_keys: list[str]) -> None
     (out / "sweep_summary.md").write_text("\n".join(lines) + "\n")
 
 
+def choose_on_validation(args) -> None:
+    """Unless the command sets data.eval, a recipe that reports on a split with a known validation split
+    (VALIDATION) is evaluated on that one: numbers that pick the settings must not come from the set the
+    chosen recipe is then reported on."""
+    reported = load_config([args.config, *args.overrides]).data.eval
+    if any(o.startswith("data.eval=") for o in args.overrides):
+        print(f"[sweep] its runs evaluate on data.eval={reported} (set on the command line)", flush=True)
+    elif reported in VALIDATION:
+        args.overrides.append(f"data.eval={VALIDATION[reported]}")
+        print(f"[sweep] its runs evaluate on data.eval={VALIDATION[reported]}, the validation split, not on "
+              f"{reported}, where the chosen recipe is reported. Hint: pass data.eval=... to choose the split.",
+              flush=True)
+    else:
+        print(f"[warn] its runs evaluate on data.eval={reported}: choose settings on a validation split, not on "
+              f"the one the chosen recipe is reported on (pass data.eval=<validation data>).", flush=True)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m engine.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="the recipe YAML")
@@ -168,6 +186,7 @@ def main(argv: list[str] | None = None) -> list[SweepRun]:
     # Runs start from the repository root: paths given relative to the caller's directory are resolved first.
     out = Path(args.out or f"runs/sweep-{Path(args.config).stem}").resolve()
     args.config = str(Path(args.config).resolve())
+    choose_on_validation(args)
     for run in runs:  # every combination's config must be valid before the first run starts
         load_config([args.config, *args.overrides, *run.overrides, f"train.output_dir={out / run.name}"])
         check_identity(out / run.name, identity(args, run))

@@ -27,7 +27,9 @@ from rollout.arith import CORRECTION_INSTRUCTION, ArithProblem, arith_problems, 
 from rollout.arith_steps import slipped_step_pairs
 from rollout.steps import DEFAULT_DELIMITER
 
-BUILD_VERSION = 1  # bump when the recipe below changes in a way the fields do not capture
+# bump when the recipe below changes in a way the fields do not capture (2: 512 positions, so that
+# rollout.turns=3 fits; RoPE has no position weights, so the weights are those of version 1)
+BUILD_VERSION = 2
 # ChatML's assistant turn, which _encode_episode's mask assumes: header, content, end token, newline
 CHATML_HEADER, CHATML_END = "<|im_start|>assistant\n", "<|im_end|>"
 
@@ -59,7 +61,7 @@ def model_config(recipe: TinyArithRecipe, vocab_size: int, eos_id: int, pad_id: 
         num_hidden_layers=recipe.num_layers,
         num_attention_heads=recipe.hidden_size // 64,
         num_key_value_heads=1,
-        max_position_embeddings=256,
+        max_position_embeddings=512,
         tie_word_embeddings=True,
         bos_token_id=bos_id,
         eos_token_id=eos_id,
@@ -152,11 +154,12 @@ def _batch(tokenizer, problems, rng, recipe) -> tuple[torch.Tensor, torch.Tensor
 
 def pretrain(model, tokenizer, recipe: TinyArithRecipe, log=print, log_every: int = 100,
              tag: str = "tiny-arith") -> None:
-    """Next-token training on synthetic two-turn episodes drawn from the train split only (any causal LM
+    """Next-token training on synthetic two-turn episodes drawn from the pretrain split (train and validation,
+    never eval; any causal LM
     whose tokenizer writes ChatML: engine/warmup.py warms real models up with it). A line with the loss
     every `log_every` steps and at the last."""
     require_chatml(tokenizer)
-    problems = arith_problems("train")
+    problems = arith_problems("pretrain")
     rng = random.Random(recipe.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, recipe.steps // 20)

@@ -16,7 +16,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import NoReturn
 from pathlib import Path
@@ -32,7 +32,7 @@ from engine import algorithms as algo
 from engine.batch import collate
 from engine.checkpoint import (check_resume_config, latest_checkpoint, load_checkpoint, run_identity, save_checkpoint,
                                write_summary)
-from engine.config import base_config, load_config, main_args, save_config, staleness
+from engine.config import base_config, load_config, main_args, save_config, staleness, with_values
 from engine.console import to_console
 from engine.distributed import barrier, init_distributed, reduce_max, reduce_mean
 from engine.errors import run_cli
@@ -65,11 +65,12 @@ class Run:
     tokenizer: object
     train_problems: list[Problem]
     eval_problems: list[Problem]
-    skipped_problems: dict[str, int]  # "train"/"eval" -> problems dropped by data.overlong=skip
+    skipped_problems: dict[str, int]  # "train"/"eval"/"guard" -> problems dropped by data.overlong=skip
     reward: RewardSpec
     rollouts: LocalRollouts | RemoteRollouts  # where episodes come from (rollout.placement)
     learner: Learner
     logger: RunLogger
+    guard_problems: list[Problem] = field(default_factory=list)  # guard.data's, with guard.patience > 0
 
     @cached_property
     def train_has_answers(self) -> bool:
@@ -91,7 +92,7 @@ def build_run(cfg: DictConfig, placement: Placement, channels: Channels | None) 
     torch.manual_seed(cfg.train.seed)
     model_path = prepare_model_everywhere(cfg.model, rank)
     tokenizer, model_config = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
-    inputs = fit_to_model(cfg, inputs, tokenizer, model_config, log=print if rank == 0 else lambda _: None)
+    cfg, inputs = fit_to_model(cfg, inputs, tokenizer, model_config, log=print if rank == 0 else lambda _: None)
     reward = reward_needs(cfg.reward.kind, cfg.reward)
     if reward.check is not None:  # e.g. seq2seq: reward.model must be a causal LM sharing the policy's tokenizer
         reward.check(cfg.reward, tokenizer)
@@ -107,6 +108,7 @@ def build_run(cfg: DictConfig, placement: Placement, channels: Channels | None) 
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         if channels is not None:  # the workers wait for this before starting vLLM
+            channels.store.set("max_model_len", str(cfg.rollout.max_model_len))  # fit_to_model may have sized it
             channels.store.set("model_path", model_path)
     learner = Learner(model_path, zero_stage=cfg.deepspeed.zero_stage, lr=cfg.train.lr, grad_clip=cfg.train.grad_clip,
                       episodes_per_rank=ROWS_PER_UPDATE[cfg.algo.kind](cfg) // world,
@@ -122,7 +124,7 @@ def build_run(cfg: DictConfig, placement: Placement, channels: Channels | None) 
     return Run(cfg=cfg, rank=rank, world=world, tokenizer=tokenizer, train_problems=inputs.train,
                eval_problems=inputs.eval, skipped_problems=inputs.skipped,
                reward=reward, rollouts=rollouts, learner=learner,
-               logger=RunLogger(run_dir, enabled=rank == 0))
+               logger=RunLogger(run_dir, enabled=rank == 0), guard_problems=inputs.guard)
 
 
 def start_vllm(cfg: DictConfig, model_path: str, seed: int) -> RolloutEngine:
@@ -138,6 +140,7 @@ def run_worker(cfg: DictConfig, placement: Placement, channels: Channels) -> Non
     init_distributed()  # a world of its own, which vLLM joins
     torch.manual_seed(cfg.train.seed + placement.rank)
     model_path = channels.store.get("model_path").decode()  # learner 0 has checked and built it
+    cfg = with_values(cfg, {"rollout.max_model_len": int(channels.store.get("max_model_len"))})
     tokenizer, _ = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
     engine = start_vllm(cfg, model_path, seed=cfg.train.seed + placement.rank)
     try:
@@ -240,6 +243,12 @@ def say_settings_without_effect(cfg: DictConfig) -> None:
         print(f"[warn] guard.patience={cfg.guard.patience} compares held-out evaluations during training, and "
               f"eval.every=0 runs none: the guard's reward/accuracy check never runs. Hint: eval.every=N, or "
               f"guard.patience=0 to say so.", flush=True)
+    elif cfg.guard.patience > 0 and cfg.algo.kind == "pg":
+        print(f"[guard] guard.patience={cfg.guard.patience} reads gold labels: every eval.every={cfg.eval.every} "
+              f"steps it evaluates {cfg.eval.problems} problems of guard.data={cfg.guard.data}"
+              + (" (the reported split: data.eval)" if cfg.guard.data == cfg.data.eval else "")
+              + (", and guard.action=stop lets their accuracy end training" if cfg.guard.action == "stop" else ""),
+              flush=True)
 
 
 def hparams_config(cfg: DictConfig) -> dict:
@@ -320,6 +329,17 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
     return metrics
 
 
+def guard_accuracy(run: Run, step: int) -> float:
+    """The last turn's accuracy on guard.data (not data.eval: the reported set must not decide when training
+    stops); nan when the guard's accuracy check is off."""
+    if not run.guard_problems:
+        return float("nan")
+    metrics = eval_metrics(run.rollouts.eval_episodes(run.guard_problems), run.tokenizer)
+    accuracy = metrics[f"acc_t{run.cfg.rollout.turns}"]
+    run.logger.scalars("guard", {"accuracy": accuracy}, step)
+    return accuracy
+
+
 PERF_KEYS = ("rollout_s", "score_s", "update_s", "sync_s", "idle_s", "step_seconds")
 
 
@@ -359,16 +379,23 @@ def resume_or_start(run: Run, guard: CollapseGuard) -> dict:
     return state
 
 
-def check_resumable(cfg: DictConfig) -> None:
+def check_resumable(cfg: DictConfig) -> DictConfig:
     """Before any set-up (another model.path or model.lora.r would fail deep inside DeepSpeed's load, another
     seed or reward would silently continue a different run): the checkpoint resume=auto will continue was
-    trained with this command's settings, up to RESUME_MAY_CHANGE."""
+    trained with this command's settings, up to RESUME_MAY_CHANGE. An unset rollout.max_model_len takes the
+    checkpoint's value (the one its run sized or was given)."""
     path = latest_checkpoint(cfg.train.output_dir) if cfg.train.resume == "auto" else None
-    if path is not None:
-        predates = check_resume_config(cfg, json.loads((path / "meta.json").read_text())["config"], path)
-        if predates and launch_rank_and_world()[0] == 0:
-            print(f"[resume] {path} predates {len(predates)} setting(s), not checked: {', '.join(predates)}",
-                  flush=True)
+    if path is None:
+        return cfg
+    saved = json.loads((path / "meta.json").read_text())["config"]
+    context = saved.get("rollout", {}).get("max_model_len")
+    if cfg.rollout.max_model_len is None and context is not None:
+        cfg = with_values(cfg, {"rollout.max_model_len": context})
+    predates = check_resume_config(cfg, saved, path)
+    if predates and launch_rank_and_world()[0] == 0:
+        print(f"[resume] {path} predates {len(predates)} setting(s), not checked: {', '.join(predates)}",
+              flush=True)
+    return cfg
 
 
 def main(argv: list[str] | None = None, console: bool = False) -> dict | None:
@@ -382,7 +409,7 @@ def main(argv: list[str] | None = None, console: bool = False) -> dict | None:
     if cfg.train.resume == "auto" and done.is_file():
         print(f"[resume] {cfg.train.output_dir} already finished ({done} exists): nothing to do", flush=True)
         return json.loads(done.read_text())
-    check_resumable(cfg)
+    cfg = check_resumable(cfg)
     placement = plan_placement(cfg.rollout.placement, cfg.rollout.workers, *launch_rank_and_world())
     channels = None
     if placement.kind == "dedicated":  # before the default group is split: the launch's own rendezvous
@@ -440,12 +467,12 @@ def train_loop(run: Run, guard: CollapseGuard, signals: StopSignals, state: dict
         log_step(run, step, stats, (time.time() - loop_started) / (step + 1 - state["step"]))
         alarm = guard.check_entropy(stats["entropy"])
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.steps:
-            metrics = run_eval(run, step + 1)
+            run_eval(run, step + 1)
             since = history[-cfg.eval.every:]
             turns = cfg.rollout.turns
             reward = sum(sum(s[f"reward_t{k}"] for k in range(1, turns + 1)) for s in since) / (turns * len(since))
             # always: its history needs every evaluation
-            eval_alarm = guard.check_eval(reward, metrics[f"acc_t{turns}"])
+            eval_alarm = guard.check_eval(reward, guard_accuracy(run, step + 1))
             alarm = alarm or eval_alarm
         if alarm:
             alarms.append(f"step {step + 1}: {alarm}")

@@ -37,7 +37,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from engine.checkpoint import latest_checkpoint, load_checkpoint, run_identity, save_checkpoint, write_summary
-from engine.config import load_config, main_args, save_config
+from engine.config import load_config, main_args, save_config, with_values
 from engine.console import to_console
 from engine.distributed import barrier, init_distributed
 from engine.errors import UserError, run_cli
@@ -47,7 +47,7 @@ from engine.logprobs import impl_for_this_machine
 from engine.metrics import RunLogger
 from engine.models import check_model_source, load_tokenizer_and_config, prepare_model_everywhere
 from engine.placement import launch_rank_and_world
-from engine.reward_model.builder import build_pairs, builder_prompts, overridden
+from engine.reward_model.builder import build_pairs, builder_prompts
 from engine.reward_model.examples import RewriteExample, collate_examples, epoch_batches, rewrite_examples
 from engine.reward_model.heldout import heldout_check
 from engine.reward_model.pairs import RMPair, heldout_split, read_pairs, write_pairs
@@ -155,8 +155,12 @@ def build_rm_run(cfg: DictConfig) -> RMRun:
     model_path = prepare_model_everywhere(cfg.model, rank)
     tokenizer, model_config = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
     require_chat_template(cfg.model.path, tokenizer)
-    positions = getattr(model_config, "max_position_embeddings", None) or cfg.rollout.max_model_len
-    cfg = overridden(cfg, {"train.output_dir": cfg.rm.output_dir})
+    limits = [n for n in (cfg.rollout.max_model_len, getattr(model_config, "max_position_embeddings", None)) if n]
+    if not limits:
+        raise UserError(f"model.path={cfg.model.path}: its config gives no max_position_embeddings and "
+                        f"rollout.max_model_len is unset, so the longest example is unknown. Hint: set "
+                        f"rollout.max_model_len.")
+    cfg = with_values(cfg, {"train.output_dir": cfg.rm.output_dir})
     if rank == 0:
         Path(cfg.rm.output_dir).mkdir(parents=True, exist_ok=True)
         save_config(cfg, Path(cfg.rm.output_dir) / "config.yaml")
@@ -167,7 +171,7 @@ def build_rm_run(cfg: DictConfig) -> RMRun:
                       zero3=zero3_settings(cfg.deepspeed))
     return RMRun(cfg=cfg, rank=rank, world=world, tokenizer=tokenizer, model_config=model_config,
                  model_path=model_path, learner=learner, logger=RunLogger(Path(cfg.rm.output_dir), enabled=rank == 0),
-                 max_len=min(cfg.rollout.max_model_len, positions))
+                 max_len=min(limits))
 
 
 def rm_data(run: RMRun, sources: Sources) -> RMData:
@@ -180,7 +184,7 @@ def rm_data(run: RMRun, sources: Sources) -> RMData:
         if sources.from_file is not None:
             pairs = sources.from_file
         else:
-            prompts = builder_prompts(cfg, sources.problems, run.tokenizer, run.model_config, run.log)
+            cfg, prompts = builder_prompts(cfg, sources.problems, run.tokenizer, run.model_config, run.log)
             pairs = build_pairs(cfg, run.learner, run.tokenizer, run.model_path, prompts, run.rank, run.world,
                                 run.log)
         if run.is_main:

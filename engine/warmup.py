@@ -2,7 +2,7 @@
 
 A model with no task it can partly do (SmolLM2-135M-Instruct: turn-1 accuracy <= 0.03 on every candidate,
 bench/results/task-screen-smollm2-135m.json) learns the answer format and column addition from the built-in
-task's train split, through the same two-turn ChatML episodes that pre-train builtin:tiny-arith
+task's pretrain split (train and validation, never eval), through the same two-turn ChatML episodes that pre-train builtin:tiny-arith
 (engine/tiny_model.py's `pretrain`). The result is built once, on the builder rank, into a cached folder
 `warmup-<key>`, the key hashing the base model's identity and the settings; every later run loads it as it is.
 """

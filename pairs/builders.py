@@ -45,6 +45,9 @@ class PreferencePair:
     chosen_score: float  # the reward that ranked them
     rejected_score: float
     weight: float
+    # dpo.reference=previous: [chosen, rejected] summed log-probs under the policy that built the pair, scored
+    # before the round's first update (engine/objectives/dpo_rounds.py); saved with the pair for a resume
+    reference_logps: list[float] | None = None
 
     def to_json(self) -> dict:
         return asdict(self)

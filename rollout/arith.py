@@ -1,7 +1,9 @@
 """The built-in synthetic task: two-digit addition with a fixed answer format.
 
-Problems are split into disjoint train / eval sets by a fixed hash of the operands, so
-`builtin:arith` and `builtin:arith-eval` never share a problem.
+Problems are split into disjoint train / validation / eval sets by a fixed hash of the operands, so
+`builtin:arith`, `builtin:arith-val` and `builtin:arith-eval` never share a problem. Validation is for
+choosing settings (reward screens, sweeps, the guard); eval reports the chosen recipe. The built-in base
+model is pre-trained on the `pretrain` split, train and validation together (it predates validation).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 ANSWER_PREFIX = "Final Answer: "
 CORRECTION_INSTRUCTION = "Check your answer and fix any mistake."
 OPERAND_RANGE = (10, 99)
-EVAL_EVERY = 8  # one problem in eight is held out for evaluation
+EVAL_EVERY = 8  # one problem in eight is held out for evaluation, and another one in eight for validation
+SPLITS = ("train", "val", "eval", "pretrain")
 
 
 @dataclass(frozen=True)
@@ -29,23 +32,19 @@ class ArithProblem:
         return str(self.a + self.b)
 
 
-def _is_eval(a: int, b: int) -> bool:
+def split_of(a: int, b: int) -> str:
     # A fixed multiplicative hash, so the split never depends on Python's salted hash().
-    return (a * 7919 + b * 104729) % EVAL_EVERY == 0
+    bucket = (a * 7919 + b * 104729) % EVAL_EVERY
+    return "eval" if bucket == 0 else "val" if bucket == 1 else "train"
 
 
 def arith_problems(split: str) -> list[ArithProblem]:
-    """All problems of `split` ("train" or "eval"), in a fixed order."""
-    if split not in ("train", "eval"):
-        raise ValueError(f"unknown split {split!r}; expected 'train' or 'eval'")
+    """All problems of `split` (train, val, eval, or pretrain: train and val), in a fixed order."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    wanted = ("train", "val") if split == "pretrain" else (split,)
     lo, hi = OPERAND_RANGE
-    want_eval = split == "eval"
-    return [
-        ArithProblem(a, b)
-        for a in range(lo, hi + 1)
-        for b in range(lo, hi + 1)
-        if _is_eval(a, b) == want_eval
-    ]
+    return [ArithProblem(a, b) for a in range(lo, hi + 1) for b in range(lo, hi + 1) if split_of(a, b) in wanted]
 
 
 def worked_answer(problem: ArithProblem, slip: str | None = None) -> str:

@@ -11,7 +11,9 @@ from engine.errors import UserError
 from engine.jsonl import jsonl_rows
 from rollout.arith import arith_problems
 
-BUILTIN = {"builtin:arith": "train", "builtin:arith-eval": "eval"}
+BUILTIN = {"builtin:arith": "train", "builtin:arith-val": "val", "builtin:arith-eval": "eval"}
+# Where settings are chosen (sweeps, reward screens, the guard) for a recipe that reports on the key
+VALIDATION = {"builtin:arith-eval": "builtin:arith-val"}
 EXAMPLE = '{"prompt": "What is 47+85?", "answer": "132"}'
 
 

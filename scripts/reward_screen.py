@@ -1,13 +1,16 @@
 """Which label-free rewards can teach? A screen on the base model, before any training.
 
-    python scripts/reward_screen.py [configs/default.yaml] [key=value ...] [--prompts 256] [--json PATH]
+    python scripts/reward_screen.py [configs/default.yaml] [key=value ...] [--prompts 256] [--data SOURCE]
+                                    [--json PATH]
 
-Samples `--prompts` training problems (rollout.n answers each, plus one correction per answer) from the
+Samples `--prompts` problems of the validation split (rollout.n answers each, plus one correction per answer) from the
 model, scores the policy's token statistics once, and computes every label-free reward. For each reward
 and turn it reports the within-prompt ranking accuracy: over pairs of samples of the same prompt where
 one is right and the other wrong (by the gold answer, read here only to judge), the share in which the
 right one gets the higher reward (ties count half). Group-baselined advantages (rloo, grpo) only see
 these within-prompt differences, so 0.5 means the reward's advantages carry no signal about correctness.
+A screen chooses a reward, so it reads validation: `--data`, by default the recipe's validation split
+(builtin:arith-val for builtin:arith-eval, rollout/data.py's VALIDATION), else data.train; never data.eval.
 """
 
 from __future__ import annotations
@@ -29,13 +32,15 @@ from transformers import AutoModelForCausalLM
 from engine.batch import collate
 from engine.config import load_config
 from engine.distributed import init_distributed
+from engine.errors import UserError, run_cli
+from engine.inputs import sized_for
 from engine.scoring import ScoringModel
 from engine.token_stats import token_stats
 from engine.models import DTYPES, load_tokenizer_and_config, prepare_model
 from rewards import REWARDS, RewardInputs, turn_correctness, turn_has_answer
 from rewards.confidence import REDUCTIONS, SCOPES, TOKEN_METRICS
 from rewards.registry import reward_needs, unanswered_lowest
-from rollout.data import load_problems
+from rollout.data import VALIDATION, load_problems
 from rollout.service import sample_step
 from rollout.vllm_engine import RolloutEngine
 
@@ -71,14 +76,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="*", default=["configs/default.yaml"])
     parser.add_argument("--prompts", type=int, default=256)
+    parser.add_argument("--data", default=None, help="the problems to screen on (default: the validation split)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     cfg = load_config(args.config)
+    source = args.data or VALIDATION.get(cfg.data.eval, cfg.data.train)
+    if source == cfg.data.eval:
+        raise UserError(f"--data {source} is data.eval, the split results are reported on: a screen that chooses "
+                        f"the reward must not read it. Hint: a validation split (builtin:arith-val), or data.train.")
     init_distributed()  # vLLM joins a process group of one
     model_path = prepare_model(cfg.model, is_builder=True)
-    tokenizer, _ = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
-    pool = load_problems(cfg.data.train, cfg.data.prompt_key, cfg.data.answer_key, cfg.data.prompt_template)
+    tokenizer, model_config = load_tokenizer_and_config(model_path, cfg.model.trust_remote_code)
+    pool = load_problems(source, cfg.data.prompt_key, cfg.data.answer_key, cfg.data.prompt_template)
     problems = random.Random(cfg.train.seed).sample(pool, min(args.prompts, len(pool)))
+    cfg = sized_for(cfg, problems, tokenizer, model_config)
     engine = RolloutEngine(model_path, max_model_len=cfg.rollout.max_model_len, seed=cfg.train.seed,
                            dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib,
                            trust_remote_code=cfg.model.trust_remote_code)
@@ -109,11 +120,11 @@ def main() -> None:
               f"{r['mean_r2']:.3f} |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"prompts": len(problems), "n": cfg.rollout.n, "seed": cfg.train.seed,
+        Path(args.json).write_text(json.dumps({"data": source, "prompts": len(problems), "n": cfg.rollout.n, "seed": cfg.train.seed,
                                                "acc_t1": c1.mean().item(), "acc_t2": c2.mean().item(),
                                                "rows": rows}, indent=2) + "\n")
         print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

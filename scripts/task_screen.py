@@ -40,7 +40,8 @@ def candidate_tasks(count: int, seed: int = 0) -> dict[str, list[tuple[str, str]
     tasks = {"one-digit addition": [(f"What is {a} + {b}?", str(a + b)) for a, b in pairs]}
     pairs = [(rng.randint(10, 99), rng.randint(1, 9)) for _ in range(count)]
     tasks["two-digit + one-digit"] = [(f"What is {a} + {b}?", str(a + b)) for a, b in pairs]
-    train = rng.sample(arith_problems("train"), count)
+    # train and validation (disjoint from eval): the split this screen was first run on, so it reproduces
+    train = rng.sample(arith_problems("pretrain"), count)
     tasks["two-digit addition"] = [(f"What is {p.a} + {p.b}?", p.answer) for p in train]
     if GSM8K_TRAIN.is_file():
         gsm = sorted(load_problems(str(GSM8K_TRAIN), prompt_key="question"), key=lambda p: len(p.prompt))[:count]

@@ -3,6 +3,7 @@ naming the file:line, key or value with a hint, exit code 2 and no traceback; or
 counted where the config says so. Nothing the run already saved is lost."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -171,8 +172,8 @@ def _fit_inputs(tokenizer_dir, overrides, train, log):
 
 def test_overlong_prompts_are_skipped_and_counted_when_asked(folders):
     lines = []
-    fitted = _fit_inputs(folders["model"], [f"data.train={folders['long']}", "data.overlong=skip"], folders["long"],
-                         lines.append)
+    _, fitted = _fit_inputs(folders["model"], [f"data.train={folders['long']}", "data.overlong=skip",
+                                               "rollout.max_model_len=256"], folders["long"], lines.append)
     assert len(fitted.train) == 20 and all(p.prompt != LONG_PROMPT for p in fitted.train)
     assert fitted.skipped == {"train": 1}
     assert lines == [f"[data] {folders['long']}: skipped 1 of 21 problems whose episode would exceed "
@@ -182,29 +183,61 @@ def test_overlong_prompts_are_skipped_and_counted_when_asked(folders):
 
 
 def test_context_settings_are_checked_against_the_model(folders):
-    fitted = _fit_inputs(folders["model"], [], "builtin:arith", print)  # the defaults fit
+    _, fitted = _fit_inputs(folders["model"], [], "builtin:arith", print)  # the defaults fit
     assert fitted.skipped == {}
-    with pytest.raises(UserError, match="rollout.max_model_len=512 exceeds the model's max_position_embeddings=256"):
-        _fit_inputs(folders["model"], ["rollout.max_model_len=512"], "builtin:arith", print)
+    with pytest.raises(UserError, match="rollout.max_model_len=1024 exceeds the model's max_position_embeddings=512"):
+        _fit_inputs(folders["model"], ["rollout.max_model_len=1024"], "builtin:arith", print)
     with pytest.raises(UserError, match=r"2 turn\(s\) of rollout.max_tokens=128 \(rollout.turns\).*leaving no room"):
-        _fit_inputs(folders["model"], ["rollout.max_tokens=128"], "builtin:arith", print)
+        _fit_inputs(folders["model"], ["rollout.max_tokens=128", "rollout.max_model_len=256"], "builtin:arith", print)
+
+
+def test_an_unset_context_is_sized_from_the_data(folders):
+    """rollout.max_model_len unset: the longest prompt's whole episode, within the model's 512 positions, so
+    rollout.turns=3 works on the defaults (it stopped at start-up against the old fixed 256); the config
+    returned records the value, and an explicit value that is too small is still refused."""
+    from engine.models import load_tokenizer_and_config
+    from rollout.data import load_problems
+    from rollout.episodes import encode_prompt
+
+    tokenizer, _ = load_tokenizer_and_config(str(folders["model"]), False)
+    longest = max(len(encode_prompt(tokenizer, p.prompt)) for p in
+                  [*load_problems("builtin:arith")[:500], *load_problems("builtin:arith-eval")[:20]])
+    lines = []
+    cfg, fitted = _fit_inputs(folders["model"], ["rollout.turns=3"], "builtin:arith", lines.append)
+    three = cfg.rollout.max_model_len  # longest + 3 turns of 48 + 2 correction requests
+    assert fitted.skipped == {} and 256 < three < 512
+    probe = len(tokenizer(cfg.reward.probe_prompt, add_special_tokens=False).input_ids) + cfg.reward.probe_tokens
+    two, _ = _fit_inputs(folders["model"], [], "builtin:arith", print)  # longest + 2 turns + 1 request + the probe
+    request = two.rollout.max_model_len - longest - 2 * 48 - probe
+    assert request > 0 and three == longest + 3 * 48 + 2 * request + probe
+    assert lines == [f"[context] rollout.max_model_len={three} (unset: the longest prompt, {longest} tokens, and "
+                     f"its 3-turn episode, {three - longest} tokens)"]
+    with pytest.raises(UserError, match=r"3 turn\(s\) of rollout.max_tokens=48 .*leaving no room for a prompt in "
+                                        r"rollout.max_model_len=256"):
+        _fit_inputs(folders["model"], ["rollout.turns=3", "rollout.max_model_len=256"], "builtin:arith", print)
+    lines = []  # a prompt whose episode outgrows the model's positions: the context stops there, the prompt is skipped
+    cfg, fitted = _fit_inputs(folders["model"], [f"data.train={folders['long']}", "data.overlong=skip"],
+                              folders["long"], lines.append)
+    assert cfg.rollout.max_model_len == 512 and fitted.skipped == {"train": 1}
+    assert lines[0].endswith(", the model's max_position_embeddings)") and "skipped 1 of 21" in lines[1]
 
 
 def test_context_fit_counts_every_turn(folders):
     """rollout.turns sets how many turns of rollout.max_tokens and correction requests an episode holds."""
-    assert _fit_inputs(folders["model"], ["rollout.turns=1"], "builtin:arith", print).skipped == {}
-    assert _fit_inputs(folders["model"], ["rollout.turns=3", "rollout.max_tokens=24"], "builtin:arith",
-                       print).skipped == {}
+    fixed = "rollout.max_model_len=256"
+    assert _fit_inputs(folders["model"], ["rollout.turns=1", fixed], "builtin:arith", print)[1].skipped == {}
+    assert _fit_inputs(folders["model"], ["rollout.turns=3", "rollout.max_tokens=24", fixed], "builtin:arith",
+                       print)[1].skipped == {}
     # a shorter correction request leaves room for longer turns (the three-turn end-to-end runs)
-    assert _fit_inputs(folders["model"], ["rollout.turns=3", "rollout.max_tokens=40", "rollout.correction_instruction=Check."],
-                       "builtin:arith", print).skipped == {}
+    assert _fit_inputs(folders["model"], ["rollout.turns=3", "rollout.max_tokens=40", "rollout.correction_instruction=Check.",
+                                          fixed], "builtin:arith", print)[1].skipped == {}
     with pytest.raises(UserError, match=r"3 turn\(s\) of rollout.max_tokens=48 \(rollout.turns\), the correction "
                                         r"requests and the answer probe take \d+ tokens, leaving no room"):
-        _fit_inputs(folders["model"], ["rollout.turns=3"], "builtin:arith", print)
+        _fit_inputs(folders["model"], ["rollout.turns=3", fixed], "builtin:arith", print)
     # 32 tokens a turn leave room, but not for the builtin prompts
     with pytest.raises(UserError, match=r"\(3 turn\(s\) of rollout.max_tokens=32, the correction requests, the "
                                         r"answer probe\), more than rollout.max_model_len=256"):
-        _fit_inputs(folders["model"], ["rollout.turns=3", "rollout.max_tokens=32"], "builtin:arith", print)
+        _fit_inputs(folders["model"], ["rollout.turns=3", "rollout.max_tokens=32", fixed], "builtin:arith", print)
 
 
 def _episodes(prompts, turns=2):
@@ -348,7 +381,9 @@ def test_vllm_failing_to_start_shows_its_cause(tiny_model_dir, tmp_path):
     assert (f"error: vLLM could not start the rollout engine for {tiny_model_dir}: ValueError: Available memory on "
             f"node 0") in proc.stderr
     assert "is less than requested memory for kv (100000.0 GiB)" in proc.stderr
-    assert "Hint: the settings it used are rollout.max_model_len=256, rollout.kv_cache_gib=100000" in proc.stderr
+    sized = re.search(r"\[context\] rollout.max_model_len=(\d+) ", proc.stdout)  # the context it sized, named
+    assert sized and (f"Hint: the settings it used are rollout.max_model_len={sized[1]}, rollout.kv_cache_gib=100000"
+                      in proc.stderr), proc.stdout[-2000:]
 
 
 @pytest.fixture
@@ -394,3 +429,11 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tiny_model_dir, 
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(previous / "model") is not None
+
+
+def test_context_length_by_hand():
+    from engine.inputs import context_length
+
+    assert context_length(20, 100, 512) == 120  # the longest prompt and its whole episode
+    assert context_length(500, 100, 512) == 512  # never past the model's positions (the prompt is then overlong)
+    assert context_length(500, 100, None) == 600  # a model that states none

@@ -214,3 +214,23 @@ def test_sigterm_writes_a_checkpoint_then_the_run_resumes(tiny_model_dir, tmp_pa
     resumed = run_script(command, timeout=600)
     assert f"[resume] continuing from {saved[0]}" in resumed.stdout
     assert len(_history(run_dir)) == 5
+
+
+def test_resume_with_an_unset_context_takes_the_checkpoints(tmp_path):
+    """rollout.max_model_len left unset is sized at start-up and recorded; a resume without it continues
+    with the checkpoint's value (not a fresh size, not a refusal), and another explicit value is refused."""
+    from omegaconf import OmegaConf
+
+    from engine.config import load_config
+    from engine.train import check_resumable
+
+    base = ["configs/default.yaml", f"train.output_dir={tmp_path}"]
+    saved = OmegaConf.to_container(load_config([*base, "rollout.max_model_len=300"]), resolve=True)
+    step = tmp_path / "checkpoints" / "step-000002"
+    step.mkdir(parents=True)
+    (step / "meta.json").write_text(json.dumps({"step": 2, "config": saved}))
+    assert load_config(base).rollout.max_model_len is None
+    assert check_resumable(load_config(base)).rollout.max_model_len == 300
+    assert check_resumable(load_config([*base, "rollout.max_model_len=300"])).rollout.max_model_len == 300
+    with pytest.raises(UserError, match="rollout.max_model_len: 300 -> 400"):
+        check_resumable(load_config([*base, "rollout.max_model_len=400"]))

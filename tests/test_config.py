@@ -125,6 +125,9 @@ def test_base_layers_a_recipe_on_another(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, said", [
+    # a guard that stops training on labels it reads, and on which split
+    (["guard.action=stop", "guard.data=builtin:arith-eval"], "evaluates 1000 problems of guard.data=builtin:arith-eval "
+     "(the reported split: data.eval), and guard.action=stop lets their accuracy end training"),
     # a guard whose check reads evaluations, without any during training
     (["eval.every=0"], "[warn] guard.patience=2 compares held-out evaluations during training, and eval.every=0"),
     # majority counts plain votes: a confidence weighting does nothing
@@ -145,6 +148,9 @@ def test_settings_that_take_effect_are_not_said_and_hparams_keep_only_what_the_r
     from engine.train import hparams_config, say_settings_without_effect
 
     say_settings_without_effect(load_config(["configs/default.yaml"]))  # every reward key set is read
+    # its guard reads gold labels, on validation: said, not warned
+    assert capsys.readouterr().out == ("[guard] guard.patience=2 reads gold labels: every eval.every=40 steps it "
+                                       "evaluates 1000 problems of guard.data=builtin:arith-val\n")
     say_settings_without_effect(load_config(["configs/smollm2.yaml"]))  # no evaluations, and no guard
     assert capsys.readouterr().out == ""
     gold = hparams_config(load_config(["configs/gold.yaml"]))["reward"]

@@ -10,11 +10,15 @@ from rollout.data import DataError, load_problems
 
 
 def test_builtin_splits_are_disjoint_and_large_enough():
-    train = {(p.a, p.b) for p in arith_problems("train")}
-    held_out = {(p.a, p.b) for p in arith_problems("eval")}
-    assert not train & held_out
-    assert len(held_out) >= 500 and len(train) > 5 * len(held_out)
-    assert [p.prompt for p in load_problems("builtin:arith-eval")][:1] == [arith_problems("eval")[0].prompt]
+    train, val, held_out, pretrain = ({(p.a, p.b) for p in arith_problems(s)} for s in ("train", "val", "eval", "pretrain"))
+    assert not train & held_out and not train & val and not val & held_out
+    assert len(held_out) >= 500 and len(val) >= 500 and len(train) > 5 * len(held_out)
+    assert len(train) + len(val) + len(held_out) == 90 * 90  # every problem has a split
+    # the base model's pre-training problems: the old train split (before validation), so the model is unchanged
+    assert pretrain == train | val and len(pretrain) == 7086
+    assert (47, 85) in train and (10, 11) in val and (10, 10) in held_out  # (a*7919 + b*104729) % 8: 1, 0
+    for source, split in (("builtin:arith", "train"), ("builtin:arith-val", "val"), ("builtin:arith-eval", "eval")):
+        assert [p.prompt for p in load_problems(source)] == [p.prompt for p in arith_problems(split)]
 
 
 def test_worked_answer_and_slips():

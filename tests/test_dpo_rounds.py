@@ -32,8 +32,7 @@ def _train(tiny_model_dir, run_dir, *overrides, recipe="configs/evolve.yaml"):
 
 def test_evolve_rounds_train_and_save_their_pairs(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "evolve"
-    # 3 turns fit 256 positions with answers intact: 40-token turns and a short correction request
-    proc = _train(tiny_model_dir, run_dir, "rollout.turns=3", "rollout.max_tokens=40", "rollout.correction_instruction=Check.")
+    proc = _train(tiny_model_dir, run_dir, "rollout.turns=3", "dpo.reference=base")
     summary = json.loads((run_dir / "summary.json").read_text())
     rounds = summary["rounds"]
     assert [r["round"] for r in rounds] == [1, 2] and all(r["pairs_kept"] > 0 for r in rounds)
@@ -65,6 +64,11 @@ def test_evolve_rounds_train_and_save_their_pairs(tiny_model_dir, tmp_path):
     assert all(math.isfinite(v) for tag in DPO_TAGS for v in scalars[tag])
     assert scalars["dpo/pairs"] == [4.0] * updates
     assert scalars["dpo/loss"][0] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at the start
+    # dpo.reference=base: round 2 trains against the base model, not M1 (round 1 moved the policy: its
+    # evaluation differs from the base model's), so round 2 starts with margins away from 0 (see the next test)
+    first_of_round2 = math.ceil(rounds[0]["pairs_kept"] / 4)
+    assert rounds[0]["eval"] != summary["eval"]["before"]
+    assert abs(scalars["dpo/margin"][first_of_round2]) > 1e-5
     assert summary["eval"]["after"] != summary["eval"]["before"]  # the trained weights reached vLLM
     assert "[round 2/2 update" in proc.stdout
 
@@ -95,6 +99,12 @@ def test_kill_and_resume_inside_a_round_matches_a_straight_run(tiny_model_dir, t
     straight = json.loads((run_dir / "summary.json").read_text())
     updates_round1 = math.ceil(straight["rounds"][0]["pairs_kept"] / 4)
     assert updates_round1 >= 2 and straight["rounds"][1]["pairs_kept"] > 0, straight["rounds"]
+    # dpo.reference=previous (the default): round 2 trains against M1, the policy round 1 made, so its first
+    # update starts at policy == reference (margin 0, loss log 2) although round 1 moved the policy
+    first_of_round2 = straight["train"]["history"][updates_round1]
+    assert first_of_round2["round"] == 1.0 and straight["rounds"][0]["eval"] != straight["eval"]["before"]
+    assert first_of_round2["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert first_of_round2["margin"] == pytest.approx(0.0, abs=1e-4)
     pairs2 = (run_dir / "pairs" / "round-002.jsonl").read_text()
     for ckpt in (run_dir / "checkpoints").glob("step-*"):
         if int(ckpt.name.split("-")[1]) > 1:

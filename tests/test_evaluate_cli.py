@@ -122,13 +122,11 @@ def test_evaluate_cli_scores_a_model_folder(tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_cli_scores_three_turn_refinement_chains(tiny_model_dir, tmp_path):
-    """rollout.turns=3 at evaluation: Acc@t1..t3, the t1 -> t3 delta and each consecutive move. Three turns of
-    the default 48 tokens and two correction requests overflow the tiny model's 256 positions; with the
-    settings of tests/test_integration.py (K3_FIT) every chain gets its full turns."""
+    """rollout.turns=3 at evaluation, on the defaults (rollout.max_model_len unset: sized to the longest
+    episode): Acc@t1..t3, the t1 -> t3 delta and each consecutive move."""
     out = tmp_path / "eval.json"
     proc = run_script([sys.executable, "-m", "engine.evaluate", "configs/default.yaml", f"model.path={tiny_model_dir}",
-                       "eval.problems=8", "rollout.turns=3", "rollout.max_tokens=40", "rollout.correction_instruction=Check.",
-                       "--json", str(out)], timeout=600)
+                       "eval.problems=8", "rollout.turns=3", "--json", str(out)], timeout=600)
     metrics = json.loads(out.read_text())
     assert metrics["n"] == 8 and metrics["turns"] == 3
     for key in ("acc_t1", "acc_t2", "acc_t3", "delta_i2c", "delta_c2i", "delta_i2c_t2", "delta_c2i_t2",
@@ -140,6 +138,7 @@ def test_evaluate_cli_scores_three_turn_refinement_chains(tiny_model_dir, tmp_pa
     for k in (2, 3):  # each consecutive move: Acc@tk - Acc@t(k-1) = i2c - c2i
         assert metrics[f"acc_t{k}"] - metrics[f"acc_t{k - 1}"] == pytest.approx(
             metrics[f"delta_i2c_t{k}"] - metrics[f"delta_c2i_t{k}"]), k
+    assert "[context] rollout.max_model_len=" in proc.stdout and "3-turn episode" in proc.stdout
     assert "3 turns" in proc.stdout and "| Acc@t3 |" in proc.stdout and "| Δ(t1,t3) |" in proc.stdout
     assert "| edit ratio t2→t3 |" in proc.stdout and "| Δ i→c (t2→t3) |" in proc.stdout
 

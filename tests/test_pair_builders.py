@@ -1,6 +1,9 @@
 """Pair builders on hand-made episodes: which responses pair up, in which context, with which weight."""
 
+import json
 import math
+
+import pytest
 
 from engine.objectives.dpo_rounds import pair_schedule
 from pairs.builders import confidence_ranked, informative, refinement_and_direct
@@ -78,3 +81,29 @@ def test_threshold_outside_the_unit_interval_is_a_startup_error_naming_the_key()
         with pytest.raises(ConfigError, match=rf"pairs.threshold={bad} is outside \[0, 1\]"):
             load_config(["configs/rlsf_dpo.yaml", f"pairs.threshold={bad}"])
     assert load_config(["configs/rlsf_dpo.yaml", "pairs.threshold=1.0"]).pairs.threshold == 1.0
+
+
+def test_a_round_saved_without_reference_logps_resumes_only_against_the_base_model(tmp_path):
+    """A round's pairs file written before dpo.reference existed has no reference log-probs: resuming
+    inside it with dpo.reference=previous is an error naming the file and the setting that finishes it;
+    with dpo.reference=base it loads."""
+    from types import SimpleNamespace
+
+    from engine.config import load_config
+    from engine.errors import UserError
+    from engine.objectives.dpo_rounds import load_pairs
+    from pairs.builders import PreferencePair
+
+    old = PreferencePair(kind="direct", prompt="1+1=?", context_ids=[1], chosen_ids=[2], rejected_ids=[3],
+                         chosen_text="2", rejected_text="3", chosen_score=1.0, rejected_score=0.0, weight=1.0).to_json()
+    del old["reference_logps"]
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "round-001.jsonl").write_text(json.dumps(old) + "\n")
+
+    def run(reference):
+        cfg = load_config([f"train.output_dir={tmp_path}", f"dpo.reference={reference}"])
+        return SimpleNamespace(cfg=cfg, log=lambda _: None)
+
+    with pytest.raises(UserError, match=r"round-001.jsonl: its pairs have no reference log-probs.*dpo.reference=base"):
+        load_pairs(run("previous"), 0)
+    assert load_pairs(run("base"), 0)[0].reference_logps is None

@@ -58,6 +58,10 @@ def test_sweep_runs_records_failure_skips_finished_and_retries(tiny_model_dir, t
     assert good["status"] == "finished" and 0 <= float(good["acc_t2"]) <= 1, good["detail"]
     assert bad["status"] == "failed" and "not found" in bad["detail"]
     assert "| data.train=builtin-arith | finished | builtin:arith |" in (out / "sweep_summary.md").read_text()
+    # a sweep chooses settings: its runs evaluate on validation, not on the split results are reported on
+    assert "evaluate on data.eval=builtin:arith-val, the validation split" in first.stdout
+    assert "data:\n  train: builtin:arith\n  eval: builtin:arith-val\n" in (out / "data.train=builtin-arith" /
+                                                                          "config.yaml").read_text()
     log = (out / "data.train=builtin-arith" / "train.log").read_text()  # the trainer's output, each line once
     assert log.count("[step 1/1]") == 1 and "RotaryEmbedding: Failed to load weights" in log, log[-2000:]
     second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -74,3 +78,21 @@ def test_a_run_directory_of_another_sweep_is_not_reused(tmp_path):
     check_identity(tmp_path, {"config": "a.yaml", "overrides": ["x=a/b"]})  # the same run: fine
     with pytest.raises(UserError, match="different sweep"):
         check_identity(tmp_path, {"config": "a.yaml", "overrides": ["x=a b"]})  # same directory name, other value
+
+
+def test_a_sweep_evaluates_on_validation_unless_told(capsys):
+    """The default recipe reports on builtin:arith-eval, so its sweeps evaluate on builtin:arith-val; an
+    explicit data.eval is kept; a split with no known validation split gets a warning."""
+    from argparse import Namespace
+
+    from engine.sweep import choose_on_validation
+
+    args = Namespace(config="configs/default.yaml", overrides=["train.steps=3"])
+    choose_on_validation(args)
+    assert args.overrides == ["train.steps=3", "data.eval=builtin:arith-val"]
+    args = Namespace(config="configs/default.yaml", overrides=["data.eval=builtin:arith-eval"])
+    choose_on_validation(args)
+    assert args.overrides == ["data.eval=builtin:arith-eval"]
+    args = Namespace(config="configs/gsm8k.yaml", overrides=[])
+    choose_on_validation(args)
+    assert args.overrides == [] and "[warn] its runs evaluate on data.eval=" in capsys.readouterr().out

@@ -5,9 +5,11 @@ Each round r of dpo.rounds:
   2. the round probe of pairs.kind, if any, measures this policy (pairs/probes.py: PSRLM's judge accuracy;
      again after the last round); the pair builder (pairs.kind) turns this policy's rollouts into preference
      pairs, scored by the reward (pairs/builders.py); every rank builds its share, all ranks gather them all;
-  3. pairs whose responses are the same tokens are dropped, a seeded shuffle keeps dpo.pairs_per_round,
-     and they are written to <output_dir>/pairs/round-NNN.jsonl (ids and texts, for reading);
-  4. dpo.epochs passes of DPO updates, dpo.batch_pairs pairs each (engine/objectives/dpo_step.py);
+  3. pairs whose responses are the same tokens are dropped, a seeded shuffle keeps dpo.pairs_per_round;
+     with dpo.reference=previous each pair's log-probs under this policy (the round's reference) are scored;
+     they are written to <output_dir>/pairs/round-NNN.jsonl (ids and texts, for reading);
+  4. dpo.epochs passes of DPO updates, dpo.batch_pairs pairs each (engine/objectives/dpo_step.py), against
+     that reference, or the run's starting model with dpo.reference=base;
   5. an evaluation (the last round's is the final one) and a checkpoint.
 A round where no pair passes the filter is reported and skipped. A run stopped inside a round resumes at
 the round and update it stopped at, training on the round's saved pairs: the same result as a straight run.
@@ -15,7 +17,9 @@ the round and update it stopped at, training on the round's saved pairs: the sam
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -25,7 +29,7 @@ import torch
 from engine.distributed import gather_objects, reduce_max
 from engine.errors import UserError
 from engine.guard import CollapseGuard
-from engine.objectives.dpo_step import collate_pairs, dpo_update
+from engine.objectives.dpo_step import collate_pairs, dpo_update, policy_logprobs
 from engine.objectives.round_extras import log_builder_stats, probe_history, probe_policy, summed_stats
 from engine.schedule import shuffled_batches
 from engine.stop_signals import StopSignals
@@ -86,6 +90,8 @@ def round_pairs(run: Run, rnd: int, rounds: list, version: int) -> list[Preferen
     kept = informative(built)
     random.Random(cfg.train.seed * 1_000_003 + rnd).shuffle(kept)
     kept = kept[:cfg.dpo.pairs_per_round]
+    if cfg.dpo.reference == "previous":
+        kept = with_reference_logps(run, kept)
     kinds = {k: sum(p.kind == k for p in kept) for k in sorted({p.kind for p in kept})}
     record = {"round": rnd + 1, "pairs_built": len(built), "pairs_kept": len(kept), "kinds": kinds,
               "seconds": time.time() - started}
@@ -106,6 +112,22 @@ def round_pairs(run: Run, rnd: int, rounds: list, version: int) -> list[Preferen
         run.log(f"[round {rnd + 1}/{cfg.dpo.rounds}] {len(kept)} pairs {kinds} of {len(built)} built from "
                 f"{len(prompts)} prompts in {record['seconds']:.1f}s -> {pairs_path(run, rnd)}")
     return kept
+
+
+def with_reference_logps(run: Run, pairs: list[PreferencePair]) -> list[PreferencePair]:
+    """dpo.reference=previous: the round's reference is the policy that built its pairs. Each pair's summed
+    response log-probs under it, scored before the round's first update. Every rank scores an equal share
+    (padded with the first pair: ZeRO-3's forwards are collective), then all gather."""
+    if not pairs:
+        return pairs
+    per_rank = math.ceil(len(pairs) / run.world)
+    mine = pairs[run.rank * per_rank:(run.rank + 1) * per_rank]
+    padded = mine + [pairs[0]] * (per_rank - len(mine))
+    logps = policy_logprobs(run.learner, collate_pairs(padded, run.tokenizer.pad_token_id),
+                            run.cfg.rollout.temperature).tolist()
+    own = [[logps[i], logps[per_rank + i]] for i in range(len(mine))]
+    gathered = [x for part in gather_objects(own) for x in part]
+    return [dataclasses.replace(p, reference_logps=ref) for p, ref in zip(pairs, gathered)]
 
 
 def build_on_every_rank(kind: str, inputs: RoundInputs) -> list[PreferencePair]:
@@ -132,8 +154,11 @@ def preference_step(run: Run, pairs: list[PreferencePair]) -> dict[str, float]:
     """One DPO update on this rank's pairs of the batch."""
     cfg = run.cfg
     batch = collate_pairs(pairs, run.tokenizer.pad_token_id)
+    reference = None
+    if cfg.dpo.reference == "previous":  # rows: the chosen responses, then the rejected ones
+        reference = torch.tensor([p.reference_logps[0] for p in pairs] + [p.reference_logps[1] for p in pairs])
     stats = dpo_update(run.learner, batch, torch.tensor([p.weight for p in pairs]), cfg.dpo.beta,
-                       temperature=cfg.rollout.temperature)
+                       temperature=cfg.rollout.temperature, reference_lp=reference)
     return {name: float(getattr(stats, name)) for name in DPO_SCALARS}
 
 
@@ -162,5 +187,9 @@ def save_pairs(run: Run, rnd: int, pairs: list[PreferencePair]) -> None:
 def load_pairs(run: Run, rnd: int) -> list[PreferencePair]:
     path = pairs_path(run, rnd)
     pairs = [PreferencePair(**json.loads(line)) for line in path.read_text().splitlines()]
+    if run.cfg.dpo.reference == "previous" and any(p.reference_logps is None for p in pairs):
+        raise UserError(f"{path}: its pairs have no reference log-probs (written before dpo.reference existed, "
+                        f"when every round trained against the base model), so round {rnd + 1} cannot resume "
+                        f"with dpo.reference=previous. Hint: pass dpo.reference=base to finish that run as it began.")
     run.log(f"[resume] round {rnd + 1}: training on its {len(pairs)} saved pairs ({path})")
     return pairs

@@ -49,19 +49,33 @@ class DPOUpdateStats:
     lr: float
 
 
-def dpo_update(learner, batch: TrainBatch, pair_weights: Tensor, beta: float,
-               temperature: float = 1.0) -> DPOUpdateStats:
+def dpo_update(learner, batch: TrainBatch, pair_weights: Tensor, beta: float, temperature: float = 1.0,
+               reference_lp: Tensor | None = None) -> DPOUpdateStats:
     """One optimizer step on this rank's P pairs: `batch` rows 0..P-1 are the chosen responses and P..2P-1
     the rejected ones (each with its prompt; turn_masks [2P, 1, T] marks the response). The batch must have
-    the learner's rows per update (its micro-batches make one gradient-accumulation cycle)."""
+    the learner's rows per update (its micro-batches make one gradient-accumulation cycle). reference_lp [2P]:
+    the rows' reference log-probs, scored earlier (dpo.reference=previous); None: the learner's frozen reference."""
     with learner.scoring_temperature(temperature):
-        return _update(learner, batch, pair_weights.float(), beta)
+        return _update(learner, batch, pair_weights.float(), beta, reference_lp)
 
 
-def _update(learner, batch: TrainBatch, pair_weights: Tensor, beta: float) -> DPOUpdateStats:
+@torch.no_grad()
+def policy_logprobs(learner, batch: TrainBatch, temperature: float = 1.0) -> Tensor:
+    """Summed response log-probs [rows] under the current policy, at the sampling temperature."""
+    with learner.scoring_temperature(temperature):
+        learner.engine.eval()
+        return _summed(learner.engine, learner, batch.to(learner.device))
+
+
+def _update(learner, batch: TrainBatch, pair_weights: Tensor, beta: float,
+            reference_lp: Tensor | None) -> DPOUpdateStats:
     pairs = len(batch) // 2
     batch = batch.to(learner.device)
-    policy_lp, ref_lp = _sequence_logprobs(learner, batch)
+    if reference_lp is None:
+        policy_lp, ref_lp = _sequence_logprobs(learner, batch)
+    else:
+        learner.engine.eval()
+        policy_lp, ref_lp = _summed(learner.engine, learner, batch), reference_lp.to(learner.device).float()
     # Each rank's loss is its pairs' weighted sum over the weight of every rank's pairs: their sum is the
     # global weighted mean (DeepSpeed averages gradients over ranks, hence the world-size scale below).
     weight_total = all_ranks_sum([pair_weights.sum().item()])[0]
@@ -101,11 +115,15 @@ def _update(learner, batch: TrainBatch, pair_weights: Tensor, beta: float) -> DP
 def _sequence_logprobs(learner, batch: TrainBatch) -> tuple[Tensor, Tensor]:
     """Summed response log-probs [rows] under the policy and the frozen reference."""
     learner.engine.eval()
-    policy, reference = [], []
+    return _summed(learner.engine, learner, batch), _summed(learner.reference, learner, batch)
+
+
+@torch.no_grad()
+def _summed(model, learner, batch: TrainBatch) -> Tensor:
+    out = []
     for start in range(0, len(batch), learner.micro_batch):
         mb = batch.slice(start, start + learner.micro_batch)
         scored = mb.response_mask > 0
-        for model, out in ((learner.engine, policy), (learner.reference, reference)):
-            token_lp = grid(model(mb.input_ids, mb.attention_mask, scored=scored)[0].float(), scored)
-            out.append(sequence_logprobs(token_lp, scored))
-    return torch.cat(policy), torch.cat(reference)
+        token_lp = grid(model(mb.input_ids, mb.attention_mask, scored=scored)[0].float(), scored)
+        out.append(sequence_logprobs(token_lp, scored))
+    return torch.cat(out)

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine.distributed import gather_objects
 from engine.errors import UserError
+from engine.config import with_values
 from engine.inputs import Inputs, fit_to_model
 from engine.objectives.dpo_rounds import build_on_every_rank
 from engine.reward_model.pairs import RMPair
@@ -23,24 +24,16 @@ from rollout.service import share
 from rollout.vllm_engine import RolloutEngine
 
 
-def overridden(cfg: DictConfig, values: dict[str, object]) -> DictConfig:
-    """A read-only copy of cfg with {dotted key: value} set."""
-    out = copy.deepcopy(cfg)
-    OmegaConf.set_readonly(out, False)
-    for key, value in values.items():
-        OmegaConf.update(out, key, value)
-    OmegaConf.set_readonly(out, True)
-    return out
-
-
-def builder_prompts(cfg: DictConfig, problems: list[Problem], tokenizer, model_config, log) -> list[Problem]:
+def builder_prompts(cfg: DictConfig, problems: list[Problem], tokenizer, model_config,
+                    log) -> tuple[DictConfig, list[Problem]]:
     """rm.prompts training problems (a seeded sample), once those whose episode cannot fit the context are
-    dropped or refused (data.overlong, engine/inputs.py)."""
-    fitted = fit_to_model(cfg, Inputs(problems, problems[:1]), tokenizer, model_config, log).train
+    dropped or refused (data.overlong, engine/inputs.py); and cfg with its context sized (fit_to_model)."""
+    cfg, fitted = fit_to_model(cfg, Inputs(problems, problems[:1]), tokenizer, model_config, log)
+    fitted = fitted.train
     if cfg.rm.prompts > len(fitted):
         raise UserError(f"rm.prompts={cfg.rm.prompts} is more than the {len(fitted)} problems in {cfg.data.train}. "
                         f"Hint: lower rm.prompts.")
-    return random.Random(cfg.train.seed * 1_000_003 + 99_991).sample(fitted, cfg.rm.prompts)
+    return cfg, random.Random(cfg.train.seed * 1_000_003 + 99_991).sample(fitted, cfg.rm.prompts)
 
 
 def build_pairs(cfg: DictConfig, learner, tokenizer, model_path: str, prompts: list[Problem], rank: int,
@@ -50,7 +43,7 @@ def build_pairs(cfg: DictConfig, learner, tokenizer, model_path: str, prompts: l
     engine = RolloutEngine(model_path, max_model_len=cfg.rollout.max_model_len, seed=cfg.train.seed + rank,
                            dtype=cfg.model.dtype, kv_cache_gib=cfg.rollout.kv_cache_gib,
                            trust_remote_code=cfg.model.trust_remote_code)
-    ranked_by = overridden(cfg, {"reward.kind": cfg.rm.reward})  # the builders read their reward from reward.kind
+    ranked_by = with_values(cfg, {"reward.kind": cfg.rm.reward})  # the builders read their reward from reward.kind
     inputs = RoundInputs(engine, tokenizer, ranked_by, learner, share(prompts, rank, world), round=0)
     built = [p for part in gather_objects(build_on_every_rank(cfg.pairs.kind, inputs)) for p in part]
     del inputs, engine  # the sampler is done: its KV cache and weights are not kept through training
