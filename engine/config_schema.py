@@ -24,7 +24,7 @@ class LoraSettings:
 
 @dataclass
 class WarmupSettings:
-    """A supervised warm-up on the built-in task's worked answers (its train split), run once on model.path and
+    """A supervised warm-up on the built-in task's worked answers (train and validation, never eval), run once on model.path and
     cached (engine/warmup.py): for a model with no task it can partly do. Turns are ChatML: "47+85=?" ->
     "7+5=12, 4+8+1=13. Final Answer: 132", then the correction instruction -> a second answer."""
     steps: int = 0  # optimizer steps; 0: no warm-up (model.path is used as it is)
@@ -144,9 +144,10 @@ class GuardConfig:
     min_entropy: float = 0.0  # alarm when train/entropy (nats per token) falls below; 0 = off
     patience: int = 0  # alarm when the train reward rises and eval acc_t2 falls over this many evals; 0 = off
     action: str = "warn"  # warn | stop (saves the policy, ends training early, evaluates, writes the summary)
-    # the labelled problems the accuracy check evaluates (eval.problems of them) with guard.patience > 0: a
-    # split apart from data.eval, so the set the results are reported on does not decide when training stops
-    data: str = "builtin:arith-val"
+    # the labelled problems the accuracy check evaluates (eval.problems of them) with guard.patience > 0, so the
+    # set the results are reported on does not decide when training stops; null: data.eval's validation split
+    # where one is known (builtin:arith-eval -> builtin:arith-val), else data.eval itself (start-up says so)
+    data: Optional[str] = None
 
 
 @dataclass

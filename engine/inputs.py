@@ -15,7 +15,7 @@ from engine.logprobs import impl_for_this_machine
 from engine.models import check_model_source
 from engine.warmup import warmup_fields
 from rewards.registry import reward_needs
-from rollout.data import Problem, load_problems, require_answers
+from rollout.data import VALIDATION, Problem, load_problems, require_answers
 from rollout.episodes import encode_prompt, turn_overhead
 
 
@@ -56,13 +56,23 @@ def check_inputs(cfg: DictConfig, rank: int, world: int, workers: int = 0) -> In
                         f"it; or give another train.output_dir.")
     impl_for_this_machine(cfg.learner.logprob_impl)
     guard_problems = []
-    if cfg.guard.patience > 0 and cfg.algo.kind == "pg":  # the accuracy check: it reads gold labels
-        guard_problems = load_problems(cfg.guard.data, *keys)
-        require_answers(guard_problems, cfg.guard.data, "the guard's accuracy check (guard.data, guard.patience > 0)")
+    if guard_reads_labels(cfg):
+        guard_problems = load_problems(guard_data(cfg), *keys)
+        require_answers(guard_problems, guard_data(cfg), "the guard's accuracy check (guard.data, guard.patience > 0)")
     # eval.problems is taken after overlong ones are dropped
     inputs = Inputs(train_problems, eval_problems, guard=guard_problems)
     _check_enough_prompts(cfg, inputs)
     return inputs
+
+
+def guard_reads_labels(cfg: DictConfig) -> bool:
+    """The guard's accuracy check is on (the policy-gradient loop, guard.patience > 0, evaluations to run)."""
+    return cfg.guard.patience > 0 and cfg.eval.every > 0 and cfg.algo.kind == "pg"
+
+
+def guard_data(cfg: DictConfig) -> str:
+    """guard.data, or when unset data.eval's validation split (rollout/data.py VALIDATION), else data.eval."""
+    return cfg.guard.data or VALIDATION.get(cfg.data.eval, cfg.data.eval)
 
 
 def fit_to_model(cfg: DictConfig, inputs: Inputs, tokenizer, model_config,
@@ -77,15 +87,21 @@ def fit_to_model(cfg: DictConfig, inputs: Inputs, tokenizer, model_config,
                         f"unset (null) to size it from the data.")
     require_chat_template(cfg.model.path, tokenizer)
     overhead = episode_overhead(cfg, tokenizer, inputs.train[0].prompt)
-    roles = (("train", cfg.data.train, inputs.train), ("eval", cfg.data.eval, inputs.eval),
-             ("guard", cfg.guard.data, inputs.guard))
+    # The evaluations use eval.problems problems: with data.overlong=error only those are checked; skip
+    # may draw on the rest to replace dropped ones
+    used = len(inputs.eval) if cfg.data.overlong == "skip" else cfg.eval.problems
+    roles = (("train", cfg.data.train, inputs.train), ("eval", cfg.data.eval, inputs.eval[:used]),
+             ("guard", guard_data(cfg), inputs.guard[:used]))
     lengths = {role: [len(encode_prompt(tokenizer, p.prompt)) for p in problems] for role, _, problems in roles}
-    cfg = with_context_length(cfg, max(max(n, default=0) for n in lengths.values()), overhead, positions, log)
+    sized_by = {role: n[:cfg.eval.problems] if role != "train" else n for role, n in lengths.items()}
+    unset = cfg.rollout.max_model_len is None
+    cfg = with_context_length(cfg, max(max(n, default=0) for n in sized_by.values()), overhead, positions, log)
     if overhead >= cfg.rollout.max_model_len:
+        hint = (f"lower rollout.max_tokens or rollout.turns: the model's max_position_embeddings={positions} is the "
+                f"limit" if unset else "raise rollout.max_model_len or lower rollout.max_tokens")
         raise UserError(f"{cfg.rollout.turns} turn(s) of rollout.max_tokens={cfg.rollout.max_tokens} (rollout.turns), "
                         f"the correction requests and the answer probe take {overhead} tokens, leaving no room for "
-                        f"a prompt in rollout.max_model_len={cfg.rollout.max_model_len}. Hint: raise "
-                        f"rollout.max_model_len or lower rollout.max_tokens.")
+                        f"a prompt in rollout.max_model_len={cfg.rollout.max_model_len}. Hint: {hint}.")
     skipped = {}
     kept = {}
     for role, source, problems in roles:

@@ -150,7 +150,7 @@ def choose_on_validation(args) -> None:
     (VALIDATION) is evaluated on that one: numbers that pick the settings must not come from the set the
     chosen recipe is then reported on."""
     reported = load_config([args.config, *args.overrides]).data.eval
-    if any(o.startswith("data.eval=") for o in args.overrides):
+    if any(o.startswith("data.eval=") for o in [*args.overrides, *args.grid]):
         print(f"[sweep] its runs evaluate on data.eval={reported} (set on the command line)", flush=True)
     elif reported in VALIDATION:
         args.overrides.append(f"data.eval={VALIDATION[reported]}")

@@ -39,7 +39,7 @@ from engine.errors import run_cli
 from engine.evaluate import eval_metrics
 from engine.guard import CollapseGuard
 from engine.learner import Learner, zero3_settings
-from engine.inputs import check_inputs, fit_to_model
+from engine.inputs import check_inputs, fit_to_model, guard_data, guard_reads_labels
 from engine.placement import Channels, Placement, launch_rank_and_world, plan_placement, split_default_group
 from engine.metrics import Laps, RunLogger
 from engine.models import load_tokenizer_and_config, prepare_model_everywhere
@@ -243,10 +243,11 @@ def say_settings_without_effect(cfg: DictConfig) -> None:
         print(f"[warn] guard.patience={cfg.guard.patience} compares held-out evaluations during training, and "
               f"eval.every=0 runs none: the guard's reward/accuracy check never runs. Hint: eval.every=N, or "
               f"guard.patience=0 to say so.", flush=True)
-    elif cfg.guard.patience > 0 and cfg.algo.kind == "pg":
+    elif guard_reads_labels(cfg):
         print(f"[guard] guard.patience={cfg.guard.patience} reads gold labels: every eval.every={cfg.eval.every} "
-              f"steps it evaluates {cfg.eval.problems} problems of guard.data={cfg.guard.data}"
-              + (" (the reported split: data.eval)" if cfg.guard.data == cfg.data.eval else "")
+              f"steps it evaluates {cfg.eval.problems} problems of guard.data={guard_data(cfg)}"
+              + (" (the reported split: data.eval; set guard.data to a validation split)"
+                 if guard_data(cfg) == cfg.data.eval else "")
               + (", and guard.action=stop lets their accuracy end training" if cfg.guard.action == "stop" else ""),
               flush=True)
 
@@ -331,9 +332,7 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
 
 def guard_accuracy(run: Run, step: int) -> float:
     """The last turn's accuracy on guard.data (not data.eval: the reported set must not decide when training
-    stops); nan when the guard's accuracy check is off."""
-    if not run.guard_problems:
-        return float("nan")
+    stops)."""
     metrics = eval_metrics(run.rollouts.eval_episodes(run.guard_problems), run.tokenizer)
     accuracy = metrics[f"acc_t{run.cfg.rollout.turns}"]
     run.logger.scalars("guard", {"accuracy": accuracy}, step)
@@ -392,6 +391,10 @@ def check_resumable(cfg: DictConfig) -> DictConfig:
     if cfg.rollout.max_model_len is None and context is not None:
         cfg = with_values(cfg, {"rollout.max_model_len": context})
     predates = check_resume_config(cfg, saved, path)
+    if "dpo.reference" in predates and cfg.algo.kind == "dpo" and cfg.dpo.reference == "previous":
+        raise UserError(f"the checkpoint {path} was trained before dpo.reference existed, when every round trained "
+                        f"against the base model; resuming with dpo.reference=previous would switch references "
+                        f"mid-run. Hint: pass dpo.reference=base to finish it as it began.")
     if predates and launch_rank_and_world()[0] == 0:
         print(f"[resume] {path} predates {len(predates)} setting(s), not checked: {', '.join(predates)}",
               flush=True)
@@ -471,9 +474,9 @@ def train_loop(run: Run, guard: CollapseGuard, signals: StopSignals, state: dict
             since = history[-cfg.eval.every:]
             turns = cfg.rollout.turns
             reward = sum(sum(s[f"reward_t{k}"] for k in range(1, turns + 1)) for s in since) / (turns * len(since))
-            # always: its history needs every evaluation
-            eval_alarm = guard.check_eval(reward, guard_accuracy(run, step + 1))
-            alarm = alarm or eval_alarm
+            if run.guard_problems:  # every evaluation, even after an entropy alarm: it compares consecutive ones
+                eval_alarm = guard.check_eval(reward, guard_accuracy(run, step + 1))
+                alarm = alarm or eval_alarm
         if alarm:
             alarms.append(f"step {step + 1}: {alarm}")
             run.log(f"[guard] step {step + 1}: {alarm}" + (" - stopping" if cfg.guard.action == "stop" else ""))

@@ -437,3 +437,11 @@ def test_context_length_by_hand():
     assert context_length(20, 100, 512) == 120  # the longest prompt and its whole episode
     assert context_length(500, 100, 512) == 512  # never past the model's positions (the prompt is then overlong)
     assert context_length(500, 100, None) == 600  # a model that states none
+
+
+def test_the_reward_screen_never_reads_the_reported_split():
+    """A screen chooses the reward: asked to read data.eval it refuses, before building anything."""
+    proc = subprocess.run([sys.executable, "scripts/reward_screen.py", "configs/default.yaml", "--data",
+                           "builtin:arith-eval"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "error: --data builtin:arith-eval is data.eval, the split results are reported on" in proc.stderr

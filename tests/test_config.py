@@ -127,7 +127,10 @@ def test_base_layers_a_recipe_on_another(tmp_path):
 @pytest.mark.parametrize("overrides, said", [
     # a guard that stops training on labels it reads, and on which split
     (["guard.action=stop", "guard.data=builtin:arith-eval"], "evaluates 1000 problems of guard.data=builtin:arith-eval "
-     "(the reported split: data.eval), and guard.action=stop lets their accuracy end training"),
+     "(the reported split: data.eval; set guard.data to a validation split), and guard.action=stop lets their "
+     "accuracy end training"),
+    # unset, on data with no known validation split: the guard reads data.eval, and says so
+    (["data.eval=tests/data/prompts_only.jsonl"], "guard.data=tests/data/prompts_only.jsonl (the reported split"),
     # a guard whose check reads evaluations, without any during training
     (["eval.every=0"], "[warn] guard.patience=2 compares held-out evaluations during training, and eval.every=0"),
     # majority counts plain votes: a confidence weighting does nothing

@@ -193,12 +193,16 @@ def test_k_turn_training_run(tiny_model_dir, tmp_path, turns):
 
 def test_self_reward_trains_on_prompts_without_answers(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
+    guard_file = tmp_path / "guard.jsonl"  # 3 labelled problems: the guard's evaluation must be of these
+    guard_file.write_text("".join(json.dumps({"prompt": f"{a}+{a}=?", "answer": str(2 * a)}) + "\n"
+                                  for a in (21, 32, 43)))
     proc = run_script([
         sys.executable, "engine/train.py", "configs/default.yaml", f"model.path={tiny_model_dir}",
         "data.train=tests/data/prompts_only.jsonl", "reward.kind=confidence", "train.steps=2",
         "eval.problems=8", "rollout.prompts_per_step=4", f"train.output_dir={run_dir}",
         "guard.min_entropy=100",  # an entropy floor no model meets: the guard warns every step
         "guard.patience=1", "eval.every=1",  # and the evaluation watch still sees the step-1 evaluation
+        f"guard.data={guard_file}",
     ], timeout=600)
     scalars, summary = _check_run_dir(run_dir, steps=2)
     assert len(summary["train"]["guard_alarms"]) == 2 and "guard.min_entropy=100" in summary["train"]["guard_alarms"][0]
@@ -207,8 +211,11 @@ def test_self_reward_trains_on_prompts_without_answers(tiny_model_dir, tmp_path)
     # the guard's accuracy comes from guard.data (validation), said at start-up, not from data.eval
     assert meta["guard_history"][0][1] == pytest.approx(scalars["guard/accuracy"][0])
     assert len(scalars["guard/accuracy"]) == 1 and len(scalars["eval/acc_t2"]) == 3  # before, step 1, after
-    assert ("[guard] guard.patience=1 reads gold labels: every eval.every=1 steps it evaluates 8 problems of "
-            "guard.data=builtin:arith-val") in proc.stdout
+    assert (f"[guard] guard.patience=1 reads gold labels: every eval.every=1 steps it evaluates 8 problems of "
+            f"guard.data={guard_file}") in proc.stdout
+    # evaluations of data.eval (8 problems) before, at step 1 and after; the guard's (3) once, at step 1
+    assert proc.stdout.count("[sample] turn 1/2: 8 answers to 8 prompts") == 3, proc.stdout[-3000:]
+    assert proc.stdout.count("[sample] turn 1/2: 3 answers to 3 prompts") == 1, proc.stdout[-3000:]
     assert len(scalars["train/entropy"]) == 2 and all(e > 0 for e in scalars["train/entropy"])
     assert all(0.0 <= f <= 1.0 for f in scalars["train/no_answer_frac"])
     assert "train/acc_t1" not in scalars  # no answers in the data: no gold accuracy to show

@@ -87,12 +87,15 @@ def test_a_sweep_evaluates_on_validation_unless_told(capsys):
 
     from engine.sweep import choose_on_validation
 
-    args = Namespace(config="configs/default.yaml", overrides=["train.steps=3"])
+    args = Namespace(config="configs/default.yaml", overrides=["train.steps=3"], grid=["train.lr=1,2"])
     choose_on_validation(args)
     assert args.overrides == ["train.steps=3", "data.eval=builtin:arith-val"]
-    args = Namespace(config="configs/default.yaml", overrides=["data.eval=builtin:arith-eval"])
+    args = Namespace(config="configs/default.yaml", overrides=["data.eval=builtin:arith-eval"], grid=[])
     choose_on_validation(args)
     assert args.overrides == ["data.eval=builtin:arith-eval"]
-    args = Namespace(config="configs/gsm8k.yaml", overrides=[])
+    args = Namespace(config="configs/default.yaml", overrides=[], grid=["data.eval=a.jsonl,b.jsonl"])  # the grid's
+    choose_on_validation(args)
+    assert args.overrides == []
+    args = Namespace(config="configs/gsm8k.yaml", overrides=[], grid=[])
     choose_on_validation(args)
     assert args.overrides == [] and "[warn] its runs evaluate on data.eval=" in capsys.readouterr().out

@@ -4,17 +4,16 @@ label-free reward such as confidence). Each rank builds its share of rm.prompts;
 
 from __future__ import annotations
 
-import copy
 import gc
 import random
 import time
 from collections import Counter
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from engine.config import with_values
 from engine.distributed import gather_objects
 from engine.errors import UserError
-from engine.config import with_values
 from engine.inputs import Inputs, fit_to_model
 from engine.objectives.dpo_rounds import build_on_every_rank
 from engine.reward_model.pairs import RMPair
