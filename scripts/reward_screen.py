@@ -51,7 +51,8 @@ def candidates() -> list[dict]:
            for m, s, r in itertools.product(TOKEN_METRICS, SCOPES, REDUCTIONS)]
     weighted = [{"kind": "agreement", "vote_weight": "confidence", "vote_metric": m, "scope": "response",
                  "reduction": r} for m, r in itertools.product(("prob", "disparity"), REDUCTIONS)]
-    return out + [{"kind": "self_certainty"}, {"kind": "agreement"}, {"kind": "majority"}] + weighted
+    # one vote each, whatever the recipe's own vote_weight (configs/default.yaml weighs votes)
+    return out + [{"kind": "self_certainty"}, {"kind": "agreement", "vote_weight": "uniform"}, {"kind": "majority"}] + weighted
 
 
 def label(c: dict) -> str:
