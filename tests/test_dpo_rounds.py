@@ -32,7 +32,9 @@ def _train(tiny_model_dir, run_dir, *overrides, recipe="configs/evolve.yaml"):
 
 def test_evolve_rounds_train_and_save_their_pairs(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "evolve"
-    proc = _train(tiny_model_dir, run_dir, "rollout.turns=3", "dpo.reference=base")
+    # 40-token turns and a one-word request: answers fit and the test stays short
+    proc = _train(tiny_model_dir, run_dir, "rollout.turns=3", "rollout.max_tokens=40",
+                  "rollout.correction_instruction=Check.", "dpo.reference=base")
     summary = json.loads((run_dir / "summary.json").read_text())
     rounds = summary["rounds"]
     assert [r["round"] for r in rounds] == [1, 2] and all(r["pairs_kept"] > 0 for r in rounds)

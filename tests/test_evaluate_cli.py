@@ -122,11 +122,12 @@ def test_evaluate_cli_scores_a_model_folder(tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_cli_scores_three_turn_refinement_chains(tiny_model_dir, tmp_path):
-    """rollout.turns=3 at evaluation, on the defaults (rollout.max_model_len unset: sized to the longest
-    episode): Acc@t1..t3, the t1 -> t3 delta and each consecutive move."""
+    """rollout.turns=3 at evaluation (rollout.max_model_len unset: sized to the longest episode; shorter turns
+    keep the test short): Acc@t1..t3, the t1 -> t3 delta and each consecutive move."""
     out = tmp_path / "eval.json"
     proc = run_script([sys.executable, "-m", "engine.evaluate", "configs/default.yaml", f"model.path={tiny_model_dir}",
-                       "eval.problems=8", "rollout.turns=3", "--json", str(out)], timeout=600)
+                       "eval.problems=8", "rollout.turns=3", "rollout.max_tokens=40",
+                       "rollout.correction_instruction=Check.", "--json", str(out)], timeout=600)
     metrics = json.loads(out.read_text())
     assert metrics["n"] == 8 and metrics["turns"] == 3
     for key in ("acc_t1", "acc_t2", "acc_t3", "delta_i2c", "delta_c2i", "delta_i2c_t2", "delta_c2i_t2",
