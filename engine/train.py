@@ -471,10 +471,9 @@ def train_loop(run: Run, guard: CollapseGuard, signals: StopSignals, state: dict
         alarm = guard.check_entropy(stats["entropy"])
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.train.steps:
             run_eval(run, step + 1)
-            since = history[-cfg.eval.every:]
-            turns = cfg.rollout.turns
-            reward = sum(sum(s[f"reward_t{k}"] for k in range(1, turns + 1)) for s in since) / (turns * len(since))
             if run.guard_problems:  # every evaluation, even after an entropy alarm: it compares consecutive ones
+                since, turns = history[-cfg.eval.every:], cfg.rollout.turns
+                reward = sum(sum(s[f"reward_t{k}"] for k in range(1, turns + 1)) for s in since) / (turns * len(since))
                 eval_alarm = guard.check_eval(reward, guard_accuracy(run, step + 1))
                 alarm = alarm or eval_alarm
         if alarm:

@@ -71,11 +71,10 @@ def _update(learner, batch: TrainBatch, pair_weights: Tensor, beta: float,
             reference_lp: Tensor | None) -> DPOUpdateStats:
     pairs = len(batch) // 2
     batch = batch.to(learner.device)
-    if reference_lp is None:
-        policy_lp, ref_lp = _sequence_logprobs(learner, batch)
-    else:
-        learner.engine.eval()
-        policy_lp, ref_lp = _summed(learner.engine, learner, batch), reference_lp.to(learner.device).float()
+    learner.engine.eval()
+    policy_lp = _summed(learner.engine, learner, batch)
+    ref_lp = (_summed(learner.reference, learner, batch) if reference_lp is None
+              else reference_lp.to(learner.device).float())
     # Each rank's loss is its pairs' weighted sum over the weight of every rank's pairs: their sum is the
     # global weighted mean (DeepSpeed averages gradients over ranks, hence the world-size scale below).
     weight_total = all_ranks_sum([pair_weights.sum().item()])[0]
@@ -112,14 +111,8 @@ def _update(learner, batch: TrainBatch, pair_weights: Tensor, beta: float,
 
 
 @torch.no_grad()
-def _sequence_logprobs(learner, batch: TrainBatch) -> tuple[Tensor, Tensor]:
-    """Summed response log-probs [rows] under the policy and the frozen reference."""
-    learner.engine.eval()
-    return _summed(learner.engine, learner, batch), _summed(learner.reference, learner, batch)
-
-
-@torch.no_grad()
 def _summed(model, learner, batch: TrainBatch) -> Tensor:
+    """Summed response log-probs [rows] under `model` (the policy's engine or the frozen reference)."""
     out = []
     for start in range(0, len(batch), learner.micro_batch):
         mb = batch.slice(start, start + learner.micro_batch)
