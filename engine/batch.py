@@ -38,6 +38,15 @@ class TrainBatch:
     def slice(self, start: int, end: int) -> "TrainBatch":
         return TrainBatch(**{f.name: getattr(self, f.name)[start:end] for f in fields(self)})
 
+    def select(self, rows: Tensor) -> "TrainBatch":
+        """The given rows, in that order, cut to the longest one's width (right padding only)."""
+        width = max(int(self.attention_mask[rows].sum(1).max()), 1) if len(rows) else 1
+        return TrainBatch(**{f.name: getattr(self, f.name)[rows][..., :width] for f in fields(self)})
+
+    @property
+    def lengths(self) -> list[int]:
+        return self.attention_mask.sum(1).tolist()
+
     def to(self, device) -> "TrainBatch":
         return TrainBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 

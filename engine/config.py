@@ -56,8 +56,9 @@ NON_NEGATIVE = ("eval.every", "train.save_every", "algo.stage1_steps", "algo.bet
                 "rollout.max_staleness", "rollout.min_tokens", "rm.heldout_pairs", "rm.save_every", "rm.eval_every", "judge.eval_pairs",
                 "deepspeed.max_live_parameters", "deepspeed.max_reuse_distance", "deepspeed.prefetch_bucket_size",
                 "model.lora.r", "deepspeed.param_persistence_threshold")
-POSITIVE += ("deepspeed.reduce_bucket_size",)
-OPTIONAL = ("rollout.max_model_len",)  # null: derived at start-up (engine/inputs.py)
+POSITIVE += ("deepspeed.reduce_bucket_size", "learner.max_tokens_per_micro_batch")
+# null: derived at start-up (engine/inputs.py), or off (a token budget)
+OPTIONAL = ("rollout.max_model_len", "learner.max_tokens_per_micro_batch")
 
 
 class ConfigError(UserError):

@@ -162,6 +162,9 @@ class LogConfig:
 @dataclass
 class LearnerConfig:
     logprob_impl: str = "auto"  # fused log-prob head: auto (triton on a GPU, else chunked) | naive | chunked | triton
+    packing: bool = True  # forwards on the sequences packed side by side, no padding (engine/packing.py)
+    # an update's micro-batches: up to this many token slots each, longest rows first (null: micro_batch_size rows)
+    max_tokens_per_micro_batch: Optional[int] = None
 
 
 @dataclass

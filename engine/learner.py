@@ -18,9 +18,10 @@ from engine.algorithms import TurnWeights, kl_per_token, token_coefficients, tok
 from engine.batch import TrainBatch
 from engine.distributed import all_ranks_sum, reduce_max, world_size
 from engine.models import DTYPES
+from engine.packing import forward_slots, micro_batches, padding_share
 from engine.logprobs import Wanted
 from engine.lora import AdaptersOff, adapter_state, add_adapters, trainable
-from engine.scoring import ScoringModel, flat, grid, sampling_temperature
+from engine.scoring import ScoringModel, check_packing, flat, grid, sampling_temperature
 from engine.token_stats import TokenStats, token_stats
 from engine.weight_sync import gathered_state_dict
 
@@ -37,6 +38,7 @@ class UpdateStats:
     # mean entropy (nats) of the policy at the sampling temperature over the sampled tokens of all ranks, from
     # the update's own forward (train/entropy)
     entropy: float = float("nan")
+    pad_frac: float = 0.0  # token slots of the update's forwards that held padding, over all its slots
 
 
 def _engine_config(zero_stage: int, micro_batch: int, dtype: str, zero3: dict | None = None) -> dict:
@@ -141,18 +143,23 @@ class Learner:
     def __init__(self, model_path: str, zero_stage: int, lr: float, grad_clip: float, episodes_per_rank: int,
                  micro_batch_size: int, dtype: str = "float32", logprob_impl: str = "auto",
                  trust_remote_code: bool = False, with_reference: bool = True, shard_reference: bool = True,
-                 zero3: dict | None = None, lora=None):
+                 zero3: dict | None = None, lora=None, packing: bool = False,
+                 max_tokens_per_micro_batch: int | None = None):
         """with_reference=False: no frozen reference (a trainer with no KL term, train_rm); update() needs one.
         shard_reference=False keeps a full reference on every rank at ZeRO-3 (no gathers in its forward); so
         does a world of one, where there is nothing to split. zero3: see zero3_settings. lora: the config's
-        model.lora section; with r > 0 only adapters train and the reference is the policy without them."""
+        model.lora section; with r > 0 only adapters train and the reference is the policy without them.
+        packing: forwards on the sequences packed side by side (engine.packing), checked against padded rows
+        on this model first. max_tokens_per_micro_batch: an update's micro-batches hold up to this many token
+        slots, longest rows first, instead of micro_batch_size rows each."""
         def load():
             return AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[dtype],
                                                         trust_remote_code=trust_remote_code)
 
         lm = load()
         self.adapters = add_adapters(lm, lora) if lora is not None and lora.r > 0 else None  # PEFT's wrapper
-        policy = ScoringModel(lm, logprob_impl)
+        policy = ScoringModel(lm, logprob_impl, packing)
+        self.packing, self.max_tokens = packing, max_tokens_per_micro_batch
         self.vocab_size = policy.lm.get_output_embeddings().out_features
         self.micro_batch = min(micro_batch_size, episodes_per_rank)
         self.grad_accum = math.ceil(episodes_per_rank / self.micro_batch)
@@ -162,6 +169,8 @@ class Learner:
                                                model_parameters=trainable(policy))
         self.device = self.engine.device
         self.partition = self._partition("policy", self.engine)
+        if packing:
+            check_packing(self.engine)
         self.reference = None
         self.reference_partition = None
         if not with_reference:
@@ -169,7 +178,7 @@ class Learner:
         if self.adapters is not None:  # the same weights: no second copy
             self.reference = AdaptersOff(self.engine.module)
             return
-        reference = ScoringModel(load(), logprob_impl).eval()
+        reference = ScoringModel(load(), logprob_impl, packing).eval()
         reference.requires_grad_(False)
         # Sharded over the learners like the policy, not a full copy each. On one rank a ZeRO-3 engine would
         # split nothing and cost its gather buffers (about 1 GiB more at 65M parameters, bench/zero3_memory).
@@ -225,15 +234,23 @@ class Learner:
         loss_sum = mismatch = drift = entropy_sum = 0.0
         kl_sums = [0.0] * batch.turns
         grad_norm = None
-        for start in range(0, len(batch), self.micro_batch):
-            end = start + self.micro_batch
-            mb = batch.slice(start, end)
+        groups = self.micro_batch_rows(batch)
+        slots = tokens = 0
+        for i, rows in enumerate(groups):
+            # a rank with fewer micro-batches than another (token budgets) runs throwaway ones at zero weight
+            throwaway = rows is None
+            index = torch.tensor([0] if throwaway else rows, device=self.device)
+            # in batch order, and as wide as the batch, unless packed or budgeted (then as wide as its longest)
+            mb = batch.select(index) if self.packing or self.max_tokens else batch.slice(rows[0], rows[-1] + 1)
             mask = mb.attention_mask
+            width = mask.shape[1]
             sampled = mb.response_mask > 0  # the loss's tokens: the head scores only these
+            self.engine.set_gradient_accumulation_boundary(i == len(groups) - 1)
             with torch.no_grad(), record_function("update/reference_forward"):
                 ref_lp = self.reference(mb.input_ids, mask, scored=sampled)[0]
-            pg, kl = flat(pg_coef[start:end], sampled), flat(kl_coef[start:end], sampled)
-
+            pg, kl = flat(pg_coef[index, :width], sampled), flat(kl_coef[index, :width], sampled)
+            if throwaway:
+                pg, kl = pg * 0, kl * 0
             rollout_lp = flat(mb.rollout_logprobs, sampled)
 
             def per_token_loss(lp: Tensor, _entropy, rows: slice) -> Tensor:
@@ -247,7 +264,6 @@ class Learner:
             with record_function("update/policy_forward"):
                 loss, lp, _lse, entropy, *_ = self.engine(mb.input_ids, mask, wanted=Wanted(entropy=True),
                                                           per_token_loss=per_token_loss, scored=sampled)
-            entropy_sum += entropy.float().sum().item()
             # Our loss is already a token mean over the whole batch: no extra 1/grad_accum scaling.
             with record_function("update/backward"):
                 self.engine.backward(loss * scale, scale_wrt_gas=False)
@@ -255,6 +271,11 @@ class Learner:
                 grad_norm = self._grad_norm_before_step()
             with record_function("update/optimizer_step"):
                 self.engine.step()
+            if throwaway:
+                continue
+            slots += forward_slots(mb.lengths, self.packing, width)
+            tokens += sum(mb.lengths)
+            entropy_sum += entropy.float().sum().item()
             lp, ref_lp = grid(lp.float(), sampled), grid(ref_lp.float(), sampled)
             kl_tokens = kl_per_token(lp, ref_lp, kl_estimator)
             if sampled.any():
@@ -271,7 +292,17 @@ class Learner:
         return UpdateStats(loss=loss_sum, kl_turns=[kl / max(n, 1) for kl, n in zip(kl_sums, turn_tokens)],
                            logprob_mismatch=mismatch, reference_drift=drift,
                            grad_norm=float("nan") if grad_norm is None else float(grad_norm),
-                           lr=self.engine.get_lr()[0], entropy=entropy_sum / max(sum(turn_tokens), 1))
+                           lr=self.engine.get_lr()[0], entropy=entropy_sum / max(sum(turn_tokens), 1),
+                           pad_frac=padding_share(*all_ranks_sum([slots, tokens])))
+
+    def micro_batch_rows(self, batch: TrainBatch) -> list[list[int] | None]:
+        """The update's micro-batches as row indices (engine.packing.micro_batches); under token budgets a
+        rank with fewer than another gets None (a throwaway pass) until all have as many: every rank's
+        backward takes part in the gradient's reduction at the last one."""
+        groups = micro_batches(batch.lengths, self.micro_batch, self.max_tokens, self.packing)
+        if self.max_tokens is not None and world_size() > 1:
+            groups += [None] * (int(reduce_max(len(groups))) - len(groups))
+        return groups
 
     def _grad_norm_before_step(self) -> float | None:
         """At ZeRO 0 every rank holds the full, already averaged gradients. In bfloat16, DeepSpeed's optimizer

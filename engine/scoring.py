@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.logprobs import PerTokenLoss, Wanted, head_loss, head_stats
+from engine.packing import pack
 
 
 class FusedHead(nn.Linear):
@@ -66,11 +67,13 @@ def install_fused_head(model: nn.Module, impl: str) -> None:
 
 class ScoringModel(nn.Module):
     """A Hugging Face causal LM scored per token. Outputs are flat over the scored tokens; `grid` puts
-    them back at [B, T] aligned with input_ids."""
+    them back at [B, T] aligned with input_ids. With `packing` the forward runs on the sequences packed
+    side by side (engine.packing), not on the padded rows: the same outputs, in the same order."""
 
-    def __init__(self, lm: nn.Module, impl: str):
+    def __init__(self, lm: nn.Module, impl: str, packing: bool = False):
         super().__init__()
         self.lm = lm
+        self.packing = packing
         install_fused_head(lm, impl)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, wanted: Wanted = Wanted(),
@@ -78,9 +81,47 @@ class ScoringModel(nn.Module):
         """Statistics of the tokens marked in `scored` ([B, T] aligned with input_ids; default: every
         token that has a predecessor), flat in row-major order. The head runs on those tokens only."""
         scored = targets_of(attention_mask) if scored is None else scored.bool()
-        hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.packing:
+            rows = pack(input_ids, attention_mask, scored)
+            # no attention mask: the restarting position ids alone keep each sequence to itself
+            input_ids, scored = rows.input_ids, rows.scored
+            hidden = self.lm.get_decoder()(input_ids=input_ids, position_ids=rows.position_ids,
+                                           use_cache=False).last_hidden_state
+        else:
+            hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                           use_cache=False).last_hidden_state
         return self.lm.get_output_embeddings()(hidden[:, :-1][scored[:, 1:]], input_ids[:, 1:][scored[:, 1:]],
                                                wanted, per_token_loss)
+
+
+@torch.no_grad()
+def check_packing(scorer, tolerance: float = 1e-3) -> None:
+    """Packed sequences must score as padded rows do on this model: three short sequences, both ways. A model
+    whose attention ignores restarting position ids would let them see each other; that is an error here,
+    not a silently different loss. `scorer`: a ScoringModel or the DeepSpeed engine around one (every rank
+    calls this: a ZeRO-3 forward is collective)."""
+    model = getattr(scorer, "module", scorer)
+    vocab = model.lm.get_output_embeddings().out_features
+    ids = (torch.arange(15).view(3, 5) * 7 + 3) % vocab
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]])  # packed: [5], [2 + 3]
+    device = next(model.parameters()).device
+    ids, mask = ids.to(device), mask.to(device)
+    was_training = model.training
+    scorer.eval()
+    packed = scorer(ids, mask)[0].float()
+    model.packing = False
+    try:
+        padded = scorer(ids, mask)[0].float()
+    finally:
+        model.packing = True
+        scorer.train(was_training)
+    gap = (packed - padded).abs().max().item()
+    if not gap <= tolerance:
+        from engine.errors import UserError
+
+        raise UserError(f"learner.packing=true: this model ({type(model.lm).__name__}) scores packed sequences "
+                        f"differently from padded ones (max |log-prob difference| {gap:.3g}): its attention does "
+                        f"not keep packed sequences apart by their position ids. Hint: learner.packing=false.")
 
 
 def targets_of(attention_mask: Tensor) -> Tensor:

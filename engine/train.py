@@ -115,7 +115,8 @@ def build_run(cfg: DictConfig, placement: Placement, channels: Channels | None) 
                       micro_batch_size=cfg.train.micro_batch_size, dtype=cfg.model.dtype,
                       logprob_impl=cfg.learner.logprob_impl, trust_remote_code=cfg.model.trust_remote_code,
                       shard_reference=cfg.deepspeed.shard_reference, zero3=zero3_settings(cfg.deepspeed),
-                      lora=cfg.model.lora)
+                      lora=cfg.model.lora, packing=cfg.learner.packing,
+                      max_tokens_per_micro_batch=cfg.learner.max_tokens_per_micro_batch)
     if channels is None:
         rollouts = LocalRollouts(start_vllm(cfg, model_path, seed=cfg.train.seed + rank), tokenizer, cfg, learner,
                                  rank, world)
@@ -197,7 +198,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         "loss": update.loss, "stage": float(stage),
         "no_answer_frac": 1 - sum(has.mean().item() for has in scored.has_answer) / len(scored.has_answer),
         "entropy": update.entropy,  # of the distribution sampled from (at rollout.temperature), whatever the reward
-        "grad_norm": update.grad_norm, "lr": update.lr,
+        "grad_norm": update.grad_norm, "lr": update.lr, "pad_frac": update.pad_frac,
         "sync_s": laps.seconds["sync_s"], "rollout_s": run.rollouts.last_rollout_s, "score_s": laps.seconds["score_s"],
         "update_s": laps.seconds["update_s"], "idle_s": run.rollouts.idle_s - idle_before,
         "tokens": batch.response_mask.sum().item(),
@@ -339,7 +340,7 @@ def guard_accuracy(run: Run, step: int) -> float:
     return accuracy
 
 
-PERF_KEYS = ("rollout_s", "score_s", "update_s", "sync_s", "idle_s", "step_seconds")
+PERF_KEYS = ("rollout_s", "score_s", "update_s", "sync_s", "idle_s", "step_seconds", "pad_frac")
 
 
 def log_step(run: Run, step: int, stats: dict[str, float], seconds_per_step: float) -> None:

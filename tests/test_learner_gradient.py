@@ -44,6 +44,13 @@ IS_OFFSETS = [-1.5, 0.3, -0.2, -1.0, 0.0, 0.8]
 IS_CAP = 2.0
 
 
+# (key, micro_batch_size, other Learner arguments). Token budgets on LENGTHS [10, 10, 9, 7]: packed at 17
+# tokens, [10] [10] [9 7] (three micro-batches of uneven sizes); padded at 20 slots, [10 10] [9 7].
+LEARNERS = [(4, 4, {}), (2, 2, {}), ("packed", 2, {"packing": True}),
+            ("packed-budget", 4, {"packing": True, "max_tokens_per_micro_batch": 17}),
+            ("padded-budget", 4, {"max_tokens_per_micro_batch": 20})]
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A random tiny Qwen2 (the project's tiny-model config, smaller), its reference moved away from it,
@@ -58,12 +65,12 @@ def _models_and_learners(tmp_path_factory):
     policy, reference = random_policy_and_reference(model_dir)
 
     learners = {}
-    for micro_batch in (4, 2):
+    for key, micro_batch, extra in LEARNERS:
         # grad_clip huge: clipping would rescale the gradient the optimizer sees.
         learner = Learner(str(model_dir), zero_stage=0, lr=1e-3, grad_clip=1e6, episodes_per_rank=4,
-                          micro_batch_size=micro_batch)
+                          micro_batch_size=micro_batch, **extra)
         learner.reference.lm.load_state_dict(reference.state_dict())
-        learners[micro_batch] = learner
+        learners[key] = learner
     return policy, reference, learners
 
 
@@ -161,6 +168,11 @@ def relative_distance(a, b) -> float:
     (1, "k2", None, 2, 1.0, 3),  # three turns: turns 1 and 2 held by beta2 without a reward term
     (2, "k3", IS_CAP, 4, 1.0, 3),
     (1, "k2", IS_CAP, 2, 1.0, 1),  # one turn: single-turn RL, the same in both stages
+    # padding-free: packed rows, and micro-batches by token budget (their gradient is the full batch's)
+    (2, "k3", IS_CAP, "packed", 0.7, 2),
+    (1, "k2", None, "packed-budget", 1.0, 3),
+    (2, "k2", IS_CAP, "packed-budget", 1.0, 2),
+    (2, "k3", None, "padded-budget", 1.0, 2),
 ])
 def test_learner_gradient_matches_hand_computed(setup, stage, kl_estimator, is_cap, micro_batch, temperature,
                                                 turns):
