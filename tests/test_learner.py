@@ -118,10 +118,10 @@ def test_scoring_model_keeps_the_autograd_path(tiny_model_dir):
     assert results["chunked"][1] == pytest.approx(results["naive"][1], rel=1e-5) and results["naive"][1] > 0
 
 
-def _ranks_result(model_dir, ranks: int, zero_stage: int, shard_reference: bool = True) -> dict:
+def _ranks_result(model_dir, ranks: int, zero_stage: int, shard_reference: bool = True, extra=()) -> dict:
     from engine.distributed import free_port
 
-    script = ["tests/scripts/learner_ranks.py", str(model_dir), str(zero_stage), str(int(shard_reference))]
+    script = ["tests/scripts/learner_ranks.py", str(model_dir), str(zero_stage), str(int(shard_reference)), *extra]
     command = ([sys.executable, *script] if ranks == 1 else
                ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(free_port()), *script])
     proc = run_script(command, timeout=600)
@@ -150,10 +150,17 @@ def test_two_learners_log_the_one_rank_statistics_and_shard_the_reference(tmp_pa
     """The same 8 episodes on one rank and split over two (ZeRO-3): the logged loss and KL (each rank's
     value, then the mean over ranks, as train_step logs them) and the gradient norm are the one-rank ones;
     each of the two ranks holds about half of the frozen reference, as of the policy. With
-    deepspeed.shard_reference=false each rank holds all of it, and the statistics are the same."""
+    deepspeed.shard_reference=false each rank holds all of it, and the statistics are the same. So are they
+    packed with a token budget that gives the second rank's longer rows one more micro-batch than the first's
+    (the first runs a throwaway pass: both ranks' backwards take part in every gradient reduction)."""
     model = _wide_model(tmp_path / "wide")
     one, two = _ranks_result(model, 1, 3), _ranks_result(model, 2, 3)
     whole = _ranks_result(model, 2, 3, shard_reference=False)
+    budget = _ranks_result(model, 2, 3, extra=["--packing", "--max-tokens", "235"])
+    assert budget["micro_batches"] == [2, 3]
+    for key in ("loss", "kl_t1", "kl_t2"):
+        assert budget["logged"][key] == pytest.approx(one["logged"][key], rel=1e-4), key
+    assert budget["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
     assert one["logged"]["kl_t1"] > 0.01 and one["logged"]["kl_t2"] > 0.01  # the update moved the policy
     for key in ("loss", "kl_t1", "kl_t2"):
         assert two["logged"][key] == pytest.approx(one["logged"][key], rel=1e-4), key
