@@ -96,32 +96,30 @@ class ScoringModel(nn.Module):
 
 @torch.no_grad()
 def check_packing(scorer, tolerance: float = 1e-3) -> None:
-    """Packed sequences must score as padded rows do on this model: three short sequences, both ways. A model
-    whose attention ignores restarting position ids would let them see each other; that is an error here,
-    not a silently different loss. `scorer`: a ScoringModel or the DeepSpeed engine around one (every rank
+    """Packed sequences must not see each other on this model: a row packs a 2-token sequence before a 3-token
+    one, and changing the first must leave the second's log-probs as they were (the same arithmetic on the same
+    values: equal in any dtype). A model whose attention ignores restarting position ids fails; that is an error
+    here, not a silently different loss. `scorer`: a ScoringModel or the DeepSpeed engine around one (every rank
     calls this: a ZeRO-3 forward is collective)."""
     model = getattr(scorer, "module", scorer)
     vocab = model.lm.get_output_embeddings().out_features
-    ids = (torch.arange(15).view(3, 5) * 7 + 3) % vocab
-    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]])  # packed: [5], [2 + 3]
     device = next(model.parameters()).device
-    ids, mask = ids.to(device), mask.to(device)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]], device=device)  # packed: [5], [2 + 3]
     was_training = model.training
     scorer.eval()
-    packed = scorer(ids, mask)[0].float()
-    model.packing = False
-    try:
-        padded = scorer(ids, mask)[0].float()
-    finally:
-        model.packing = True
-        scorer.train(was_training)
-    gap = (packed - padded).abs().max().item()
+    seconds = []
+    for first in (5, 11):  # two different first sequences in the shared row
+        ids = (torch.arange(15, device=device).view(3, 5) * 7 + 3) % vocab
+        ids[1, :2] = torch.tensor([first, first + 1], device=device) % vocab
+        seconds.append(scorer(ids, mask)[0][-2:].float())  # the last row's 2 scored tokens
+    scorer.train(was_training)
+    gap = (seconds[0] - seconds[1]).abs().max().item()
     if not gap <= tolerance:
         from engine.errors import UserError
 
-        raise UserError(f"learner.packing=true: this model ({type(model.lm).__name__}) scores packed sequences "
-                        f"differently from padded ones (max |log-prob difference| {gap:.3g}): its attention does "
-                        f"not keep packed sequences apart by their position ids. Hint: learner.packing=false.")
+        raise UserError(f"learner.packing=true: on this model ({type(model.lm).__name__}) a packed sequence's "
+                        f"log-probs change with the sequence packed before it (by up to {gap:.3g}): its attention "
+                        f"does not keep packed sequences apart by their position ids. Hint: learner.packing=false.")
 
 
 def targets_of(attention_mask: Tensor) -> Tensor:
