@@ -149,8 +149,8 @@ class Learner:
         shard_reference=False keeps a full reference on every rank at ZeRO-3 (no gathers in its forward); so
         does a world of one, where there is nothing to split. zero3: see zero3_settings. lora: the config's
         model.lora section; with r > 0 only adapters train and the reference is the policy without them.
-        packing: forwards on the sequences packed side by side (engine.packing), checked against padded rows
-        on this model first. max_tokens_per_micro_batch: an update's micro-batches hold up to this many token
+        packing: forwards on the sequences packed side by side (engine.packing), after checking on this model
+        that packed sequences do not see each other (engine.scoring.check_packing). max_tokens_per_micro_batch: an update's micro-batches hold up to this many token
         slots, longest rows first, instead of micro_batch_size rows each."""
         def load():
             return AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[dtype],

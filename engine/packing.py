@@ -6,9 +6,10 @@ few tokens to the length cap. `pack` lays the sequences end to end in rows as wi
 (next-fit, in the given order, so the scored tokens keep their row-major order) with position ids that
 restart at 0 for each sequence. Hugging Face models read restarting position ids, given no attention mask,
 as packed sequences and attend only within each one (transformers' `find_packed_sequence_indices`: a
-block-diagonal causal mask for sdpa and eager, the varlen kernel for flash-attention). Rows stay as wide as
-the longest sequence rather than one long row: on sdpa each token then attends over as many keys as padded,
-not over the whole micro-batch.
+block-diagonal causal mask for sdpa and eager; its flash-attention varlen path takes one row only, so a model
+loaded with flash-attention fails the start-up check, engine.scoring.check_packing). Rows stay as wide as the
+longest sequence rather than one long row: on sdpa each token then attends over as many keys as padded, not
+over the whole micro-batch.
 
 `micro_batches` picks which rows go together and in which order (first-fit decreasing, so next-fit packing
 in that order fills the rows as first-fit would).
@@ -40,7 +41,7 @@ def next_fit(lengths: Sequence[int], width: int) -> list[list[int]]:
     rows: list[list[int]] = []
     used = width
     for i, n in enumerate(lengths):
-        if used + n > width:
+        if not rows or used + n > width:
             rows.append([])
             used = 0
         rows[-1].append(i)
@@ -73,6 +74,8 @@ def pack(input_ids: Tensor, attention_mask: Tensor, scored: Tensor) -> PackedRow
     keep = attention_mask.bool()
     if (scored.bool() & ~keep).any():
         raise ValueError("a scored token outside the attention mask cannot be packed")
+    if (keep[:, 0].long() + (keep[:, 1:] & ~keep[:, :-1]).sum(1) > 1).any():  # runs of attended tokens per row
+        raise ValueError("packing needs each row's attended tokens in one contiguous run")
     lengths = keep.sum(1).tolist()
     width = max(lengths, default=0)
     rows = next_fit(lengths, max(width, 1))
@@ -111,6 +114,14 @@ def forward_slots(lengths: Sequence[int], packing: bool, width: int) -> int:
     return len(next_fit(lengths, max(longest, 1))) * longest
 
 
+def slots_with(group: list[int], extra: int, lengths: Sequence[int], packing: bool) -> int:
+    """forward_slots of a micro-batch (longest first) with one more row."""
+    members = [lengths[i] for i in group + [extra]]
+    if packing:
+        members = [members[j] for j in first_fit_order(members)]
+    return forward_slots(members, packing, max(members))
+
+
 def padding_share(cells: int, tokens: int) -> float:
     """The fraction of a forward's token slots that hold no token (perf/pad_frac)."""
     return 1.0 - tokens / cells if cells else 0.0
@@ -120,20 +131,18 @@ def micro_batches(lengths: Sequence[int], rows: int, max_tokens: int | None, pac
     """The batch's row indices per micro-batch, in the order each is scored.
 
     max_tokens unset: `rows` rows at a time, in batch order. Set: rows longest first, each micro-batch filled while
-    its forward holds at most max_tokens token slots (packed: its tokens; padded: its rows x its longest row); a
-    row longer than the budget goes alone. With packing each micro-batch is ordered for first-fit rows."""
+    its forward holds at most max_tokens token slots (packed: its first-fit rows x its longest row; padded: its
+    rows x its longest row); a row longer than the budget goes alone. With packing each micro-batch is ordered for
+    first-fit rows."""
     if max_tokens is None:
         groups = [list(range(start, min(start + rows, len(lengths)))) for start in range(0, len(lengths), rows)]
     else:
-        groups, cost = [], 0
+        groups = []
         for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-            # longest first: a padded micro-batch's width is its first row's length
-            extra = lengths[i] if packing or not groups else lengths[groups[-1][0]]
-            if not groups or cost + extra > max_tokens:
+            # longest first: a micro-batch's width is its first row's length
+            if not groups or slots_with(groups[-1], i, lengths, packing) > max_tokens:
                 groups.append([])
-                cost, extra = 0, lengths[i]
             groups[-1].append(i)
-            cost += extra
     if packing:
         groups = [[group[j] for j in first_fit_order([lengths[i] for i in group])] for group in groups]
     return groups

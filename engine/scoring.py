@@ -95,7 +95,7 @@ class ScoringModel(nn.Module):
 
 
 @torch.no_grad()
-def check_packing(scorer, tolerance: float = 1e-3) -> None:
+def check_packing(scorer, tolerance: float = 1e-5) -> None:
     """Packed sequences must not see each other on this model: a row packs a 2-token sequence before a 3-token
     one, and changing the first must leave the second's log-probs as they were (the same arithmetic on the same
     values: equal in any dtype). A model whose attention ignores restarting position ids fails; that is an error

@@ -240,6 +240,9 @@ def say_settings_without_effect(cfg: DictConfig) -> None:
         print(f"[reward] reward.kind={cfg.reward.kind} does not read "
               f"{', '.join(f'reward.{k}={cfg.reward[k]}' for k in unread)}: no effect (left out of the HParams)",
               flush=True)
+    if cfg.learner.max_tokens_per_micro_batch and cfg.algo.kind != "pg":
+        print(f"[warn] learner.max_tokens_per_micro_batch={cfg.learner.max_tokens_per_micro_batch} shapes the policy "
+              f"gradient's updates only: algo.kind={cfg.algo.kind} keeps train.micro_batch_size rows", flush=True)
     if cfg.guard.patience > 0 and cfg.eval.every == 0 and cfg.algo.kind == "pg":  # the preference loop has none
         print(f"[warn] guard.patience={cfg.guard.patience} compares held-out evaluations during training, and "
               f"eval.every=0 runs none: the guard's reward/accuracy check never runs. Hint: eval.every=N, or "

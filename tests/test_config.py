@@ -138,6 +138,9 @@ def test_base_layers_a_recipe_on_another(tmp_path):
                                "reward.scope=response, reward.reduction=min, reward.vote_weight=confidence"),
     # configs/gold.yaml inherits the default reward's settings
     (["configs/gold.yaml"], "[reward] reward.kind=gold does not read reward.metric=agreement"),
+    # a token budget shapes the policy-gradient update only
+    (["configs/rlsf_dpo.yaml", "learner.max_tokens_per_micro_batch=512"],
+     "[warn] learner.max_tokens_per_micro_batch=512 shapes the policy gradient's updates only: algo.kind=dpo"),
 ])
 def test_settings_that_would_do_nothing_are_said_at_start_up(overrides, said, capsys):
     from engine.train import say_settings_without_effect

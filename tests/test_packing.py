@@ -39,6 +39,15 @@ def test_pack_refuses_a_scored_token_that_opens_its_sequence():
         pack(ids, torch.ones_like(ids), scored)
 
 
+def test_pack_refuses_a_row_with_a_gap_and_takes_left_padding():
+    ids = torch.tensor([[5, 6, 7], [8, 9, 4]])
+    with pytest.raises(ValueError, match="contiguous"):
+        pack(ids, torch.tensor([[1, 1, 1], [1, 0, 1]]), torch.zeros(2, 3, dtype=torch.bool))
+    rows = pack(ids, torch.tensor([[1, 1, 1], [0, 1, 1]]), torch.tensor([[0, 1, 1], [0, 0, 1]]).bool())
+    assert rows.input_ids.tolist() == [[5, 6, 7], [9, 4, 0]]
+    assert rows.position_ids.tolist() == [[0, 1, 2], [0, 1, 0]]
+
+
 def test_first_fit_order_makes_next_fit_build_first_fit_rows():
     lengths = [3, 6, 2, 4, 5]  # width 6: first-fit decreasing gives [6], [5], [4, 2], [3]
     order = first_fit_order(lengths)
@@ -47,6 +56,7 @@ def test_first_fit_order_makes_next_fit_build_first_fit_rows():
     # in the given order a row closes when the next does not fit: 3 | 6 | 2 + 4 | 5
     assert next_fit(lengths, 6) == [[0], [1], [2, 3], [4]]
     assert next_fit([4, 2, 2, 1, 3], 4) == [[0], [1, 2], [3, 4]]
+    assert next_fit([0, 3], 3) == [[0, 1]]  # an empty row first
 
 
 def test_micro_batches_by_rows_or_by_token_budget():
@@ -54,8 +64,10 @@ def test_micro_batches_by_rows_or_by_token_budget():
     assert micro_batches(lengths, 2, None, packing=False) == [[0, 1], [2, 3], [4]]
     # packed: each group ordered longest first for first-fit rows
     assert micro_batches(lengths, 2, None, packing=True) == [[0, 1], [2, 3], [4]]
-    # budget 6 packed (tokens): 4 | 4 | 3 + 2 + 1
+    # budget 6 packed (first-fit rows x longest): 4 | 4 | 3, then 2 + 1 in a second row of 3
     assert micro_batches(lengths, 2, 6, packing=True) == [[2], [4], [0, 1, 3]]
+    # budget 22 packed: 10 | 6 + 6 would be 3 rows of 10, so 10 + 6 (2 rows x 10 = 20), then 6 alone
+    assert micro_batches([10, 6, 6], 3, 22, packing=True) == [[0, 1], [2]]
     # budget 8 padded (rows x longest): 4 + 4 | 3 + 3 (the 2 counts as 3) | the 1 would make 9
     assert micro_batches(lengths, 2, 8, packing=False) == [[2, 4], [0, 1], [3]]
     assert micro_batches([9, 2], 2, 5, packing=True) == [[0], [1]]  # longer than the budget: alone

@@ -90,6 +90,8 @@ def _update(learner, batch: TrainBatch, pair_weights: Tensor, beta: float,
         mb = batch.slice(start, start + learner.micro_batch)
         scored = mb.response_mask > 0
         coef = flat(per_sequence[start:start + learner.micro_batch, None].expand_as(scored), scored).detach()
+        # explicit, as in Learner.update: the engine's flag stays as the last loop on it left it
+        learner.engine.set_gradient_accumulation_boundary(start + learner.micro_batch >= len(batch))
 
         def per_token_loss(lp: Tensor, _entropy, rows: slice) -> Tensor:
             return coef[rows].to(lp.dtype) * lp  # summed: sum_s g_s log pi(s), whose gradient is DPO's

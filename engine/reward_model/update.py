@@ -23,6 +23,8 @@ def rewrite_update(learner, batch: ExampleBatch) -> dict[str, float]:
     loss_sum, grad_norm = 0.0, None
     for start in range(0, len(batch), learner.micro_batch):
         mb = batch.slice(start, start + learner.micro_batch)
+        # explicit, as in Learner.update: the engine's flag stays as the last loop on it left it
+        learner.engine.set_gradient_accumulation_boundary(start + learner.micro_batch >= len(batch))
 
         def per_token_loss(lp: Tensor, _entropy, _rows: slice) -> Tensor:
             return nll_terms(lp, total_tokens)
