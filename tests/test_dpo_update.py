@@ -35,14 +35,15 @@ def setup(tmp_path_factory):
         model_dir = tmp_path_factory.mktemp("dpo-model")
         policy, reference = random_policy_and_reference(model_dir)
 
-        def learner(micro_batch: int) -> Learner:
+        def learner(micro_batch: int, packing: bool = False) -> Learner:
             made = Learner(str(model_dir), zero_stage=0, lr=1e-2, grad_clip=1e6, episodes_per_rank=4,
-                           micro_batch_size=micro_batch)
+                           micro_batch_size=micro_batch, packing=packing)
             made.reference.lm.load_state_dict(reference.state_dict())
             return made
         # Built here, while the rendezvous variables DeepSpeed reads are set: micro-batches of 4 and 1, and one
         # that takes real steps.
-        return policy, reference, {"4": learner(4), "1": learner(1), "steps": learner(4)}
+        return policy, reference, {"4": learner(4), "1": learner(1), "steps": learner(4),
+                                   "packed": learner(4, packing=True)}
 
 
 def sequence_logprobs(model, batch: TrainBatch):
@@ -78,11 +79,21 @@ def flat(grads):
     return torch.cat([g.flatten() for g in grads])
 
 
-@pytest.mark.parametrize("micro_batch", [4, 1])  # one pass; four micro-batches (chosen and rejected apart)
+# Short chosen and long rejected responses: packed, the two chosen rows (4 and 5 tokens) share a row of 9.
+PACKABLE = [_pair([3, 4], [6, 1], [9, 10, 11, 12, 13, 14, 1], 2.0),
+            _pair([11, 12], [13, 14, 1], [15, 16, 17, 18, 19, 1], 0.5)]
+
+
+# one pass; four micro-batches (chosen and rejected apart); one pass on packed rows
+@pytest.mark.parametrize("micro_batch", [4, 1, "packed"])
 def test_dpo_gradient_matches_hand_computed(setup, micro_batch):
     policy, reference, learners = setup
-    batch = collate_pairs(PAIRS, pad_id=0)
-    assert batch.turn_masks[:, 0].sum(-1).tolist() == [4, 3, 3, 5]  # rows: chosen 1, chosen 2, rejected 1, 2
+    if micro_batch == "packed":
+        batch = collate_pairs(PACKABLE, pad_id=0)
+        assert batch.attention_mask.sum(1).tolist() == [4, 5, 9, 8]
+    else:
+        batch = collate_pairs(PAIRS, pad_id=0)
+        assert batch.turn_masks[:, 0].sum(-1).tolist() == [4, 3, 3, 5]  # rows: chosen 1, chosen 2, rejected 1, 2
     got, stats = learner_gradient(learners[str(micro_batch)], batch, WEIGHTS)
     want, loss = expected_gradient(policy, reference, batch, WEIGHTS)
     assert flat(want).norm() > 1e-3

@@ -91,9 +91,10 @@ def test_reads_the_dpo_rounds_keys(tmp_path):
                                 RMPair("2+2=?", "4", "5", origin=f"{path}:3")]
 
 
-def test_update_loss_is_the_token_mean_nll_of_the_targets(tiny_model_dir):
-    """In-process, world size 1: the fused head's loss over two micro-batches equals the mean -log p of the
-    target tokens computed from full logits, and the step lowers it."""
+@pytest.mark.parametrize("packing", [False, True])
+def test_update_loss_is_the_token_mean_nll_of_the_targets(tiny_model_dir, packing):
+    """In-process, world size 1: the fused head's loss over two micro-batches (padded, or packed) equals the mean
+    -log p of the target tokens computed from full logits, and the step lowers it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from engine.distributed import init_distributed
@@ -121,7 +122,7 @@ def test_update_loss_is_the_token_mean_nll_of_the_targets(tiny_model_dir):
     # have replaced that group since, and the stale clone fails "is not registered" in the engine's broadcast
     deepspeed_groups._WORLD_GROUP = None
     learner = Learner(str(tiny_model_dir), zero_stage=0, lr=1e-3, grad_clip=1.0, episodes_per_rank=3,
-                      micro_batch_size=2)
+                      micro_batch_size=2, packing=packing)
     first = rewrite_update(learner, batch)
     assert first["loss"] == pytest.approx(want, rel=1e-5)
     assert first["tokens"] == batch.target_mask.sum().item() and math.isfinite(first["grad_norm"])
