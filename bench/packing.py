@@ -1,11 +1,13 @@
 """The padding-free learner on real rollouts: padded against packed updates, same seed, same recipe.
 
-    python -m bench.packing [--recipes default smollm2] [--steps N] [--json PATH]
+    python -m bench.packing [--recipes default smollm2 gsm8k] [--steps N] [--json PATH]
 
-For each recipe, `engine/train.py` runs N steps twice from the same seed, with `learner.packing=false` (every
-micro-batch padded to the batch's longest episode, the learner before packing) and `learner.packing=true`.
-The episodes are the recipe's own (vLLM samples them at the recipe's lengths: nothing is forced). From each
-run's summary.json: the mean update time (`update_s`: reference forward, policy forward and backward, optimizer
+The recipes run replace their rows in the JSON file; the others' rows stay.
+
+For each recipe, `engine/train.py` runs its steps (RECIPES; --steps N for all) twice from the same seed, with
+`learner.packing=false` (every micro-batch padded to the batch's longest episode, the learner before packing)
+and `learner.packing=true`. The episodes are the recipe's own (vLLM samples them at the recipe's lengths:
+nothing is forced). From each run's summary.json: the mean update time (`update_s`: reference forward, policy forward and backward, optimizer
 step) over the steps after the first, the padding share of the learner's forwards (`perf/pad_frac`), and the
 largest difference between the two runs' per-step rewards and accuracies and their evaluations (equal within
 float32 reordering when packing changes nothing else). Evaluations are kept small (eval.problems) since they
@@ -25,16 +27,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-RECIPES = {  # the recipe and its overrides for a short run; the real model keeps its warm-up (cached) and LoRA
-    "default": ["configs/default.yaml", "eval.problems=64"],
-    "smollm2": ["configs/smollm2.yaml", "eval.problems=16"],
+RECIPES = {  # the recipe, its steps and overrides for a short run; the real model keeps its warm-up (cached) and LoRA
+    "default": (20, ["configs/default.yaml", "eval.problems=64"]),
+    "smollm2": (4, ["configs/smollm2.yaml", "eval.problems=16"]),
+    # natural lengths: SmolLM2 on GSM8K, turns from a few tokens to the cap, turn 2 carrying turn 1 (configs/gsm8k.yaml,
+    # cut to 8 episodes of up to 2 x 256 sampled tokens a step and micro-batches of 4 so that a step fits on 2 cores)
+    "gsm8k": (3, ["configs/gsm8k.yaml", "eval.problems=4", "rollout.prompts_per_step=2", "rollout.max_tokens=256",
+                  "rollout.max_model_len=1024", "train.micro_batch_size=4"]),
 }
 COMPARED = ("reward_t1", "reward_t2", "acc_t1", "acc_t2")
 
 
 def run(recipe: str, packing: bool, steps: int, out: Path) -> dict:
     run_dir = out / f"{recipe}-{'packed' if packing else 'padded'}"
-    config, *overrides = RECIPES[recipe]
+    config, *overrides = RECIPES[recipe][1]
     cmd = [sys.executable, "engine/train.py", config, *overrides, f"train.steps={steps}", "train.save_every=0",
            "eval.every=0", f"learner.packing={str(packing).lower()}", f"train.output_dir={run_dir}",
            "train.resume=never"]
@@ -64,15 +70,18 @@ def largest_gap(a: dict, b: dict) -> float:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=None, help="steps per run (default: the recipe's, RECIPES)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-packing")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "packing.json")
     args = parser.parse_args(argv)
-    rows = []
+    previous = json.loads(args.json.read_text())["rows"] if args.json.is_file() else []
+    rows = [r for r in previous if r["recipe"] not in args.recipes]
     for recipe in args.recipes:
-        padded, packed = (run(recipe, packing, args.steps, args.out) for packing in (False, True))
+        steps = args.steps or RECIPES[recipe][0]
+        padded, packed = (run(recipe, packing, steps, args.out) for packing in (False, True))
         rows.append({"recipe": recipe, "padded": padded, "packed": packed,
                      "update_ratio": packed["update_s"] / padded["update_s"], "largest_gap": largest_gap(padded, packed)})
+    rows.sort(key=lambda r: list(RECIPES).index(r["recipe"]))
     print(f"\n{'recipe':<10}{'pad_frac padded':>17}{'pad_frac packed':>17}{'update_s padded':>17}"
           f"{'update_s packed':>17}{'packed/padded':>15}{'largest gap':>13}")
     for r in rows:
@@ -81,7 +90,7 @@ def main(argv=None) -> None:
               f"{r['largest_gap']:>13.2g}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": f"{platform.machine()} {platform.processor()}".strip(),
-                                     "cpus": __import__("os").cpu_count(), "steps": args.steps, "rows": rows},
+                                     "cpus": __import__("os").cpu_count(), "rows": rows},
                                     indent=1))
     print(f"wrote {args.json}")
 
