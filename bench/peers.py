@@ -164,8 +164,9 @@ def engine_row(turns: int, args, out: Path, packing: bool = True) -> dict:
     run_dir = out / f"engine-{turns}turn{'' if not args.real_model else '-packed' if packing else '-padded'}"
     steps = args.warmup + args.steps
     if args.real_model:
+        # micro-batches of 16 as configs/smollm2.yaml: 64 rows of SmolLM2 at once were killed for memory here
         lengths = [f"model.lora.r={REAL_LORA['r']}", f"model.lora.alpha={REAL_LORA['alpha']}",
-                   f"learner.packing={str(packing).lower()}"]
+                   f"learner.packing={str(packing).lower()}", "train.micro_batch_size=16"]
     else:  # every completion forced to exactly --tokens
         lengths = [f"rollout.min_tokens={args.tokens}", f"rollout.max_model_len={64 + turns * (args.tokens + 16)}"]
     command = [sys.executable, "-m", "bench.engine_row", "configs/default.yaml", f"model.path={model_dir(args, out)}",
