@@ -165,13 +165,15 @@ def engine_row(turns: int, args, out: Path, packing: bool = True) -> dict:
     steps = args.warmup + args.steps
     if args.real_model:
         # micro-batches of 16 as configs/smollm2.yaml: 64 rows of SmolLM2 at once were killed for memory here
-        lengths = [f"model.lora.r={REAL_LORA['r']}", f"model.lora.alpha={REAL_LORA['alpha']}",
+        row_settings = [f"model.lora.r={REAL_LORA['r']}", f"model.lora.alpha={REAL_LORA['alpha']}",
                    f"learner.packing={str(packing).lower()}", "train.micro_batch_size=16"]
     else:  # every completion forced to exactly --tokens
-        lengths = [f"rollout.min_tokens={args.tokens}", f"rollout.max_model_len={64 + turns * (args.tokens + 16)}"]
+        row_settings = [f"rollout.min_tokens={args.tokens}",
+                        f"rollout.max_model_len={64 + turns * (args.tokens + 16)}"]
     command = [sys.executable, "-m", "bench.engine_row", "configs/default.yaml", f"model.path={model_dir(args, out)}",
                f"data.train={out / 'prompts.jsonl'}", f"data.eval={out / 'prompts.jsonl'}",
-               f"rollout.turns={turns}", f"rollout.max_tokens={args.tokens}", *lengths, "rollout.kv_cache_gib=2",
+               f"rollout.turns={turns}", f"rollout.max_tokens={args.tokens}", *row_settings,
+               "rollout.kv_cache_gib=2",
                f"rollout.prompts_per_step={PROMPTS}", f"rollout.n={SAMPLES}", f"train.lr={LR}",
                f"algo.beta1={BETA}", f"algo.beta2={BETA}", "algo.stage1_steps=0", f"train.grad_clip={GRAD_CLIP}",
                # equal work: TRL's reward (bench/engine_row.py), no token statistics, no answer probe

@@ -17,10 +17,10 @@ from transformers import AutoModelForCausalLM
 from engine.algorithms import TurnWeights, kl_per_token, token_coefficients, token_loss, truncated_is_weights
 from engine.batch import TrainBatch
 from engine.distributed import all_ranks_sum, reduce_max, world_size
-from engine.models import DTYPES
-from engine.packing import forward_slots, micro_batches, padding_share
 from engine.logprobs import Wanted
 from engine.lora import AdaptersOff, adapter_state, add_adapters, trainable
+from engine.models import DTYPES
+from engine.packing import forward_slots, micro_batches, padding_share
 from engine.scoring import ScoringModel, check_packing, flat, grid, sampling_temperature
 from engine.token_stats import TokenStats, token_stats
 from engine.weight_sync import gathered_state_dict
@@ -150,8 +150,9 @@ class Learner:
         does a world of one, where there is nothing to split. zero3: see zero3_settings. lora: the config's
         model.lora section; with r > 0 only adapters train and the reference is the policy without them.
         packing: forwards on the sequences packed side by side (engine.packing), after checking on this model
-        that packed sequences do not see each other (engine.scoring.check_packing). max_tokens_per_micro_batch: an update's micro-batches hold up to this many token
-        slots, longest rows first, instead of micro_batch_size rows each."""
+        that packed sequences do not see each other (engine.scoring.check_packing). max_tokens_per_micro_batch:
+        an update's micro-batches hold up to this many token slots, longest rows first, instead of
+        micro_batch_size rows each."""
         def load():
             return AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[dtype],
                                                         trust_remote_code=trust_remote_code)
@@ -273,8 +274,9 @@ class Learner:
                 self.engine.step()
             if throwaway:
                 continue
-            slots += forward_slots(mb.lengths, self.packing, width)
-            tokens += sum(mb.lengths)
+            lengths = mb.lengths
+            slots += forward_slots(lengths, self.packing, width)
+            tokens += sum(lengths)
             entropy_sum += entropy.float().sum().item()
             lp, ref_lp = grid(lp.float(), sampled), grid(ref_lp.float(), sampled)
             kl_tokens = kl_per_token(lp, ref_lp, kl_estimator)

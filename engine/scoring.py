@@ -81,15 +81,12 @@ class ScoringModel(nn.Module):
         """Statistics of the tokens marked in `scored` ([B, T] aligned with input_ids; default: every
         token that has a predecessor), flat in row-major order. The head runs on those tokens only."""
         scored = targets_of(attention_mask) if scored is None else scored.bool()
+        layout = {"attention_mask": attention_mask}
         if self.packing:
             rows = pack(input_ids, attention_mask, scored)
             # no attention mask: the restarting position ids alone keep each sequence to itself
-            input_ids, scored = rows.input_ids, rows.scored
-            hidden = self.lm.get_decoder()(input_ids=input_ids, position_ids=rows.position_ids,
-                                           use_cache=False).last_hidden_state
-        else:
-            hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                           use_cache=False).last_hidden_state
+            input_ids, scored, layout = rows.input_ids, rows.scored, {"position_ids": rows.position_ids}
+        hidden = self.lm.get_decoder()(input_ids=input_ids, use_cache=False, **layout).last_hidden_state
         return self.lm.get_output_embeddings()(hidden[:, :-1][scored[:, 1:]], input_ids[:, 1:][scored[:, 1:]],
                                                wanted, per_token_loss)
 
