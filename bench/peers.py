@@ -164,9 +164,10 @@ def engine_row(turns: int, args, out: Path, packing: bool = True) -> dict:
     run_dir = out / f"engine-{turns}turn{'' if not args.real_model else '-packed' if packing else '-padded'}"
     steps = args.warmup + args.steps
     if args.real_model:
-        # micro-batches of 16 as configs/smollm2.yaml: 64 rows of SmolLM2 at once were killed for memory here
+        # as TRL's row: the 64 episodes in one micro-batch, activations recomputed (GRPOConfig's default)
         row_settings = [f"model.lora.r={REAL_LORA['r']}", f"model.lora.alpha={REAL_LORA['alpha']}",
-                   f"learner.packing={str(packing).lower()}", "train.micro_batch_size=16"]
+                        f"learner.packing={str(packing).lower()}", f"train.micro_batch_size={PROMPTS * SAMPLES}",
+                        "learner.gradient_checkpointing=true"]
     else:  # every completion forced to exactly --tokens
         row_settings = [f"rollout.min_tokens={args.tokens}",
                         f"rollout.max_model_len={64 + turns * (args.tokens + 16)}"]
@@ -198,7 +199,8 @@ def engine_row(turns: int, args, out: Path, packing: bool = True) -> dict:
             # evidence of real updates: a gradient, and the policy moved away from the reference
             "grad_norm": statistics.mean(s["grad_norm"] for s in history),
             "reference_drift": max(s["reference_drift"] for s in history),
-            "pad_frac": statistics.mean(s["pad_frac"] for s in history)}
+            "pad_frac": statistics.mean(s["pad_frac"] for s in history),
+            "gradient_checkpointing": args.real_model}
 
 
 def trl_row(use_vllm: bool, args, out: Path) -> dict:
@@ -274,7 +276,8 @@ def trl_row(use_vllm: bool, args, out: Path) -> dict:
             "step_s": mean("step_s"), "generation_s": generation,
             "scoring_s": mean("scoring_s"), "sync_s": mean("sync_s"),
             "update_s": mean("step_s") - mean("generation_s") - mean("scoring_s") - mean("reward_s"),
-            "sampled_tokens": PROMPTS * SAMPLES * statistics.mean(lengths[args.warmup:] or lengths)}
+            "sampled_tokens": PROMPTS * SAMPLES * statistics.mean(lengths[args.warmup:] or lengths),
+            "gradient_checkpointing": config.gradient_checkpointing}
 
 
 def run_row(name: str, args, out: Path) -> dict:

@@ -53,9 +53,12 @@ def shut_down() -> None:
     with the group's threads alive) can die with "terminate called without an active exception"."""
     import torch.distributed as dist
 
+    from engine.distributed import remove_shm_buffer, shm_buffer_path
+
     dist.barrier()
     dist.destroy_process_group()
     sys.stdout.flush()
+    remove_shm_buffer(shm_buffer_path())  # os._exit skips the atexit hook that would
     os._exit(0)  # about 1 exit in 20 still aborted in C++ teardown after the results (cause not found)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -34,7 +36,21 @@ def init_distributed() -> tuple[int, int]:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         backend = "nccl"
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    atexit.register(remove_shm_buffer, shm_buffer_path())
     return dist.get_rank(), dist.get_world_size()
+
+
+def shm_buffer_path() -> Path:
+    """This rank's shared-memory all-reduce workspace, which DeepSpeed's CPU communicator creates at start-up
+    (ops/csrc/cpu/comm/shm.cpp, about 70 MB) and never unlinks: each multi-rank run would leave it in RAM."""
+    env = os.environ
+    return Path("/dev/shm") / (f"deepspeed_allreduce_buffer_{os.getuid()}_{env['MASTER_ADDR']}_"
+                               f"{env['MASTER_PORT']}_{env['RANK']}")
+
+
+def remove_shm_buffer(path: Path) -> None:
+    """At exit; the other ranks have mapped their views at start-up, and a mapping outlives its name."""
+    path.unlink(missing_ok=True)
 
 
 def barrier() -> None:

@@ -144,7 +144,7 @@ class Learner:
                  micro_batch_size: int, dtype: str = "float32", logprob_impl: str = "auto",
                  trust_remote_code: bool = False, with_reference: bool = True, shard_reference: bool = True,
                  zero3: dict | None = None, lora=None, packing: bool = False,
-                 max_tokens_per_micro_batch: int | None = None):
+                 max_tokens_per_micro_batch: int | None = None, gradient_checkpointing: bool = False):
         """with_reference=False: no frozen reference (a trainer with no KL term, train_rm); update() needs one.
         shard_reference=False keeps a full reference on every rank at ZeRO-3 (no gathers in its forward); so
         does a world of one, where there is nothing to split. zero3: see zero3_settings. lora: the config's
@@ -152,12 +152,17 @@ class Learner:
         packing: forwards on the sequences packed side by side (engine.packing), after checking on this model
         that packed sequences do not see each other (engine.scoring.check_packing). max_tokens_per_micro_batch:
         an update's micro-batches hold up to this many token slots, longest rows first, instead of
-        micro_batch_size rows each."""
+        micro_batch_size rows each. gradient_checkpointing: keep only each decoder layer's input through the
+        forward and recompute the layer in the backward (transformers' gradient_checkpointing_enable,
+        non-reentrant, so LoRA's frozen inputs need no grad hook): about a third more compute for activations
+        that no longer grow with depth."""
         def load():
             return AutoModelForCausalLM.from_pretrained(model_path, dtype=DTYPES[dtype],
                                                         trust_remote_code=trust_remote_code)
 
         lm = load()
+        if gradient_checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.adapters = add_adapters(lm, lora) if lora is not None and lora.r > 0 else None  # PEFT's wrapper
         policy = ScoringModel(lm, logprob_impl, packing)
         self.packing, self.max_tokens = packing, max_tokens_per_micro_batch

@@ -116,7 +116,8 @@ def build_run(cfg: DictConfig, placement: Placement, channels: Channels | None) 
                       logprob_impl=cfg.learner.logprob_impl, trust_remote_code=cfg.model.trust_remote_code,
                       shard_reference=cfg.deepspeed.shard_reference, zero3=zero3_settings(cfg.deepspeed),
                       lora=cfg.model.lora, packing=cfg.learner.packing,
-                      max_tokens_per_micro_batch=cfg.learner.max_tokens_per_micro_batch)
+                      max_tokens_per_micro_batch=cfg.learner.max_tokens_per_micro_batch,
+                      gradient_checkpointing=cfg.learner.gradient_checkpointing)
     if channels is None:
         rollouts = LocalRollouts(start_vllm(cfg, model_path, seed=cfg.train.seed + rank), tokenizer, cfg, learner,
                                  rank, world)

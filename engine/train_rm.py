@@ -168,7 +168,8 @@ def build_rm_run(cfg: DictConfig) -> RMRun:
                       episodes_per_rank=cfg.rm.batch_size // world, micro_batch_size=cfg.train.micro_batch_size,
                       dtype=cfg.model.dtype, logprob_impl=cfg.learner.logprob_impl,
                       trust_remote_code=cfg.model.trust_remote_code, with_reference=False,
-                      zero3=zero3_settings(cfg.deepspeed), packing=cfg.learner.packing)
+                      zero3=zero3_settings(cfg.deepspeed), packing=cfg.learner.packing,
+                      gradient_checkpointing=cfg.learner.gradient_checkpointing)
     return RMRun(cfg=cfg, rank=rank, world=world, tokenizer=tokenizer, model_config=model_config,
                  model_path=model_path, learner=learner, logger=RunLogger(Path(cfg.rm.output_dir), enabled=rank == 0),
                  max_len=min(limits))

@@ -166,6 +166,24 @@ def test_token_budget_update_equals_the_row_count_one(model_dir):
     assert budget.kl_turns == pytest.approx(whole.kl_turns, abs=TOL)
 
 
+@pytest.mark.parametrize("lora", [None, LORA], ids=["full", "lora"])
+def test_gradient_checkpointing_recomputes_layers_and_keeps_the_update(model_dir, lora, monkeypatch):
+    """learner.gradient_checkpointing: the same update, with each decoder layer run again in the backward."""
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer
+    calls = []
+    original = Qwen2DecoderLayer.forward
+    monkeypatch.setattr(Qwen2DecoderLayer, "forward", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    plain, plain_grad, _ = run_update(model_dir, lora, micro_batch_size=3, packing=True)
+    plain_calls, calls[:] = len(calls), []
+    saved, saved_grad, _ = run_update(model_dir, lora, micro_batch_size=3, packing=True, gradient_checkpointing=True)
+    # the update's 2 micro-batches run each layer once more in their backward; the scoring passes do not
+    layers = 2
+    assert len(calls) == plain_calls + 2 * layers
+    assert (saved_grad - plain_grad).abs().max() < TOL
+    assert saved.loss == pytest.approx(plain.loss, abs=TOL)
+    assert saved.kl_turns == pytest.approx(plain.kl_turns, abs=TOL)
+
+
 def test_a_model_that_ignores_packed_positions_is_refused(model_dir, monkeypatch):
     """If the attention let packed sequences see each other, packing would change the loss: an error."""
     model_dir, _ = model_dir
