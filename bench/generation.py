@@ -59,7 +59,7 @@ def child(model: str, row: str, count: int, lengths: list[int]) -> dict:
     """One row, in this process: {length: {"tokens", "seconds", "tokens_per_s"}}."""
     from transformers import AutoTokenizer
 
-    from engine.models import resolve_model_path
+    from engine.models.paths import resolve_model_path
     from rollout.episodes import encode_prompt
 
     folder = resolve_model_path(model, is_builder=True)

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from engine.logprobs import head_loss, head_stats
-from engine.models import DTYPES
+from engine.models.paths import DTYPES
+from engine.ops.logprobs import head_loss, head_stats
 
 H, V = 896, 151936
 

@@ -37,14 +37,13 @@ def tensor_bytes(tensors) -> int:
 def child(model_dir: str, rank: int, zero_stage: int) -> None:
     import torch
     from omegaconf import OmegaConf
+    from transformers import AutoConfig
 
     from bench.profile_update import random_batch
     from bench.zero3_memory import EPISODES, PROMPT, RESPONSE, PeakRSS
-    from engine.algorithms import TurnWeights
-    from engine.distributed import init_distributed
-    from engine.learner import Learner
-
-    from transformers import AutoConfig
+    from engine.runtime.distributed import init_distributed
+    from engine.update.algorithms import TurnWeights
+    from engine.update.learner import Learner
 
     init_distributed()
     vocab = AutoConfig.from_pretrained(model_dir).vocab_size
@@ -83,7 +82,7 @@ def main() -> None:
         return child(args.child, args.child_rank, args.zero_stage)
     from bench.logprobs import machine_name
     from bench.zero3_memory import build_model
-    from engine.models import resolve_model_path
+    from engine.models.paths import resolve_model_path
 
     folder = Path(resolve_model_path(args.model, is_builder=True)) if args.model else ROOT / args.out / "model"
     if not (folder / "config.json").is_file():

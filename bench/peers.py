@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -37,22 +36,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.engine_row import REWARD, length_mod_7  # noqa: E402
+from bench.peers_inputs import (MODEL, PROMPT_WORDS, REAL_MODEL, TINY, build_model, model_dir,  # noqa: E402,F401
+                                parameter_count, prompt_tokens, write_prompts, write_real_prompts)
 
 PROMPTS, SAMPLES = 16, 4
 LR, BETA, GRAD_CLIP = 1e-4, 0.05, 1.0  # the engine's train.lr, algo.beta1, train.grad_clip
-MODEL = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=16, num_attention_heads=8,
-             num_key_value_heads=2, vocab_size=32768, max_position_embeddings=1024, tie_word_embeddings=True)
-# vLLM's CPU attention takes head_dim 64 or more: 2 heads of 64
-TINY = {**MODEL, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 2,
-        "num_key_value_heads": 1}
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-PROMPT_WORDS = 24  # each prompt: this many random vocabulary words, one token each
 ROWS = ("trl-transformers", "trl-vllm-colocate", "engine-1turn", "engine-2turn")
 # --real-model: SmolLM2-135M-Instruct with LoRA r=16 on GSM8K questions at natural lengths (nothing forced)
 REAL_ROWS = ("trl-peft", "engine-1turn-padded", "engine-1turn-packed", "engine-2turn-packed")
-REAL_MODEL, REAL_LORA = "builtin:smollm2-135m-instruct", {"r": 16, "alpha": 32}
-REAL_PROMPTS = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+REAL_LORA = {"r": 16, "alpha": 32}
 LABELS = {"trl-transformers": "TRL GRPOTrainer, transformers generate",
           "trl-vllm-colocate": "TRL GRPOTrainer, colocated vLLM",
           "engine-1turn": "selfcorrect-rl, 1 turn (rollout.turns=1)",
@@ -61,99 +53,6 @@ LABELS = {"trl-transformers": "TRL GRPOTrainer, transformers generate",
           "engine-1turn-padded": "selfcorrect-rl, 1 turn, LoRA, padded (learner.packing=false)",
           "engine-1turn-packed": "selfcorrect-rl, 1 turn, LoRA, packed",
           "engine-2turn-packed": "selfcorrect-rl, 2 turns (SCoRe), LoRA, packed"}
-
-
-# --- the shared work: model folder and prompts ------------------------------------------------------------
-
-def model_dir(args, out: Path) -> Path:
-    if getattr(args, "real_model", False):  # the engine's cached conversion of the GGUF (made on first use)
-        from engine.models import resolve_model_path
-
-        return Path(resolve_model_path(REAL_MODEL, is_builder=True, log=lambda *a: None))
-    return out / ("model-tiny" if args.tiny else "model")
-
-
-def write_real_prompts(path: Path, count: int = 64) -> Path:
-    """The first `count` GSM8K training questions, as they are (the benchmark's reward reads no answer)."""
-    rows = [json.loads(line) for line in REAL_PROMPTS.read_text().splitlines()[:count]]
-    path.write_text("".join(json.dumps({"prompt": r["question"], "answer": "0"}) + "\n" for r in rows))
-    return path
-
-
-def word_vocabulary(size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A byte-level BPE vocabulary of `size` tokens in Qwen2's own form (so `AutoTokenizer` and vLLM load it
-    as a Qwen2Tokenizer, unchanged): 3 special tokens, the 256 byte symbols, then " a".." zzz" (every space +
-    1-3 lowercase letters) and as many " aaaa"-style 4-letter words as fill `size`; each word is one token,
-    built by merging its last letter onto its prefix (which is itself a token)."""
-    from itertools import product
-
-    from engine.tokenizer import _bytes_to_unicode
-
-    space, letters = _bytes_to_unicode()[ord(" ")], "abcdefghijklmnopqrstuvwxyz"
-    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *_bytes_to_unicode().values()]
-    merges = []
-    for length in (1, 2, 3, 4):
-        for word in product(letters, repeat=length):
-            if len(tokens) >= size:
-                break
-            token = space + "".join(word)
-            tokens.append(token)
-            merges.append((token[:-1], token[-1]))
-    return {t: i for i, t in enumerate(tokens)}, merges
-
-
-def build_model(folder: Path, shape: dict, seed: int = 0) -> Path:
-    """A random-weight Qwen2 with a 32k byte-level BPE tokenizer (any sampled id decodes) and a chat template."""
-    if (folder / "config.json").is_file():
-        return folder
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
-
-    vocab, merges = word_vocabulary(shape["vocab_size"])
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>",
-                               pad_token="<|endoftext|>", additional_special_tokens=["<|im_start|>"])
-    tokenizer.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(seed)
-    config = Qwen2Config(**shape, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    tmp = folder.with_name(folder.name + ".tmp")
-    Qwen2ForCausalLM(config).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    reloaded = AutoTokenizer.from_pretrained(tmp)  # what TRL, vLLM and the engine will load
-    if len(reloaded) != shape["vocab_size"] or len(reloaded(" abc zzz").input_ids) != 2:
-        raise RuntimeError(f"the benchmark tokenizer did not survive AutoTokenizer ({type(reloaded).__name__})")
-    os.replace(tmp, folder)
-    return folder
-
-
-def prompt_tokens(folder: Path, prompts: list[str]) -> list[int]:
-    """Tokens of each prompt as every system sends it: through the chat template, with the assistant header."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    return [len(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                              tokenize=True, return_dict=True)["input_ids"]) for p in prompts]
-
-
-def parameter_count(folder: Path) -> int:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    with __import__("torch").device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
-    return sum(p.numel() for p in model.parameters())
-
-
-def write_prompts(path: Path, count: int = 64, words: int = PROMPT_WORDS) -> Path:
-    """`count` prompts of `words` random 3-letter vocabulary words each (one token per word), with a dummy
-    answer (the data format needs one; the benchmark's reward does not read it)."""
-    import random
-    from itertools import product
-
-    rng = random.Random(0)
-    vocabulary = ["".join(w) for w in product("abcdefghijklmnopqrstuvwxyz", repeat=3)]
-    rows = [{"prompt": " ".join(rng.choice(vocabulary) for _ in range(words)), "answer": "0"} for _ in range(count)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 # --- the rows ---------------------------------------------------------------------------------------------
@@ -205,11 +104,10 @@ def engine_row(turns: int, args, out: Path, packing: bool = True) -> dict:
 
 def trl_row(use_vllm: bool, args, out: Path) -> dict:
     """TRL's GRPOTrainer on the same model, prompts and optimizer; phases timed by wrapping its methods."""
-    from trl import GRPOConfig, GRPOTrainer  # first: without the bench extra, the row's error names trl
-
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer  # first: without the bench extra, the row's error names trl
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir(args, out))
     prompts = [json.loads(line)["prompt"] for line in (out / "prompts.jsonl").read_text().splitlines()]
@@ -375,7 +273,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="1 timed step; a warm-up step only for the single-turn row (the README table)")
+                        help="1 timed step; a warm-up step only for the single-turn row (the table in docs/benchmarks.md)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per row (default 4; --quick 1)")
     parser.add_argument("--warmup", type=int, default=None, help="steps left out (default 2; --quick 1)")
     parser.add_argument("--tokens", type=int, default=128, help="every completion's length")

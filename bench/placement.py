@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench.logprobs import machine_name
-from engine.distributed import free_port
+from engine.runtime.distributed import free_port
 
 # layout -> (ranks, overrides)
 LAYOUTS = {

@@ -27,7 +27,7 @@ def random_batch(vocab: int, seed: int = 0, episodes: int = EPISODES, prompt: in
     """A batch of sampled-looking single-turn episodes: every response exactly `response` tokens."""
     import torch
 
-    from engine.batch import TrainBatch
+    from engine.update.batch import TrainBatch
 
     g = torch.Generator().manual_seed(seed)
     width = prompt + response
@@ -89,9 +89,9 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from bench.peers import MODEL, build_model
-    from engine.algorithms import TurnWeights
-    from engine.distributed import init_distributed
-    from engine.learner import Learner
+    from engine.runtime.distributed import init_distributed
+    from engine.update.algorithms import TurnWeights
+    from engine.update.learner import Learner
 
     folder = build_model(ROOT / args.out / "model", MODEL)
     init_distributed()

@@ -38,7 +38,7 @@ def resident_bytes(module) -> int:
 def build_model(folder: Path) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from engine.tokenizer import build_char_tokenizer
+    from engine.builtin.tokenizer import build_char_tokenizer
 
     tok = build_char_tokenizer()
     config = Qwen2Config(vocab_size=8192, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
@@ -48,30 +48,42 @@ def build_model(folder: Path) -> None:
     tok.save_pretrained(folder)
 
 
+def engine_module(name: str):
+    """The engine module `name` (engine.runtime.distributed, ...); a --repo checkout from before the engine's
+    subpackages has it flat (engine.distributed)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError:
+        return importlib.import_module("engine." + name.rsplit(".", 1)[1])
+
+
 def shut_down() -> None:
     """Leave the process group together: a rank that exits while the other is still in a collective (or
     with the group's threads alive) can die with "terminate called without an active exception"."""
     import torch.distributed as dist
 
-    from engine.distributed import remove_shm_buffer, shm_buffer_path
-
+    distributed = engine_module("engine.runtime.distributed")
     dist.barrier()
     dist.destroy_process_group()
     sys.stdout.flush()
-    remove_shm_buffer(shm_buffer_path())  # os._exit skips the atexit hook that would
+    if hasattr(distributed, "remove_shm_buffer"):  # os._exit skips the atexit hook that would
+        distributed.remove_shm_buffer(distributed.shm_buffer_path())
     os._exit(0)  # about 1 exit in 20 still aborted in C++ teardown after the results (cause not found)
 
 
 def child(model_dir: str) -> None:
     import torch
-
-    from engine.algorithms import TurnWeights
-    from engine.batch import collate
-    from engine.distributed import gather_objects, init_distributed
-    from engine.learner import Learner
     from transformers import AutoTokenizer
 
     from tests.test_episodes import _episode
+
+    gather_objects, init_distributed = (getattr(engine_module("engine.runtime.distributed"), name)
+                                        for name in ("gather_objects", "init_distributed"))
+    TurnWeights = engine_module("engine.update.algorithms").TurnWeights
+    collate = engine_module("engine.update.batch").collate
+    Learner = engine_module("engine.update.learner").Learner
 
     rank, world = init_distributed()
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -97,7 +109,7 @@ def main() -> None:
     sys.path.insert(0, args.repo)
     if args.child:
         return child(args.child)
-    from engine.distributed import free_port
+    from engine.runtime.distributed import free_port
 
     commit = subprocess.run(["git", "-C", args.repo, "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()

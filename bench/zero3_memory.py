@@ -63,7 +63,7 @@ def build_model(folder: Path) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from bench.peers import MODEL
-    from engine.tokenizer import build_char_tokenizer
+    from engine.builtin.tokenizer import build_char_tokenizer
 
     tok = build_char_tokenizer()
     Qwen2ForCausalLM(Qwen2Config(**MODEL, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)) \
@@ -77,9 +77,9 @@ def child(model_dir: str, shard_reference: bool, micro_batch: int, live: int, bu
 
     from bench.profile_update import random_batch
     from bench.reference_memory import resident_bytes, shut_down
-    from engine.algorithms import TurnWeights
-    from engine.distributed import gather_objects, init_distributed
-    from engine.learner import Learner, zero3_settings
+    from engine.runtime.distributed import gather_objects, init_distributed
+    from engine.update.algorithms import TurnWeights
+    from engine.update.learner import Learner, zero3_settings
 
     rank, world = init_distributed()
     per_rank = EPISODES // world
@@ -114,7 +114,7 @@ def child(model_dir: str, shard_reference: bool, micro_batch: int, live: int, bu
 
 def launch(model_dir: str, ranks: int, shard_reference: bool, micro_batch: int, live: int,
            bucket: int) -> list[dict]:
-    from engine.distributed import free_port
+    from engine.runtime.distributed import free_port
 
     # Tensors of 1 MiB or more are mmapped and unmapped when freed (glibc's threshold otherwise rises with
     # the largest freed block, keeping freed memory resident): the RSS then follows live tensors.
@@ -147,7 +147,7 @@ def main() -> None:
         return child(args.child, bool(args.shard_reference), args.micro_batch, args.live_parameters,
                      args.reduce_bucket)
     from bench.logprobs import machine_name
-    from engine.models import resolve_model_path
+    from engine.models.paths import resolve_model_path
 
     folder = Path(resolve_model_path(args.model, is_builder=True)) if args.model else ROOT / args.out / "model"
     if not (folder / "config.json").is_file():

@@ -13,43 +13,11 @@ a table and writes the metrics as JSON.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from engine.batch import collate
-from engine.distributed import gather_objects
-from engine.metrics import calibration_metrics, correction_metrics, edit_distance_ratio, turn_shape_metrics
-from rewards import RewardInputs, turn_correctness
-from rewards.self_rewards import answer_probability
+from engine.loop.evaluation import eval_metrics
 from rollout.service import sample_eval
 from rollout.vllm_engine import RolloutEngine
-
-
-def eval_metrics(episodes: Sequence, tokenizer) -> dict[str, float]:
-    """Metrics over every rank's evaluation episodes (each rank passes its own, maybe none) of K turns. The
-    confidence that ECE is measured on is p(answer tokens) from the log-probs vLLM returned with the sampled
-    tokens (at eval.temperature, the distribution they were drawn from): no forward pass of the learner, which on
-    a real model cost more than sampling both turns (py-spy: 55% of a 48-problem evaluation of SmolLM2-135M)."""
-    columns, turns = [], len(episodes[0].turns) if episodes else 0
-    if episodes:
-        correct = turn_correctness(episodes)
-        lengths = [torch.tensor([len(e.turns[k].token_ids) for e in episodes]) for k in range(turns)]
-        edits = [torch.tensor([edit_distance_ratio(e.turns[k - 1].token_ids, e.turns[k].token_ids)
-                               for e in episodes]) for k in range(1, turns)]
-        sampled = collate(episodes, tokenizer.pad_token_id).rollout_logprobs
-        confidence = answer_probability(RewardInputs(episodes, tokenizer, None), sampled)
-        columns = [*correct, *lengths, *edits, *confidence]
-    parts = [part for part in gather_objects((turns, [c.tolist() for c in columns]) if episodes else None) if part]
-    turns = parts[0][0]
-    merged = [torch.tensor([x for _, part in parts for x in part[i]]) for i in range(len(parts[0][1]))]
-    correct, lengths, edits, confidence = (merged[:turns], merged[turns:2 * turns], merged[2 * turns:3 * turns - 1],
-                                           merged[3 * turns - 1:])
-    metrics = correction_metrics(correct)
-    metrics.update(turn_shape_metrics(lengths, edits))
-    metrics.update(calibration_metrics(confidence, correct))
-    return metrics
 
 
 def table_rows(turns: int) -> list[tuple[str, str]]:
@@ -91,13 +59,13 @@ def split_json_flag(argv: list[str]) -> tuple[list[str], str | None]:
 def main(argv: list[str] | None = None, console: bool = False) -> dict[str, float]:
     """console: the command line's run: the terminal shows progress, the table and problems; evaluate.log
     (beside --json's file, else in train.output_dir) keeps every line."""
-    from engine.config import load_config, main_args
-    from engine.console import to_console
-    from engine.distributed import init_distributed
-    from engine.errors import UserError
-    from engine.inputs import require_chat_template, sized_for
-    from engine.models import load_tokenizer_and_config, prepare_model_everywhere
-    from rollout.data import load_problems, require_answers
+    from engine.base.errors import UserError
+    from engine.config.loading import load_config, main_args
+    from engine.loop.inputs import require_chat_template, sized_for
+    from engine.models.paths import load_tokenizer_and_config, prepare_model_everywhere
+    from engine.runtime.console import to_console
+    from engine.runtime.distributed import init_distributed
+    from engine.tasks.data import load_problems, require_answers
 
     try:
         args, json_path = split_json_flag(main_args(argv))
@@ -136,6 +104,6 @@ def main(argv: list[str] | None = None, console: bool = False) -> dict[str, floa
 
 
 if __name__ == "__main__":
-    from engine.errors import run_cli
+    from engine.base.errors import run_cli
 
     run_cli(lambda: main(console=True))

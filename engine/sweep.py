@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.config import load_config
-from engine.distributed import RENDEZVOUS_VARS
-from engine.errors import UserError, run_cli
-from rollout.data import VALIDATION
+from engine.base.errors import UserError, run_cli
+from engine.config.loading import load_config
+from engine.runtime.distributed import RENDEZVOUS_VARS
+from engine.tasks.data import VALIDATION
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("acc_t1", "acc_t2", "delta", "delta_i2c", "delta_c2i", "ece_t1", "ece_t2", "edit_ratio")
@@ -70,7 +70,7 @@ def train_command(args, overrides: list[str], run_dir: Path) -> list[str]:
     script = [str(ROOT / "engine" / "train.py"), args.config, *args.overrides, *overrides,
               f"train.output_dir={run_dir}"]
     if args.launcher == "deepspeed":
-        from engine.distributed import free_port
+        from engine.runtime.distributed import free_port
 
         return ["deepspeed", "--num_gpus", str(args.num_gpus), "--master_port", str(free_port()), *script]
     return [sys.executable, *script]

@@ -36,28 +36,28 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from engine.checkpoint import latest_checkpoint, load_checkpoint, run_identity, save_checkpoint, write_summary
-from engine.config import load_config, main_args, save_config, with_values
-from engine.console import to_console
-from engine.distributed import barrier, init_distributed
-from engine.errors import UserError, run_cli
-from engine.inputs import require_chat_template
-from engine.learner import Learner, zero3_settings
-from engine.logprobs import impl_for_this_machine
-from engine.metrics import RunLogger
-from engine.models import check_model_source, load_tokenizer_and_config, prepare_model_everywhere
-from engine.placement import launch_rank_and_world
+from engine.base.errors import UserError, run_cli
+from engine.config.loading import load_config, main_args, save_config, with_values
+from engine.loop.inputs import require_chat_template
+from engine.loop.metrics import RunLogger
+from engine.models.paths import check_model_source, load_tokenizer_and_config, prepare_model_everywhere
+from engine.ops.logprobs import impl_for_this_machine
 from engine.reward_model.builder import build_pairs, builder_prompts
 from engine.reward_model.examples import RewriteExample, collate_examples, epoch_batches, rewrite_examples
 from engine.reward_model.heldout import heldout_check
 from engine.reward_model.pairs import RMPair, heldout_split, read_pairs, write_pairs
 from engine.reward_model.update import rewrite_update
-from engine.stop_signals import StopSignals
+from engine.runtime.checkpoint import latest_checkpoint, load_checkpoint, run_identity, save_checkpoint, write_summary
+from engine.runtime.console import to_console
+from engine.runtime.distributed import barrier, init_distributed
+from engine.runtime.placement import launch_rank_and_world
+from engine.runtime.stop_signals import StopSignals
+from engine.tasks.data import Problem, load_problems, require_answers
+from engine.update.learner import Learner, zero3_settings
 from rewards import REWARDS
 from rewards.plugins import load_plugins
 from rewards.registry import reward_needs
 from rewards.rewrite_format import REWRITE_FILE, rewrite_context_ids, rewrite_target_ids
-from rollout.data import Problem, load_problems, require_answers
 from rollout.service import share
 
 STEP_SCALARS = ("loss", "lr", "grad_norm", "tokens")
@@ -65,7 +65,7 @@ STEP_SCALARS = ("loss", "lr", "grad_norm", "tokens")
 
 @dataclass
 class RMRun:
-    cfg: DictConfig  # train.output_dir is rm.output_dir: engine/checkpoint.py keeps its files there
+    cfg: DictConfig  # train.output_dir is rm.output_dir: engine/runtime/checkpoint.py keeps its files there
     rank: int
     world: int
     tokenizer: object

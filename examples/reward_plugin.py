@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from rewards import RewardInputs, register
 from rewards.answer import extract_answer
+from rewards import RewardInputs, register
 
 FREE_CHARACTERS, PENALTY_PER_10 = 100, 0.01
 

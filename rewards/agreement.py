@@ -7,7 +7,7 @@
   working is a low-probability token) barely counts: the weighted share of the votes.
 - `majority` (TTRL-style): 1 when the turn's answer is the strict plurality among the prompt's samples.
 
-Answers are compared as equivalence classes (rewards.answer.answers_match): plain numbers by value ("12",
+Answers are compared as equivalence classes (engine.tasks.answer.answers_match): plain numbers by value ("12",
 "12.0" and "\\boxed{12}" agree), anything else by math-verify ("\\frac{1}{2}" and "0.5" vote together).
 """
 
@@ -19,9 +19,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from rewards.answer import answers_match, extract_answer
-from rewards.confidence import turn_confidence
+from engine.tasks.answer import answers_match, extract_answer
 from rewards.registry import RewardInputs, register
+from rewards.token_confidence import turn_confidence
 from rollout.episodes import rows_by_prompt
 
 

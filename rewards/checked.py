@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from engine.errors import UserError
+from engine.base.errors import UserError
 from rewards.registry import RewardInputs
 
 

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine.errors import UserError
+from engine.base.errors import UserError
 
 HINT = ("Hint: a plugin is a .py file (relative to the working directory) or an importable module that "
         "registers rewards with `from rewards import register`; see examples/reward_plugin.py.")

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.errors import UserError
-from rewards.answer import answers_match, extract_answer
-from rewards.answer_span import locate_answer
+from engine.base.errors import UserError
+from engine.tasks.answer import answers_match, extract_answer
+from engine.tasks.answer_span import locate_answer
 
 
 @dataclass
@@ -25,7 +25,7 @@ class RewardInputs:
     episodes: Sequence[Any]  # rollout.episodes.Episode, in the order of the collated batch
     tokenizer: Any
     options: Any  # the `reward` config section
-    token_stats: Any = None  # engine.token_stats.TokenStats over the collated batch
+    token_stats: Any = None  # engine.ops.token_stats.TokenStats over the collated batch
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Each sampled turn is rewritten greedily (Hugging Face `generate` on the learner'
 a second, frozen model beside the policy, not the rollout engine's), the two token sequences are aligned by
 edit distance (rewards/alignment.py), and every sampled token gets reward.keep or reward.change; a rewrite
 equal to the response gives every token reward.identical. The reward of a turn is [episodes, tokens]; the
-learner turns it into per-token advantages (engine/algorithms.py, token_advantages).
+learner turns it into per-token advantages (engine/update/algorithms.py, token_advantages).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from engine.errors import UserError
+from engine.base.errors import UserError
 from rewards.alignment import token_rewards
 from rewards.checked import RewardError
 from rewards.registry import RewardInputs, register

@@ -1,1 +1,1 @@
-"""Rollout: the vLLM engine, two-turn episodes and prompt data."""
+"""Rollout: the vLLM engine, K-turn episodes, the rollout service and workers, and the weights they load."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rewards.answer_span import answer_run, answer_token_span
+from engine.tasks.answer_span import answer_run, answer_token_span
 from rollout.vllm_engine import RolloutEngine
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from engine.errors import UserError
-from rollout.data import Problem
+from engine.base.errors import UserError
+from engine.tasks.data import Problem
 from rollout.vllm_engine import Completion, RolloutEngine
 
 
@@ -99,7 +99,7 @@ def sample_episodes(engine: RolloutEngine, tokenizer, problems: Sequence[Problem
         contexts = [ep.input_ids + correction_request_ids(tokenizer, ep.problem.prompt, ep.turns, instruction)
                     for ep in episodes]
         budgets = [min(max_tokens, engine.max_model_len - len(c)) for c in contexts]
-        # Training checks up front that every episode fits (engine.inputs.fit_to_model), so budgets are
+        # Training checks up front that every episode fits (engine.loop.inputs.fit_to_model), so budgets are
         # max_tokens; a longer chain at inference (evaluate with more turns) gets the room that is left,
         # and a chain with no room left gets an empty, unfinished turn (no answer: scored wrong).
         room = [i for i, b in enumerate(budgets) if b > 0]

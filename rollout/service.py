@@ -17,11 +17,11 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from engine.distributed import reduce_max
-from engine.errors import UserError
-from engine.weight_sync import send_weights, weight_spec
+from engine.base.errors import UserError
+from engine.runtime.distributed import reduce_max
 from rollout.answer_probe import probe_answer_spans
 from rollout.episodes import sample_episodes
+from rollout.weight_sync import send_weights, weight_spec
 
 
 class WorkerLost(UserError):

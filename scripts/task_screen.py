@@ -9,7 +9,7 @@ Candidates (all from training-side data; nothing here reads GSM8K's test split):
   training problems, phrased for an instruct model);
 - GSM8K: the shortest questions of its train split.
 Every prompt goes through --template (data.prompt_template's form) and the model's chat template; answers are
-read as the trainer reads them (rewards/answer.py). Reported per task and temperature: Acc@t1, the share of
+read as the trainer reads them (engine/tasks/answer.py). Reported per task and temperature: Acc@t1, the share of
 turns with an answer the trainer can find, and the mean turn length. A recipe wants Acc@t1 between 0.2 and 0.8
 (room to learn, and a reward that is not all zeros) with most turns answered.
 """
@@ -32,8 +32,8 @@ TEMPLATE = "{prompt}\nEnd with 'Final Answer: <number>'."
 
 def candidate_tasks(count: int, seed: int = 0) -> dict[str, list[tuple[str, str]]]:
     """task name -> `count` (prompt, gold answer) pairs."""
-    from rollout.arith import arith_problems
-    from rollout.data import load_problems
+    from engine.tasks.arith import arith_problems
+    from engine.tasks.data import load_problems
 
     rng = random.Random(seed)
     pairs = [(rng.randint(1, 9), rng.randint(1, 9)) for _ in range(count)]
@@ -50,7 +50,7 @@ def candidate_tasks(count: int, seed: int = 0) -> dict[str, list[tuple[str, str]
 
 
 def screen(engine, tokenizer, tasks, temperatures, template: str, max_tokens: int) -> dict:
-    from rewards.answer import answers_match, extract_answer
+    from engine.tasks.answer import answers_match, extract_answer
     from rollout.episodes import encode_prompt
 
     results = {}
@@ -77,7 +77,7 @@ def screen(engine, tokenizer, tasks, temperatures, template: str, max_tokens: in
 def main() -> None:
     from transformers import AutoTokenizer
 
-    from engine.models import resolve_model_path
+    from engine.models.paths import resolve_model_path
     from rollout.vllm_engine import RolloutEngine
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

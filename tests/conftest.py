@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 def rendezvous_restored():
     """A process group started inside (init_distributed sets MASTER_PORT and friends for a world of one)
     must not hand that rendezvous to the processes later tests start: the variables are put back after."""
-    from engine.distributed import RENDEZVOUS_VARS
+    from engine.runtime.distributed import RENDEZVOUS_VARS
 
     before = {k: os.environ.get(k) for k in RENDEZVOUS_VARS}
     try:
@@ -40,7 +40,7 @@ def random_policy_and_reference(model_dir: Path):
     import torch
     from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
 
-    from engine.tiny_model import TinyArithRecipe, model_config
+    from engine.builtin.tiny_model import TinyArithRecipe, model_config
 
     torch.manual_seed(0)
     config = model_config(TinyArithRecipe(hidden_size=64, intermediate_size=128, num_layers=2), vocab_size=32,
@@ -60,7 +60,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     """A briefly pre-trained builtin:tiny-arith (tied embeddings), built in about 15 s: 200 steps, enough that
     some answers carry the "Final Answer:" format, so the default (agreement) reward is not all zeros and the
     tests' updates move the weights (at 40 steps no answer could be extracted)."""
-    from engine.tiny_model import TinyArithRecipe, build_tiny_arith
+    from engine.builtin.tiny_model import TinyArithRecipe, build_tiny_arith
 
     recipe = TinyArithRecipe(steps=200, batch_size=16)
     return build_tiny_arith(recipe, cache_dir=tmp_path_factory.mktemp("models"), log=lambda *a: None)

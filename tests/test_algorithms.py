@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from engine import algorithms as algo
+from engine.update import algorithms as algo
 
 
 def test_reinforce_is_the_raw_return():
@@ -115,7 +115,7 @@ def test_token_coefficients_mix_turns_by_their_own_token_counts():
 
 
 def test_fill_skipped_uses_the_group_mean_of_kept_rewards():
-    from engine.algorithms import fill_skipped
+    from engine.update.algorithms import fill_skipped
 
     rewards = torch.tensor([1.0, float("nan"), 0.0, 0.5, float("inf"), float("nan"), 3.0, 2.0])
     skipped = torch.tensor([False, True, False, False, True, True, False, False])
@@ -126,7 +126,7 @@ def test_fill_skipped_uses_the_group_mean_of_kept_rewards():
 
 
 def test_truncated_is_weights():
-    from engine.algorithms import truncated_is_weights
+    from engine.update.algorithms import truncated_is_weights
 
     lp = torch.tensor([math.log(0.5), math.log(0.2), math.log(0.9)])
     old = torch.tensor([math.log(0.25), math.log(0.4), math.log(0.1)])

@@ -1,4 +1,4 @@
-"""Answer extraction on the ways instruct models write a final answer (rewards/answer.py), hand-written
+"""Answer extraction on the ways instruct models write a final answer (engine/tasks/answer.py), hand-written
 here, and on recorded model outputs from tests/data/smollm2_outputs.json: a JSON list of
 {"text": <a response>, "expected": <the answer, or null for none>}; add an entry there to add a case."""
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rewards.answer import answer_char_span, extract_answer
+from engine.tasks.answer import answer_char_span, extract_answer
 
 RECORDED = Path(__file__).parent / "data" / "smollm2_outputs.json"
 
@@ -70,7 +70,7 @@ def _check(text: str, expected: str | None) -> None:
     span = answer_char_span(text)
     if expected is None:
         assert span is None
-    else:  # the span covers exactly the answer text: rewards/answer_span.py maps it to tokens
+    else:  # the span covers exactly the answer text: engine/tasks/answer_span.py maps it to tokens
         assert text[span[0]:span[1]] == expected
 
 
@@ -92,7 +92,7 @@ def test_recorded_outputs_file_is_a_list():
 def test_answer_span_maps_to_tokens_of_a_markdown_answer():
     """The tidied span, not the raw line, is what the token mapping sees: "**Final Answer: $85.**" marks
     the characters of "85" and nothing around them."""
-    from rewards.answer_span import char_span_to_token_span
+    from engine.tasks.answer_span import char_span_to_token_span
 
     text = "**Final Answer: $85.**"
     ends = list(range(1, len(text) + 1))  # one character per token

@@ -2,9 +2,9 @@
 
 import pytest
 
-from engine.tokenizer import build_char_tokenizer
-from rewards.answer import answer_char_span, extract_answer
-from rewards.answer_span import answer_token_span, char_span_to_token_span
+from engine.builtin.tokenizer import build_char_tokenizer
+from engine.tasks.answer import answer_char_span, extract_answer
+from engine.tasks.answer_span import answer_token_span, char_span_to_token_span
 
 
 @pytest.mark.parametrize("text, span, answer", [
@@ -48,7 +48,7 @@ def test_answer_token_span_with_special_tokens():
     ([7, 7], [7], (0, 1)),  # ties: the earliest
 ])
 def test_longest_common_run(response, probe, span):
-    from rewards.answer_span import longest_common_run
+    from engine.tasks.answer_span import longest_common_run
 
     assert longest_common_run(response, probe) == span
 
@@ -59,7 +59,7 @@ def test_longest_common_run(response, probe, span):
     ("it is 5 . done", " . 5", (5, 7)),  # " . " (3 tokens) is shared but empty; " 5" (2) is the answer
 ])
 def test_probe_answer_run_needs_content(response, probe, text_span):
-    from rewards.answer_span import answer_run
+    from engine.tasks.answer_span import answer_run
 
     tok = build_char_tokenizer()
     ids = lambda text: tok(text, add_special_tokens=False).input_ids
@@ -67,7 +67,7 @@ def test_probe_answer_run_needs_content(response, probe, text_span):
 
 
 def test_probe_answer_run_min_tokens():
-    from rewards.answer_span import answer_run
+    from engine.tasks.answer_span import answer_run
 
     tok = build_char_tokenizer()
     response = tok("the answer is 5.", add_special_tokens=False).input_ids
@@ -91,8 +91,8 @@ class GreedyAnswers:
 
 
 def test_probe_fallback_locates_an_answer_without_format():
+    from engine.tasks.answer_span import locate_answer
     from rollout.answer_probe import probe_answer_spans
-    from rewards.answer_span import locate_answer
     from tests.test_episodes import _episode
 
     tok = build_char_tokenizer()
@@ -122,7 +122,7 @@ def test_probe_finds_no_answer_in_a_response_without_one():
 def test_the_answer_span_decodes_a_logarithmic_number_of_prefixes():
     """Bisection over lazily decoded prefixes: the same span as the full list of ends, from about 2 log2(L)
     decodes instead of L (the answer is located several times per turn per step)."""
-    from rewards.answer_span import PrefixCharEnds
+    from engine.tasks.answer_span import PrefixCharEnds
 
     tok = build_char_tokenizer()
     text = "Let me think. " * 30 + "Final Answer: 42"

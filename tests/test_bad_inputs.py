@@ -1,4 +1,4 @@
-"""The bad-input catalogue (README, 'Bad input'): each mistake stops the run with one `error:` line
+"""The bad-input catalogue (docs/reliability.md, 'Bad input'): each mistake stops the run with one `error:` line
 naming the file:line, key or value with a hint, exit code 2 and no traceback; or it is skipped and
 counted where the config says so. Nothing the run already saved is lost."""
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.config import load_config
-from engine.errors import UserError
-from engine.inputs import Inputs, fit_to_model
+from engine.base.errors import UserError
+from engine.config.loading import load_config
+from engine.loop.inputs import Inputs, fit_to_model
 from tests.conftest import ROOT
 
 LONG_PROMPT = "Add these numbers carefully: " + "1+" * 150 + "1=?"
@@ -22,7 +22,7 @@ LONG_PROMPT = "Add these numbers carefully: " + "1+" * 150 + "1=?"
 
 def arith_jsonl(path: Path, count: int, extra: dict[int, str] | None = None) -> Path:
     """`count` built-in training problems as JSONL; `extra` puts a raw line at a 1-based line number."""
-    from rollout.arith import arith_problems
+    from engine.tasks.arith import arith_problems
 
     lines = [json.dumps({"prompt": p.prompt, "answer": p.answer}) for p in arith_problems("train")[:count]]
     for lineno, raw in sorted((extra or {}).items()):
@@ -139,7 +139,7 @@ def test_the_real_entry_point_prints_no_traceback(tmp_path):
 
 
 def test_trust_remote_code_runs_the_folders_code_only_when_asked(folders, tmp_path):
-    from engine.models import load_tokenizer_and_config
+    from engine.models.paths import load_tokenizer_and_config
 
     with pytest.raises(UserError, match="model.trust_remote_code=true"):
         load_tokenizer_and_config(str(folders["remote"]), trust_remote_code=False)
@@ -151,7 +151,7 @@ def test_trust_remote_code_runs_the_folders_code_only_when_asked(folders, tmp_pa
 def test_every_torch_load_is_weights_only():
     """Nothing unpickles arbitrary objects: each torch.load in the code passes weights_only=True."""
     calls = []
-    for path in [*ROOT.glob("engine/*.py"), *ROOT.glob("rollout/*.py"), *ROOT.glob("rewards/*.py"),
+    for path in [*ROOT.glob("engine/**/*.py"), *ROOT.glob("rollout/**/*.py"), *ROOT.glob("rewards/**/*.py"),
                  *ROOT.glob("bench/*.py"), *ROOT.glob("scripts/*.py")]:
         for lineno, line in enumerate(path.read_text().splitlines(), 1):
             if "torch.load(" in line:
@@ -160,11 +160,11 @@ def test_every_torch_load_is_weights_only():
 
 
 def _fit_inputs(tokenizer_dir, overrides, train, log):
-    from engine.models import load_tokenizer_and_config
+    from engine.models.paths import load_tokenizer_and_config
 
     cfg = load_config(overrides)
     tokenizer, model_config = load_tokenizer_and_config(str(tokenizer_dir), False)
-    from rollout.data import load_problems
+    from engine.tasks.data import load_problems
 
     return fit_to_model(cfg, Inputs(load_problems(str(train))[:500], load_problems("builtin:arith-eval")[:20]),
                         tokenizer, model_config, log=log)
@@ -195,8 +195,8 @@ def test_an_unset_context_is_sized_from_the_data(folders):
     """rollout.max_model_len unset: the longest prompt's whole episode, within the model's 512 positions, so
     rollout.turns=3 works on the defaults (it stopped at start-up against the old fixed 256); the config
     returned records the value, and an explicit value that is too small is still refused."""
-    from engine.models import load_tokenizer_and_config
-    from rollout.data import load_problems
+    from engine.models.paths import load_tokenizer_and_config
+    from engine.tasks.data import load_problems
     from rollout.episodes import encode_prompt
 
     tokenizer, _ = load_tokenizer_and_config(str(folders["model"]), False)
@@ -241,7 +241,7 @@ def test_context_fit_counts_every_turn(folders):
 
 
 def _episodes(prompts, turns=2):
-    from rollout.data import Problem
+    from engine.tasks.data import Problem
     from rollout.episodes import Episode
     from rollout.vllm_engine import Completion
 
@@ -421,7 +421,7 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tiny_model_dir, 
     assert " MiB free there and a checkpoint takes 5.2 MiB." in stderr  # torch.save's own message is cryptic
     assert f"the partial directory was removed and the previous checkpoint {previous} is intact" in stderr
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000001"]
-    from engine.checkpoint import latest_checkpoint
+    from engine.runtime.checkpoint import latest_checkpoint
 
     assert latest_checkpoint(run_dir) == previous
     meta = json.loads((previous / "meta.json").read_text())
@@ -432,7 +432,7 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tiny_model_dir, 
 
 
 def test_context_length_by_hand():
-    from engine.inputs import context_length
+    from engine.loop.inputs import context_length
 
     assert context_length(20, 100, 512) == 120  # the longest prompt and its whole episode
     assert context_length(500, 100, 512) == 512  # never past the model's positions (the prompt is then overlong)

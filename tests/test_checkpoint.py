@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from engine.errors import UserError
+from engine.base.errors import UserError
 from tests.conftest import ROOT, run_script
 
 
@@ -38,11 +38,11 @@ def test_checkpoint_model_folder_holds_the_trained_weights(tiny_model_dir, tmp_p
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
 
-    from engine.algorithms import TurnWeights
-    from engine.batch import collate
-    from engine.checkpoint import save_checkpoint
-    from engine.distributed import init_distributed
-    from engine.learner import Learner
+    from engine.runtime.checkpoint import save_checkpoint
+    from engine.runtime.distributed import init_distributed
+    from engine.update.algorithms import TurnWeights
+    from engine.update.batch import collate
+    from engine.update.learner import Learner
     from tests.test_episodes import _episode
 
     init_distributed()
@@ -120,8 +120,8 @@ def test_resume_refuses_changed_settings_and_names_each(tmp_path):
     output, saving, eval.*, log.*); each other change is named with its old and new value."""
     from omegaconf import OmegaConf
 
-    from engine.checkpoint import check_resume_config
-    from engine.config import load_config
+    from engine.config.loading import load_config
+    from engine.runtime.checkpoint import check_resume_config
 
     base = ["configs/default.yaml", "model.path=/models/a"]
     saved = OmegaConf.to_container(load_config(base), resolve=True)
@@ -152,7 +152,7 @@ def test_the_trainer_checks_the_checkpoints_settings_before_any_set_up(tmp_path)
     """engine/train.py refuses, at start-up and without a traceback, a resume with another seed and model."""
     from omegaconf import OmegaConf
 
-    from engine.config import load_config
+    from engine.config.loading import load_config
 
     run = tmp_path / "run"
     step = run / "checkpoints" / "step-000003"
@@ -171,7 +171,7 @@ def test_the_cuda_rng_is_saved_and_restored_where_there_is_a_gpu(tmp_path, monke
     stand-in CUDA RNG: this machine has none), so the resumed rollouts continue the same stream."""
     import torch
 
-    from engine.checkpoint import load_rng, save_rng
+    from engine.runtime.checkpoint import load_rng, save_rng
 
     device_states = {"now": [torch.tensor([1, 2, 3], dtype=torch.uint8)]}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -184,7 +184,7 @@ def test_the_cuda_rng_is_saved_and_restored_where_there_is_a_gpu(tmp_path, monke
 
 
 def test_latest_checkpoint_ignores_incomplete_and_temporary_directories(tmp_path):
-    from engine.checkpoint import latest_checkpoint
+    from engine.runtime.checkpoint import latest_checkpoint
 
     root = tmp_path / "checkpoints"
     for name, complete in (("step-000002", True), ("step-000010", False), (".tmp-step-000012", True),
@@ -221,8 +221,8 @@ def test_resume_with_an_unset_context_takes_the_checkpoints(tmp_path):
     with the checkpoint's value (not a fresh size, not a refusal), and another explicit value is refused."""
     from omegaconf import OmegaConf
 
-    from engine.config import load_config
-    from engine.train import check_resumable
+    from engine.config.loading import load_config
+    from engine.loop.run import check_resumable
 
     base = ["configs/default.yaml", f"train.output_dir={tmp_path}"]
     saved = OmegaConf.to_container(load_config([*base, "rollout.max_model_len=300"]), resolve=True)

@@ -1,6 +1,6 @@
 import pytest
 
-from engine.config import ConfigError, load_config, save_config
+from engine.config.loading import ConfigError, load_config, save_config
 
 PUBLIC_KEYS = [
     "model.path", "data.train", "data.eval", "train.steps", "train.seed", "train.lr", "train.output_dir",
@@ -143,7 +143,7 @@ def test_base_layers_a_recipe_on_another(tmp_path):
      "[warn] learner.max_tokens_per_micro_batch=512 shapes the policy gradient's updates only: algo.kind=dpo"),
 ])
 def test_settings_that_would_do_nothing_are_said_at_start_up(overrides, said, capsys):
-    from engine.train import say_settings_without_effect
+    from engine.loop.run import say_settings_without_effect
 
     files = [o for o in overrides if o.endswith(".yaml")] or ["configs/default.yaml"]
     say_settings_without_effect(load_config([*files, *[o for o in overrides if not o.endswith(".yaml")]]))
@@ -151,7 +151,8 @@ def test_settings_that_would_do_nothing_are_said_at_start_up(overrides, said, ca
 
 
 def test_settings_that_take_effect_are_not_said_and_hparams_keep_only_what_the_reward_reads(capsys):
-    from engine.train import hparams_config, say_settings_without_effect
+    from engine.loop.lifecycle import hparams_config
+    from engine.loop.run import say_settings_without_effect
 
     say_settings_without_effect(load_config(["configs/default.yaml"]))  # every reward key set is read
     # its guard reads gold labels, on validation: said, not warned

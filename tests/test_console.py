@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from engine.console import SEGMENT_LIMIT, LineFilter, benign, segments
+from engine.runtime.console import SEGMENT_LIMIT, LineFilter, benign, segments
 from tests.conftest import ROOT
 
 BENIGN_LINES = [
@@ -51,7 +51,7 @@ REAL_LINES = [
 def trainer_script(body: str) -> str:
     """A Python program that imports this repository's to_console, then runs body."""
     return f"import os, subprocess, sys, time\nsys.path.insert(0, {str(ROOT)!r})\n" \
-           f"from engine.console import to_console\n{textwrap.dedent(body)}"
+           f"from engine.runtime.console import to_console\n{textwrap.dedent(body)}"
 
 
 @pytest.mark.parametrize("line", BENIGN_LINES)

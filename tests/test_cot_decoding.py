@@ -13,8 +13,8 @@ BRANCHES, MAX_TOKENS = 5, 40  # with 5, the tiny model's 4th first token for pro
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir):
     """One vLLM engine for the whole module (starting one costs ~10 s), its tokenizer and chat prompts."""
-    from engine.models import load_tokenizer_and_config
-    from rollout.data import load_problems
+    from engine.models.paths import load_tokenizer_and_config
+    from engine.tasks.data import load_problems
     from rollout.episodes import encode_prompt
     from rollout.vllm_engine import RolloutEngine
 
@@ -96,7 +96,7 @@ class ScriptedEngine:
 
 
 def test_an_eos_first_token_ends_its_branch_and_one_call_continues_the_rest():
-    from engine.tokenizer import build_char_tokenizer
+    from engine.builtin.tokenizer import build_char_tokenizer
 
     tok = build_char_tokenizer()
     engine = ScriptedEngine(tok)

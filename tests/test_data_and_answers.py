@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from rewards.answer import answers_match, extract_answer
-from rollout.arith import ArithProblem, arith_problems, sample_slip, worked_answer
-from rollout.data import DataError, load_problems
+from engine.tasks.answer import answers_match, extract_answer
+from engine.tasks.arith import ArithProblem, arith_problems, sample_slip, worked_answer
+from engine.tasks.data import DataError, load_problems
 
 
 def test_builtin_splits_are_disjoint_and_large_enough():
@@ -88,7 +88,7 @@ def test_missing_source():
 
 
 def test_require_answers_names_the_line(tmp_path):
-    from rollout.data import require_answers
+    from engine.tasks.data import require_answers
 
     f = tmp_path / "p.jsonl"
     f.write_text('{"prompt": "a", "answer": "1"}\n\n{"prompt": "b"}\n')  # a blank line 2 is skipped
@@ -102,9 +102,9 @@ def test_gold_matching_and_majority_share_one_notion_of_equal_answers():
     answers through answers_match: "12", "12.0" and "\\boxed{12}" are one answer everywhere."""
     from types import SimpleNamespace
 
+    from engine.tasks.data import Problem
     from rewards.agreement import majority_votes
     from rewards.registry import turn_correctness
-    from rollout.data import Problem
 
     texts = ["Final Answer: 12.0", "\\boxed{12}", "Final Answer: 12", "Final Answer: 13"]
     episodes = [SimpleNamespace(turns=[SimpleNamespace(text=t), SimpleNamespace(text=t)],
@@ -139,8 +139,8 @@ def test_prompt_template_wraps_every_prompt(tmp_path):
 
 def test_prompt_template_reaches_train_and_eval_problems(tmp_path):
     """data.prompt_template from the config reaches both the training and the evaluation problems."""
-    from engine.config import load_config
-    from engine.inputs import check_inputs
+    from engine.config.loading import load_config
+    from engine.loop.inputs import check_inputs
 
     cfg = load_config([f"data.prompt_template={json.dumps(TEMPLATE)}", f"train.output_dir={tmp_path / 'run'}"])
     inputs = check_inputs(cfg, rank=0, world=1)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rollout.data import DataError, gold_answer, load_problems
+from engine.tasks.data import DataError, gold_answer, load_problems
 
 ROWS = [{"question": "What is 2+3?", "solution": "2+3 is 5.\n#### 5", "id": 1},
         {"question": "Simplify 6/4.", "solution": r"Divide by 2: $\boxed{\frac{3}{2}}$.", "id": 2},

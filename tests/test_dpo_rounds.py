@@ -126,7 +126,7 @@ def test_kill_and_resume_inside_a_round_matches_a_straight_run(tiny_model_dir, t
 
 
 def test_two_ranks_zero3_dpo(tiny_model_dir, tmp_path):
-    from engine.distributed import free_port
+    from engine.runtime.distributed import free_port
 
     run_dir = tmp_path / "dpo2r"
     # threshold 0: the tiny model's matrices are split too (at the default all stay whole)

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.batch import TrainBatch
-from engine.distributed import init_distributed
-from engine.learner import Learner
 from engine.objectives.dpo_step import collate_pairs, dpo_update
-from pairs.builders import PreferencePair
+from engine.objectives.pairs.builders import PreferencePair
+from engine.runtime.distributed import init_distributed
+from engine.update.batch import TrainBatch
+from engine.update.learner import Learner
 from tests.conftest import random_policy_and_reference, rendezvous_restored
 
 BETA = 0.5

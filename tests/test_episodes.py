@@ -1,8 +1,8 @@
 import torch
 
-from engine.batch import collate
-from engine.tokenizer import build_char_tokenizer
-from rollout.data import Problem
+from engine.builtin.tokenizer import build_char_tokenizer
+from engine.tasks.data import Problem
+from engine.update.batch import collate
 from rollout.episodes import Episode, correction_request_ids, encode_prompt
 from rollout.vllm_engine import Completion
 

@@ -2,14 +2,14 @@
 stdout and the metrics (with standard errors) as JSON; bad input gets one `error:` line."""
 
 import json
-import re
 import math
+import re
 import subprocess
 import sys
 
 import pytest
 
-from engine.metrics import edit_distance_ratio, turn_shape_metrics
+from engine.loop.metrics import edit_distance_ratio, turn_shape_metrics
 from tests.conftest import ROOT, run_script
 
 
@@ -27,7 +27,7 @@ def _table_levenshtein(first, second):
 def test_bit_vector_levenshtein_equals_the_table():
     import random
 
-    from engine.metrics import levenshtein
+    from engine.loop.metrics import levenshtein
 
     assert levenshtein([1, 2, 3, 4], [2, 3, 4, 5]) == 2  # drop the head, add a tail
     assert levenshtein([7] * 70, [7] * 65 + [8]) == 5  # past 64 tokens: one machine word is not enough
@@ -86,8 +86,8 @@ def test_eval_confidence_is_the_sampled_answer_tokens_probability():
     """ECE reads p(answer tokens) from the log-probs vLLM returned with the sampled tokens (no forward pass):
     with the char tokenizer the answer "5" / "6" is the 15th sampled token of each turn, sampled at log-prob
     -0.1 * 15 (tests/test_episodes.py's completions); turn 1 is right (gold 5), turn 2 wrong."""
+    from engine.builtin.tokenizer import build_char_tokenizer
     from engine.evaluate import eval_metrics
-    from engine.tokenizer import build_char_tokenizer
     from tests.test_episodes import _episode
 
     tok = build_char_tokenizer()

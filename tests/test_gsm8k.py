@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout.data import load_problems
+from engine.tasks.data import load_problems
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 ROWS = {"train": 7473, "test": 1319}

@@ -1,4 +1,4 @@
-from engine.guard import CollapseGuard
+from engine.base.guard import CollapseGuard
 
 
 def test_entropy_floor():

@@ -231,7 +231,7 @@ def test_two_ranks_zero3(tiny_model_dir, tmp_path):
     evaluation runs no learner forward; uneven scoring forwards are tested in tests/test_zero3_partition.py), and
     micro-batches of 2 give the update several collective forwards per rank."""
     run_dir = tmp_path / "run2r"
-    from engine.distributed import free_port
+    from engine.runtime.distributed import free_port
 
     proc = run_script([
         "deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "engine/train.py", "configs/default.yaml",

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
+from engine.config.loading import load_config
+from engine.tasks.arith import arith_problems
 from rewards.registry import reward_needs
-from engine.config import load_config
-from rollout.arith import arith_problems
 from tests.conftest import run_script
 
 pytestmark = pytest.mark.slow

@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from engine.algorithms import TurnWeights
-from engine.batch import collate
-from engine.distributed import init_distributed
-from engine.learner import Learner
+from engine.runtime.distributed import init_distributed
+from engine.update.algorithms import TurnWeights
+from engine.update.batch import collate
+from engine.update.learner import Learner
 from tests.conftest import run_script
 from tests.test_episodes import _episode
 
@@ -102,8 +102,8 @@ def test_scoring_model_keeps_the_autograd_path(tiny_model_dir):
     copies) and match the full-logits head; the gradient reaches the tied embedding."""
     from transformers import AutoModelForCausalLM
 
-    from engine.logprobs import HeadStats, Wanted
-    from engine.scoring import ScoringModel
+    from engine.ops.logprobs import HeadStats, Wanted
+    from engine.ops.scoring import ScoringModel
 
     ids = torch.tensor([[257, 40, 41, 42, 43], [257, 44, 45, 256, 256]])
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
@@ -120,14 +120,14 @@ def test_scoring_model_keeps_the_autograd_path(tiny_model_dir):
 
 
 def _ranks_result(model_dir, ranks: int, zero_stage: int, shard_reference: bool = True, extra=()) -> dict:
-    from engine.distributed import free_port
+    from engine.runtime.distributed import free_port
 
     script = ["tests/scripts/learner_ranks.py", str(model_dir), str(zero_stage), str(int(shard_reference)), *extra]
     port = free_port()
     command = ([sys.executable, *script] if ranks == 1 else
                ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(port), *script])
     proc = run_script(command, timeout=600)
-    # DeepSpeed's CPU all-reduce leaves ~70 MB per rank in /dev/shm unless engine.distributed removes it
+    # DeepSpeed's CPU all-reduce leaves ~70 MB per rank in /dev/shm unless engine.runtime.distributed removes it
     assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
     line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
@@ -138,7 +138,7 @@ def _wide_model(folder) -> str:
     they are really sharded (the tiny model's are all below it: every rank keeps them whole)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from engine.tokenizer import build_char_tokenizer
+    from engine.builtin.tokenizer import build_char_tokenizer
 
     tok = build_char_tokenizer()
     torch.manual_seed(0)
@@ -181,9 +181,9 @@ def test_one_rank_keeps_a_plain_reference_and_zero3_settings_reach_deepspeed(tin
     1 GiB of gather buffers at 65M parameters); the deepspeed.* ZeRO-3 keys reach the policy's engine."""
     import deepspeed
 
-    from engine.config import load_config
-    from engine.learner import deepspeed_config, zero3_settings
-    from engine.scoring import ScoringModel
+    from engine.config.loading import load_config
+    from engine.ops.scoring import ScoringModel
+    from engine.update.learner import deepspeed_config, zero3_settings
 
     cfg = load_config(["configs/default.yaml", "deepspeed.max_live_parameters=12345",
                        "deepspeed.max_reuse_distance=0", "deepspeed.prefetch_bucket_size=777",

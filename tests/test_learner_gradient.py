@@ -3,7 +3,7 @@
 The other learner tests compare the learner with itself (micro-batched vs full batch, naive vs chunked
 head), so a wiring error both sides share passes them. Here the expected gradient comes from autograd
 on the SCoRe objective written out below from its maths, on plain Hugging Face logits, without
-engine.algorithms' loss functions or the fused head.
+engine.update.algorithms' loss functions or the fused head.
 
 World size is 1 in this process, so the learner's world-size factor is 1 here; the 2-learner case
 (each rank's loss scaled by world size over the global token count) is covered by a 2-rank test.
@@ -12,10 +12,10 @@ World size is 1 in this process, so the learner's world-size factor is 1 here; t
 import pytest
 import torch
 
-from engine.algorithms import turn_weights
-from engine.batch import TrainBatch
-from engine.distributed import init_distributed
-from engine.learner import Learner
+from engine.runtime.distributed import init_distributed
+from engine.update.algorithms import turn_weights
+from engine.update.batch import TrainBatch
+from engine.update.learner import Learner
 from tests.conftest import random_policy_and_reference, rendezvous_restored
 
 BETA1, BETA2 = 0.3, 1.5  # distinct, so Stage I's beta2 on turn 1 shows up in the gradient

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from engine.logprobs import Wanted, head_loss, head_stats, resolve_impl
+from engine.ops.logprobs import Wanted, head_loss, head_stats, resolve_impl
 
 ALL = Wanted(entropy=True, mean_logit=True, top2=True)
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
@@ -190,7 +190,7 @@ def test_no_tokens_is_not_an_error(impl):
 def test_a_loss_without_an_entropy_term_asks_for_no_entropy_gradient():
     """The chunked head's per-chunk gradients: an entropy the loss ignores gives g_ent None (the backward
     then skips the entropy term's extra [rows, V] pass); one it uses gives its coefficients."""
-    from engine.logprobs_chunked import _loss_and_grads
+    from engine.ops.logprobs_chunked import _loss_and_grads
 
     lp, ent = torch.tensor([-1.0, -2.0]), torch.tensor([0.5, 0.25])
     loss, g_lp, g_ent = _loss_and_grads(lambda lp, _ent, rows: -3.0 * lp, lp, ent, slice(0, 2))

@@ -29,7 +29,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
         from triton.backends.compiler import GPUTarget
         from triton.compiler import ASTSource
 
-        import engine.logprobs_triton as lt
+        import engine.ops.logprobs_triton as lt
 
         options = {"STAT_ROWS": lt.STAT_ROWS, "HAS_BIAS": True, "HAS_ENT": True, "GRAD_H": True, "GRAD_W": True,
                    "GRAD_B": True, "BLOCK_N": lt.BLOCK_N, "BLOCK_V": lt.BLOCK_V, "BLOCK_H": lt.BLOCK_H,
@@ -45,7 +45,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
             assert compiled.metadata.shared <= 227 * 1024  # fits an H100's shared memory
 
     if torch.cuda.is_available():  # compiled kernels at the GPU tile sizes (bench/gpu.sh runs these)
-        from engine.logprobs import head_stats
+        from engine.ops.logprobs import head_stats
         from tests.test_logprobs import ALL, TOL, _assert_grads_match, coefficients, make_inputs, reference, rel_err
 
         @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -62,13 +62,13 @@ if os.environ.get("TRITON_INTERPRET") != "1":
             on_cpu = [SimpleNamespace(grad=t.grad.cpu()) for t in (h_, w_, b_)]
             _assert_grads_match(hidden, weight, b, targets, 0.9, on_cpu, dtype, c_lp, c_ent)
 else:
-    from engine.logprobs import head_loss, head_stats
+    from engine.ops.logprobs import head_loss, head_stats
     from tests.test_logprobs import ALL, TOL, _assert_grads_match, coefficients, leaves, make_inputs, reference, rel_err
 
 
     @pytest.fixture(scope="module")
     def interpreted_triton():
-        import engine.logprobs_triton as module
+        import engine.ops.logprobs_triton as module
 
         patch = pytest.MonkeyPatch()
         for name, value in {"BLOCK_N": 16, "BLOCK_V": 16, "BLOCK_H": 16, "SPLITS_TARGET_PROGRAMS": 9,

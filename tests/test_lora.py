@@ -12,12 +12,12 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from engine.algorithms import TurnWeights
-from engine.batch import collate
-from engine.distributed import init_distributed
-from engine.errors import UserError
-from engine.learner import Learner
-from engine.scoring import ScoringModel
+from engine.base.errors import UserError
+from engine.ops.scoring import ScoringModel
+from engine.runtime.distributed import init_distributed
+from engine.update.algorithms import TurnWeights
+from engine.update.batch import collate
+from engine.update.learner import Learner
 from tests.conftest import assert_weights_synced, run_script
 from tests.test_episodes import _episode
 
@@ -134,10 +134,10 @@ def test_a_lora_run_trains_syncs_evaluates_and_resumes_exactly(tiny_model_dir, t
 def test_dedicated_workers_receive_the_merged_weights(tiny_model_dir):
     """The bucketed stream to rollout workers carries a LoRA policy as the plain model: the plain names,
     the merged values (what the colocated engine gets from full_state_dict)."""
-    from peft import get_peft_model
     from peft import LoraConfig as PeftLora
+    from peft import get_peft_model
 
-    from engine.weight_sync import gathered_state_dict, receive_weights, send_weights, weight_spec
+    from rollout.weight_sync import gathered_state_dict, receive_weights, send_weights, weight_spec
 
     lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     plain_names = set(lm.state_dict())
@@ -164,8 +164,8 @@ def test_dedicated_workers_receive_the_merged_weights(tiny_model_dir):
 def test_a_checkpoint_resumes_only_with_the_adapters_it_was_trained_with(tmp_path):
     """Another rank or layer set would not fit the saved weights (DeepSpeed's load raised a raw traceback);
     another alpha would silently rescale every adapter: the trainer's resume check refuses each."""
-    from engine.checkpoint import check_resume_config
-    from engine.config import load_config
+    from engine.config.loading import load_config
+    from engine.runtime.checkpoint import check_resume_config
 
     saved = OmegaConf.to_container(load_config(["model.lora.r=8"]), resolve=True)
     for override, change in [("model.lora.r=0", "model.lora.r: 8 -> 0"), ("model.lora.r=4", "model.lora.r: 8 -> 4"),
@@ -184,7 +184,7 @@ def test_a_checkpoint_resumes_only_with_the_adapters_it_was_trained_with(tmp_pat
 def test_two_ranks_zero3_with_adapters(tiny_model_dir, tmp_path):
     """Adapters sharded over 2 learner ranks at ZeRO-3: the reference (adapters off) and the merged weights
     are gathered across ranks, vLLM on each rank follows the policy, and rank 0 saves both folders."""
-    from engine.distributed import free_port
+    from engine.runtime.distributed import free_port
 
     out = tmp_path / "run"
     # threshold 0: the tiny model's matrices and the adapters are split too (at the default all stay whole)

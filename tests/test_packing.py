@@ -1,4 +1,4 @@
-"""Padding-free forwards (engine.packing): the packed layout and the micro-batch schedule by hand, the
+"""Padding-free forwards (engine.ops.packing): the packed layout and the micro-batch schedule by hand, the
 padding share by hand, and a packed learner against a padded one on the same update (loss, gradients, KL,
 per-token log-probs), with and without LoRA."""
 
@@ -6,12 +6,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from engine.algorithms import turn_weights
-from engine.batch import TrainBatch
-from engine.distributed import init_distributed
-from engine.errors import UserError
-from engine.learner import Learner
-from engine.packing import first_fit_order, forward_slots, micro_batches, next_fit, pack, padding_share
+from engine.base.errors import UserError
+from engine.ops.packing import first_fit_order, forward_slots, micro_batches, next_fit, pack, padding_share
+from engine.runtime.distributed import init_distributed
+from engine.update.algorithms import turn_weights
+from engine.update.batch import TrainBatch
+from engine.update.learner import Learner
 from tests.conftest import random_policy_and_reference, rendezvous_restored
 
 TOL = 1e-5  # float32: packed and padded differ only in the order of sums

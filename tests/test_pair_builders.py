@@ -6,8 +6,8 @@ import math
 import pytest
 
 from engine.objectives.dpo_rounds import pair_schedule
-from pairs.builders import confidence_ranked, informative, refinement_and_direct
-from rollout.data import Problem
+from engine.objectives.pairs.builders import confidence_ranked, informative, refinement_and_direct
+from engine.tasks.data import Problem
 from rollout.episodes import Episode
 from rollout.vllm_engine import Completion
 
@@ -75,7 +75,7 @@ def test_pair_schedule_fills_the_last_batch_and_covers_every_pair_each_epoch():
 def test_threshold_outside_the_unit_interval_is_a_startup_error_naming_the_key():
     import pytest
 
-    from engine.config import ConfigError, load_config
+    from engine.config.loading import ConfigError, load_config
 
     for bad in ("1.5", "-0.1"):
         with pytest.raises(ConfigError, match=rf"pairs.threshold={bad} is outside \[0, 1\]"):
@@ -89,10 +89,10 @@ def test_a_round_saved_without_reference_logps_resumes_only_against_the_base_mod
     with dpo.reference=base it loads."""
     from types import SimpleNamespace
 
-    from engine.config import load_config
-    from engine.errors import UserError
+    from engine.base.errors import UserError
+    from engine.config.loading import load_config
     from engine.objectives.dpo_rounds import load_pairs
-    from pairs.builders import PreferencePair
+    from engine.objectives.pairs.builders import PreferencePair
 
     old = PreferencePair(kind="direct", prompt="1+1=?", context_ids=[1], chosen_ids=[2], rejected_ids=[3],
                          chosen_text="2", rejected_text="3", chosen_score=1.0, rejected_score=0.0, weight=1.0).to_json()

@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
-from engine.errors import UserError
-from engine.placement import plan_placement
-from engine.weight_sync import WeightSpec, plan_buckets, receive_weights, send_weights, weight_spec
+from engine.base.errors import UserError
+from engine.runtime.placement import plan_placement
+from rollout.weight_sync import WeightSpec, plan_buckets, receive_weights, send_weights, weight_spec
 from tests.conftest import ROOT, assert_weights_synced, run_script
 
 
@@ -54,7 +54,7 @@ def test_weight_stream_round_trip_keeps_names_shapes_and_tied_head(tiny_model_di
 
 
 def _launch(model_dir, run_dir, *extra):
-    from engine.distributed import free_port
+    from engine.runtime.distributed import free_port
 
     return ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "engine/train.py",
             "configs/default.yaml", f"model.path={model_dir}", "rollout.placement=dedicated", "rollout.workers=1",
@@ -128,7 +128,7 @@ def test_a_killed_worker_stops_the_learners_with_a_checkpoint(tiny_model_dir, tm
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0 and time.time() - killed < 60, out[-4000:]
     assert "error: rollout worker rank 1 stopped answering" in out, out[-4000:]
-    from engine.checkpoint import latest_checkpoint
+    from engine.runtime.checkpoint import latest_checkpoint
 
     saved = latest_checkpoint(run_dir)
     assert saved is not None and json.loads((saved / "meta.json").read_text())["step"] >= 1
@@ -136,9 +136,9 @@ def test_a_killed_worker_stops_the_learners_with_a_checkpoint(tiny_model_dir, tm
 
 @pytest.mark.slow
 def test_two_nodes_on_one_machine(tiny_model_dir, tmp_path):
-    """The multi-node launch of the README, as two 'nodes' on 127.0.0.1: node 0 holds the learner,
+    """The multi-node launch of docs/architecture.md, as two 'nodes' on 127.0.0.1: node 0 holds the learner,
     node 1 the rollout worker; each is its own `deepspeed --no_ssh --node_rank N` launcher."""
-    from engine.distributed import free_port
+    from engine.runtime.distributed import free_port
 
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
@@ -162,7 +162,7 @@ def test_two_nodes_on_one_machine(tiny_model_dir, tmp_path):
 def test_two_learners_zero3_and_one_worker(tiny_model_dir, tmp_path):
     """W=3: ZeRO-3 shards over learner ranks 0 and 1 only; the weights reach the worker (rank 2) gathered
     module by module, and vLLM's log-probs then match the learners' after every sync."""
-    from engine.distributed import free_port
+    from engine.runtime.distributed import free_port
 
     command = _launch(tiny_model_dir, tmp_path / "run", "deepspeed.zero_stage=3", "eval.every=0")
     command[2] = "3"  # --num_gpus

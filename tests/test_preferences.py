@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine.objectives.dpo import dpo_loss, sequence_logprobs
-from pairs.selection import Pair, confidence_pairs, ranked_pairs, refinement_pairs
+from engine.objectives.pairs.selection import Pair, confidence_pairs, ranked_pairs, refinement_pairs
 
 
 def test_sequence_logprobs_sum_the_response_tokens_only():

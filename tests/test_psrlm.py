@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-from pairs.judge import (JUDGE_TEMPLATE, best_and_worst, combine_orders, continuation, judge_prompt, net_scores,
-                         parse_verdict)
-from pairs.judge_probe import judge_counts, judge_rates
-from rollout.data import Problem
+from engine.objectives.pairs.judge_probe import judge_counts, judge_rates
+from engine.tasks.data import Problem
+from engine.tasks.judge import (JUDGE_TEMPLATE, best_and_worst, combine_orders, continuation, judge_prompt, net_scores,
+                                parse_verdict)
 from rollout.vllm_engine import Completion
 
 
@@ -103,10 +103,10 @@ class ScriptedEngine:
 
 
 def test_psrlm_builds_step_pairs_in_the_prefix_context_and_counts_the_round():
-    from engine.config import load_config
-    from engine.tokenizer import build_char_tokenizer
-    from pairs.builders import RoundInputs
-    from pairs.psrlm import psrlm_pairs
+    from engine.builtin.tokenizer import build_char_tokenizer
+    from engine.config.loading import load_config
+    from engine.objectives.pairs.builders import RoundInputs
+    from engine.objectives.pairs.psrlm import psrlm_pairs
     from rollout.episodes import encode_prompt
 
     tokenizer = build_char_tokenizer()
@@ -132,8 +132,8 @@ def test_psrlm_builds_step_pairs_in_the_prefix_context_and_counts_the_round():
 
 
 def test_a_step_ends_the_answer_on_the_end_of_turn_a_final_answer_or_no_delimiter():
-    from pairs.psrlm import Chain, ends_answer, step_budget
-    from rollout.steps import DEFAULT_DELIMITER, Step
+    from engine.objectives.pairs.psrlm import Chain, ends_answer, step_budget
+    from engine.tasks.steps import DEFAULT_DELIMITER, Step
 
     assert not ends_answer(Step([1, 2], "7+5=12,"), 9, DEFAULT_DELIMITER)
     assert ends_answer(Step([1, 9], "12."), 9, DEFAULT_DELIMITER)  # ended the turn
@@ -147,9 +147,9 @@ def test_a_step_ends_the_answer_on_the_end_of_turn_a_final_answer_or_no_delimite
 # ---- M0: judge questions mixed into pre-training ---------------------------------------------------------------
 
 def test_the_default_recipe_keeps_its_cache_key_and_its_rng_stream():
-    from engine.tiny_model import TinyArithRecipe, _batch, _encode_episode, _episode_messages, recipe_key
-    from engine.tokenizer import build_char_tokenizer
-    from rollout.arith import arith_problems
+    from engine.builtin.tiny_model import TinyArithRecipe, _batch, _encode_episode, _episode_messages, recipe_key
+    from engine.builtin.tokenizer import build_char_tokenizer
+    from engine.tasks.arith import arith_problems
 
     # the key of the model built before judge_mix existed (8c562f522250), moved by BUILD_VERSION 2 (512 positions)
     assert recipe_key(TinyArithRecipe()) == "332faed753c8"
@@ -163,9 +163,9 @@ def test_the_default_recipe_keeps_its_cache_key_and_its_rng_stream():
 
 
 def test_judge_episodes_ask_the_default_question_and_answer_with_the_right_label():
-    from engine.tiny_model import TinyArithRecipe, _training_messages
-    from pairs.judge import JUDGE_LABELS
-    from rollout.arith import arith_problems
+    from engine.builtin.tiny_model import TinyArithRecipe, _training_messages
+    from engine.tasks.arith import arith_problems
+    from engine.tasks.judge import JUDGE_LABELS
 
     rng, problems = random.Random(3), arith_problems("train")
     episodes = [_training_messages(problems, rng, TinyArithRecipe(judge_mix=0.5)) for _ in range(200)]
@@ -188,7 +188,7 @@ def test_judge_episodes_ask_the_default_question_and_answer_with_the_right_label
 # ---- config --------------------------------------------------------------------------------------------------
 
 def test_steps_and_judge_config_is_checked():
-    from engine.config import ConfigError, load_config
+    from engine.config.loading import ConfigError, load_config
 
     cfg = load_config(["configs/psrlm.yaml"])
     assert cfg.pairs.kind == "psrlm" and cfg.algo.kind == "dpo" and cfg.model.path == "builtin:tiny-arith-judge"

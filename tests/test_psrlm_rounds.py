@@ -22,7 +22,7 @@ def judge_model_dir(tmp_path_factory):
     """A briefly pre-trained builtin:tiny-arith-judge (mostly judge questions): it names the same step in
     both orders for about a fifth of the held-out pairs (measured: 0.18 of 60), enough for a few pairs per
     round; a model that never does gives no pairs."""
-    from engine.tiny_model import TinyArithRecipe, build_tiny_arith
+    from engine.builtin.tiny_model import TinyArithRecipe, build_tiny_arith
 
     recipe = TinyArithRecipe(steps=800, batch_size=32, judge_mix=0.8)
     return build_tiny_arith(recipe, cache_dir=tmp_path_factory.mktemp("judge-model"), log=lambda *a: None)
@@ -120,8 +120,8 @@ def test_kill_and_resume_inside_a_psrlm_round_matches_the_straight_run(judge_mod
 def test_vllm_stops_a_sampled_step_right_after_its_delimiter(judge_model_dir):
     """RolloutEngine.generate(stop=...): the token ids end with the token that completed the stop string (the
     byte tokenizer: the delimiter itself), and the text is those tokens; an answer step ends the turn instead."""
-    from engine.models import load_tokenizer_and_config
-    from rollout.data import load_problems
+    from engine.models.paths import load_tokenizer_and_config
+    from engine.tasks.data import load_problems
     from rollout.episodes import encode_prompt
     from rollout.vllm_engine import RolloutEngine
 

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from engine.errors import UserError
+from engine.base.errors import UserError
 from rewards.checked import RewardError, checked_rewards
 from rewards.plugins import load_plugins
 from rewards.registry import REWARDS, RewardInputs, get_reward
@@ -18,7 +18,7 @@ from tests.test_episodes import _episode
 
 
 def _inputs(texts_per_episode):
-    from engine.tokenizer import build_char_tokenizer
+    from engine.builtin.tokenizer import build_char_tokenizer
 
     tok = build_char_tokenizer()
     episodes = [_episode(tok, "2+3=?", y1, y2) for y1, y2 in texts_per_episode]

@@ -6,9 +6,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from engine.batch import collate
-from engine.token_stats import TokenStats
-from engine.tokenizer import build_char_tokenizer
+from engine.builtin.tokenizer import build_char_tokenizer
+from engine.ops.token_stats import TokenStats
+from engine.update.batch import collate
 from rewards import REWARDS, RewardInputs
 from rewards.self_rewards import majority_votes
 from tests.test_episodes import _episode
@@ -115,7 +115,7 @@ def test_mix_is_the_weighted_sum():
 
 
 def test_mix_needs_weights():
-    from engine.errors import UserError
+    from engine.base.errors import UserError
     from rewards.registry import reward_needs
 
     with pytest.raises(UserError, match="reward.weights"):
@@ -165,7 +165,7 @@ def test_the_answer_gate_spares_a_reward_that_reads_no_answer(needs_answer, expe
     reads answers; a whole-response reward declared with needs_answer=False (a length reward) keeps its value."""
     from types import SimpleNamespace
 
-    from engine.config import load_config
+    from engine.config.loading import load_config
     from engine.train import score_episodes
     from rewards.registry import RewardSpec
 
@@ -205,7 +205,7 @@ class RewritesEverything:
 def test_an_answered_turn_scores_at_least_the_same_turn_without_an_answer(kind, options, monkeypatch):
     """Dropping the answer line never pays: an unanswered turn earns the reward's lowest value (it earned 0,
     the top of neg_entropy's range and above a rewritten answer's seq2seq mean of -1)."""
-    from engine.config import load_config
+    from engine.config.loading import load_config
     from rewards import seq2seq
     from rewards.registry import reward_needs, turn_has_answer, unanswered_lowest
 

@@ -15,7 +15,7 @@ from tests.conftest import ROOT, assert_weights_synced, run_script
 
 
 def _options(model_dir, **extra):
-    from engine.config import base_config
+    from engine.config.loading import base_config
 
     cfg = base_config()
     cfg.reward.model = str(model_dir)
@@ -25,7 +25,7 @@ def _options(model_dir, **extra):
 
 
 def _episode(tokenizer, prompt, text, group=0):
-    from rollout.data import Problem
+    from engine.tasks.data import Problem
     from rollout.episodes import Episode, encode_prompt
     from rollout.vllm_engine import Completion
 
@@ -110,8 +110,8 @@ def test_a_reward_model_without_room_for_the_rewrite_is_an_error(tiny_model_dir)
 def test_reward_model_start_up_checks_name_reward_model(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer, T5Config
 
-    from engine.errors import UserError
-    from engine.tokenizer import build_char_tokenizer
+    from engine.base.errors import UserError
+    from engine.builtin.tokenizer import build_char_tokenizer
     from rewards.seq2seq import check_reward_model
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -139,7 +139,7 @@ def test_reward_model_start_up_checks_name_reward_model(tiny_model_dir, tmp_path
 def test_a_reward_model_asked_another_question_than_it_learned_is_refused(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from engine.errors import UserError
+    from engine.base.errors import UserError
     from rewards.rewrite_format import REWRITE_FILE
     from rewards.seq2seq import check_reward_model
 
@@ -155,7 +155,7 @@ def test_a_reward_model_asked_another_question_than_it_learned_is_refused(tiny_m
 
 
 def test_seq2seq_config_checks_name_the_key():
-    from engine.config import ConfigError, load_config
+    from engine.config.loading import ConfigError, load_config
 
     cfg = load_config(["configs/seq2seq_rm.yaml"])
     assert cfg.reward.rewrite_max_tokens >= cfg.rollout.max_tokens + 1

@@ -1,8 +1,8 @@
-"""Step segmentation (rollout/steps.py) and the built-in task's step truth (rollout/arith_steps.py), by hand."""
+"""Step segmentation (engine/tasks/steps.py) and the built-in task's step truth (engine/tasks/arith_steps.py), by hand."""
 
-from rollout.arith import ArithProblem
-from rollout.arith_steps import KnownStepPair, known_step_pairs, slipped_step_pairs
-from rollout.steps import DEFAULT_DELIMITER, Step, first_step, has_delimiter, split_text, split_tokens, step_ends
+from engine.tasks.arith import ArithProblem
+from engine.tasks.arith_steps import KnownStepPair, known_step_pairs, slipped_step_pairs
+from engine.tasks.steps import DEFAULT_DELIMITER, Step, first_step, has_delimiter, split_text, split_tokens, step_ends
 
 WORKED = "7+5=12, 4+8+1=13. Final Answer: 132"
 
@@ -55,8 +55,8 @@ def test_first_step_cuts_a_sample_that_ran_past_its_delimiter():
 
 
 def test_the_byte_tokenizer_keeps_the_end_of_turn_token_in_the_last_step():
-    from engine.tokenizer import build_char_tokenizer
-    from rollout.steps import tokenizer_decoder
+    from engine.builtin.tokenizer import build_char_tokenizer
+    from engine.tasks.steps import tokenizer_decoder
 
     tokenizer = build_char_tokenizer()
     ids = tokenizer(WORKED, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]

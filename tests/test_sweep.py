@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from engine.errors import UserError
+from engine.base.errors import UserError
 from engine.sweep import grid_runs, parse_grid, run_name
 from tests.conftest import ROOT
 

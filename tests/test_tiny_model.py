@@ -2,8 +2,8 @@ import hashlib
 
 from transformers import AutoConfig, AutoTokenizer
 
-from engine.tiny_model import TinyArithRecipe, build_tiny_arith, recipe_key
-from engine.tokenizer import build_char_tokenizer
+from engine.builtin.tiny_model import TinyArithRecipe, build_tiny_arith, recipe_key
+from engine.builtin.tokenizer import build_char_tokenizer
 
 
 def _digest(folder):

@@ -4,7 +4,7 @@ baselines, placement into batch positions and the loss coefficients, checked by 
 import pytest
 import torch
 
-from engine import algorithms as algo
+from engine.update import algorithms as algo
 
 
 def close(actual, expected):
@@ -75,7 +75,7 @@ def test_token_coefficients_take_per_token_advantages():
 
 
 def _episodes(lengths):
-    from rollout.data import Problem
+    from engine.tasks.data import Problem
     from rollout.episodes import Episode
     from rollout.vllm_engine import Completion
 
@@ -135,10 +135,10 @@ def test_the_trainer_gives_each_token_of_a_token_rewarded_turn_its_own_advantage
     """engine.train.per_token_advantages, by hand: Stage II, alpha 2, own credit, so turn 2's coefficient is
     1 + 2 = 3; turn 2 has token rewards, turn 1 does not. A_t = A + 3 (r_t - mean r), at turn 2's positions;
     turn 1 keeps its per-episode advantage (a per-episode result for turn 2 would fail here)."""
-    from engine.batch import collate
-    from engine.config import load_config
-    from engine.tokenizer import build_char_tokenizer
+    from engine.builtin.tokenizer import build_char_tokenizer
+    from engine.config.loading import load_config
     from engine.train import per_token_advantages
+    from engine.update.batch import collate
     from tests.test_episodes import _episode
 
     tok = build_char_tokenizer()
@@ -165,10 +165,10 @@ def test_negative_token_frac_counts_what_the_update_trains_with():
     unanswered (3 sampled tokens: 'ab' + end of turn, all -1); the answered turns' tokens are +1 but one."""
     from types import SimpleNamespace
 
-    from engine.batch import collate
-    from engine.config import load_config
-    from engine.tokenizer import build_char_tokenizer
+    from engine.builtin.tokenizer import build_char_tokenizer
+    from engine.config.loading import load_config
     from engine.train import score_episodes
+    from engine.update.batch import collate
     from rewards.registry import RewardSpec
     from tests.test_episodes import _episode
 

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from engine.logprobs import head_stats
-from engine.scoring import targets_of
-from engine.token_stats import ALL_STATS, TokenStats
+from engine.ops.logprobs import head_stats
+from engine.ops.scoring import targets_of
+from engine.ops.token_stats import ALL_STATS, TokenStats
 
 
 def stats_from_logits(logits, ids, impl="chunked"):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from engine.reward_model.examples import (ExampleCounts, RewriteExample, collate_examples, epoch_batches, nll_terms,
-                                rewrite_examples, target_mask)
+                                          rewrite_examples, target_mask)
 from engine.reward_model.pairs import RMPair, heldout_split, read_pairs
 from tests.conftest import ROOT, assert_weights_synced, run_script
 
@@ -97,9 +97,9 @@ def test_update_loss_is_the_token_mean_nll_of_the_targets(tiny_model_dir, packin
     -log p of the target tokens computed from full logits, and the step lowers it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.distributed import init_distributed
-    from engine.learner import Learner
     from engine.reward_model.update import rewrite_update
+    from engine.runtime.distributed import init_distributed
+    from engine.update.learner import Learner
     from rewards.rewrite_format import rewrite_context_ids, rewrite_target_ids
 
     init_distributed()
@@ -137,7 +137,7 @@ FAST = ["rm.heldout_pairs=4", "rm.batch_size=8", "rm.epochs=5", "rm.lr=3e-3", "r
 
 
 def _ok_pairs(path):
-    from rollout.arith import arith_problems
+    from engine.tasks.arith import arith_problems
 
     rows = [{"prompt": p.prompt, "chosen": "OK", "rejected": f"Final Answer: {i}"}
             for i, p in enumerate(arith_problems("train")[:OK_PAIRS])]
@@ -321,8 +321,8 @@ def test_bad_inputs_are_one_error_line(case, tmp_path, capsys):
 def test_a_resumed_run_must_keep_the_schedule_of_its_checkpoint(tmp_path):
     from omegaconf import OmegaConf
 
-    from engine.config import load_config
-    from engine.errors import UserError
+    from engine.base.errors import UserError
+    from engine.config.loading import load_config
     from engine.train_rm import check_same_schedule
 
     cfg = load_config(["configs/seq2seq_rm.yaml"])
@@ -342,8 +342,8 @@ def test_a_changed_schedule_is_refused_before_anything_is_set_up(tmp_path, capsy
     would otherwise fail inside the load)."""
     from omegaconf import OmegaConf
 
-    from engine.checkpoint import checkpoint_root
-    from engine.config import load_config
+    from engine.config.loading import load_config
+    from engine.runtime.checkpoint import checkpoint_root
     from engine.train_rm import cli
 
     out = tmp_path / "rm"

@@ -1,8 +1,8 @@
 """Later turns of a chain get at most the room left in the engine's context (evaluation with more turns
 than the model was trained with); a chain with no room left gets an empty, unfinished turn."""
 
-from engine.tokenizer import build_char_tokenizer
-from rollout.data import Problem
+from engine.builtin.tokenizer import build_char_tokenizer
+from engine.tasks.data import Problem
 from rollout.episodes import correction_request_ids, encode_prompt, sample_episodes
 from rollout.vllm_engine import Completion
 

@@ -1,4 +1,4 @@
-"""model.warmup (engine/warmup.py): a cached supervised warm-up stage on the built-in task's worked answers, on a
+"""model.warmup (engine/models/warmup.py): a cached supervised warm-up stage on the built-in task's worked answers, on a
 tiny random Qwen2 with the project's char tokenizer (ChatML), three steps."""
 
 import json
@@ -10,12 +10,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from engine.config_schema import ModelConfig, WarmupSettings
-from engine.errors import UserError
-from engine.models import prepare_model
-from engine.tiny_model import TinyArithRecipe, recipe_key, require_chatml
-from engine.tokenizer import build_char_tokenizer
-from engine.warmup import base_identity, warmed_up_folder
+from engine.base.errors import UserError
+from engine.builtin.tiny_model import TinyArithRecipe, recipe_key, require_chatml
+from engine.builtin.tokenizer import build_char_tokenizer
+from engine.config.schema import ModelConfig, WarmupSettings
+from engine.models.paths import prepare_model
+from engine.models.warmup import base_identity, warmed_up_folder
 
 SETTINGS = WarmupSettings(steps=3, lr=1e-2, batch_size=8)  # a random model: a large lr moves it in 3 steps
 # recipe_key(TinyArithRecipe()) and builtin:tiny-arith-judge's: at 5a6a5d0 (before pretrain() was shared) they
@@ -30,7 +30,7 @@ def quiet(*_):
 def save_random_qwen2(folder: Path, chat_template: str | None = None) -> Path:
     from transformers import Qwen2ForCausalLM
 
-    from engine.tiny_model import model_config
+    from engine.builtin.tiny_model import model_config
 
     torch.manual_seed(0)
     tokenizer = build_char_tokenizer()
@@ -80,8 +80,8 @@ def train_loss(folder: Path) -> float:
     """Mean loss on four fresh batches of the warm-up's own episodes (train split, another seed)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.tiny_model import _batch
-    from rollout.arith import arith_problems
+    from engine.builtin.tiny_model import _batch
+    from engine.tasks.arith import arith_problems
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -102,18 +102,18 @@ def test_weights_move_and_train_loss_falls(base_folder, warmed):
 
 
 def test_other_settings_another_folder_never_from_eval(base_folder, warmed, tmp_path, monkeypatch):
-    import engine.tiny_model
-    import rollout.arith
+    import engine.builtin.tiny_model
+    import engine.tasks.arith
 
     asked: list[str] = []
-    real = rollout.arith.arith_problems
+    real = engine.tasks.arith.arith_problems
 
     def recording(split):
         asked.append(split)
         return real(split)
 
-    monkeypatch.setattr(rollout.arith, "arith_problems", recording)
-    monkeypatch.setattr(engine.tiny_model, "arith_problems", recording)
+    monkeypatch.setattr(engine.tasks.arith, "arith_problems", recording)
+    monkeypatch.setattr(engine.builtin.tiny_model, "arith_problems", recording)
     settings = {**OmegaConf.to_container(OmegaConf.structured(SETTINGS)), "seed": 1, "p_slip_t1": 0.5}
     other = warmed_up_folder(base_folder, settings, warmed[1], is_builder=True, log=quiet)
     assert other != warmed[0] and other.parent == warmed[0].parent
@@ -160,7 +160,7 @@ def test_cache_key_follows_content(base_folder, tmp_path):
 
 
 def test_builtin_tiny_model_keys_unchanged():
-    from engine.models import BUILTIN_MODELS
+    from engine.models.paths import BUILTIN_MODELS
 
     assert recipe_key(TinyArithRecipe()) == BUILTIN_KEYS["tiny-arith"]
     assert recipe_key(TinyArithRecipe(**BUILTIN_MODELS["builtin:tiny-arith-judge"])) == BUILTIN_KEYS["tiny-arith-judge"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.learner import PartitionReport, check_partitioned, partition_report
+from engine.update.learner import PartitionReport, check_partitioned, partition_report
 from tests.conftest import run_script
 from tests.test_learner import _wide_model
 
@@ -53,7 +53,7 @@ def test_two_ranks_really_shard_and_uneven_scoring_finishes(tmp_path):
     holds a shard of every such matrix of the policy and of the reference; rank 0 scores 3 rows (2 micro-batches)
     while rank 1 scores 2 (1), and an evaluation of 1 problem leaves rank 1 without any: both finish, and a
     share's rows score as they do in the whole batch."""
-    from engine.distributed import free_port
+    from engine.runtime.distributed import free_port
 
     model = _wide_model(tmp_path / "wide")
     proc = run_script(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),

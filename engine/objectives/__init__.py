@@ -1,5 +1,6 @@
-"""Training objectives (`algo.kind`). Each is a loop that trains a built `Run` (engine/train.py) and returns
-its summary; a new objective is a module and one line in LOOPS.
+"""Training objectives (`algo.kind`). Each is a loop that trains a built `Run` (engine/loop/run.py) and returns
+its summary, registered here with the number of sequences one of its updates trains on; a new objective is a
+module that registers itself, never a branch in the loop.
 
 - `pg`: SCoRe's policy gradient, step by step (engine/train.py, `train`).
 - `dpo`: preference rounds, DPO on pairs built from the policy's own rollouts (dpo_rounds.py; the loss in
@@ -8,18 +9,23 @@ its summary; a new objective is a module and one line in LOOPS.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-
-LOOPS = {"pg": "engine.train:train", "dpo": "engine.objectives.dpo_rounds:train_rounds"}
-
-# Sequences one update trains on, all ranks: the learner sizes its micro-batches and accumulation from it.
-ROWS_PER_UPDATE: dict[str, Callable] = {
-    "pg": lambda cfg: cfg.rollout.prompts_per_step * cfg.rollout.n,
-    "dpo": lambda cfg: 2 * cfg.dpo.batch_pairs,  # each pair: its chosen and its rejected response
-}
+from dataclasses import dataclass
 
 
-def training_loop(kind: str) -> Callable:
-    module, name = LOOPS[kind].split(":")
-    return getattr(importlib.import_module(module), name)
+@dataclass(frozen=True)
+class Objective:
+    loop: Callable  # (Run) -> summary dict
+    # sequences one update trains on, all ranks (cfg -> int): the learner sizes its micro-batches from it
+    rows_per_update: Callable
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register(kind: str, rows_per_update: Callable) -> Callable:
+    """Decorator: the training loop of algo.kind=`kind`."""
+    def add(loop: Callable) -> Callable:
+        OBJECTIVES[kind] = Objective(loop, rows_per_update)
+        return loop
+    return add

@@ -2,9 +2,9 @@
 
 Each round r of dpo.rounds:
   1. the current policy's weights go to vLLM; the round's prompts are sampled with (train.seed, r);
-  2. the round probe of pairs.kind, if any, measures this policy (pairs/probes.py: PSRLM's judge accuracy;
+  2. the round probe of pairs.kind, if any, measures this policy (engine/objectives/pairs/probes.py: PSRLM's judge accuracy;
      again after the last round); the pair builder (pairs.kind) turns this policy's rollouts into preference
-     pairs, scored by the reward (pairs/builders.py); every rank builds its share, all ranks gather them all;
+     pairs, scored by the reward (engine/objectives/pairs/builders.py); every rank builds its share, all ranks gather them all;
   3. pairs whose responses are the same tokens are dropped, a seeded shuffle keeps dpo.pairs_per_round;
      with dpo.reference=previous each pair's log-probs under this policy (the round's reference) are scored;
      they are written to <output_dir>/pairs/round-NNN.jsonl (ids and texts, for reading);
@@ -26,20 +26,24 @@ from pathlib import Path
 
 import torch
 
-from engine.distributed import gather_objects, reduce_max
-from engine.errors import UserError
-from engine.guard import CollapseGuard
+from engine.base.errors import UserError
+from engine.base.guard import CollapseGuard
+from engine.base.schedule import shuffled_batches
+from engine.loop.evaluation import run_eval
+from engine.loop.lifecycle import exit_after_signal, finish, resume_or_start, write_checkpoint
+from engine.loop.run import Run
+from engine.objectives import register
 from engine.objectives.dpo_step import collate_pairs, dpo_update, policy_logprobs
+from engine.objectives.pairs.builders import PAIR_BUILDERS, PreferencePair, RoundInputs, informative
 from engine.objectives.round_extras import log_builder_stats, probe_history, probe_policy, summed_stats
-from engine.schedule import shuffled_batches
-from engine.stop_signals import StopSignals
-from engine.train import Run, exit_after_signal, finish, resume_or_start, run_eval, write_checkpoint
-from pairs.builders import PAIR_BUILDERS, PreferencePair, RoundInputs, informative
+from engine.runtime.distributed import gather_objects, reduce_max
+from engine.runtime.stop_signals import StopSignals
 from rollout.service import share
 
 DPO_SCALARS = ("loss", "margin", "chosen_logp", "rejected_logp", "pairs", "accuracy", "grad_norm", "lr")
 
 
+@register("dpo", rows_per_update=lambda cfg: 2 * cfg.dpo.batch_pairs)  # a pair: its chosen and rejected
 def train_rounds(run: Run) -> dict:
     cfg = run.cfg
     started, signals = time.time(), StopSignals()
@@ -144,7 +148,7 @@ def build_on_every_rank(kind: str, inputs: RoundInputs) -> list[PreferencePair]:
 
 
 def pair_schedule(pairs: int, batch_pairs: int, epochs: int, seed: int, rnd: int) -> list[list[int]]:
-    """Indices of the pairs of each update (engine/schedule.py): per epoch a seeded shuffle, seeded by the
+    """Indices of the pairs of each update (engine/base/schedule.py): per epoch a seeded shuffle, seeded by the
     round too, cut into batches of batch_pairs, a last partial batch filled from the start of the epoch's order."""
     return shuffled_batches(pairs, batch_pairs, [seed * 1_000_003 + 104_729 * (rnd + 1) + epoch
                                                  for epoch in range(epochs)])

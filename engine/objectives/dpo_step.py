@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.batch import TrainBatch
-from engine.distributed import all_ranks_sum, world_size
 from engine.objectives.dpo import dpo_loss, sequence_logprobs
-from engine.scoring import flat, grid
+from engine.ops.scoring import flat, grid
+from engine.runtime.distributed import all_ranks_sum, world_size
+from engine.update.batch import TrainBatch
 
 
 def collate_pairs(pairs, pad_id: int) -> TrainBatch:

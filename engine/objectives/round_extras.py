@@ -1,12 +1,12 @@
 """What the DPO rounds record besides pairs: the pair builder's own counts (RoundInputs.stats, e.g. PSRLM's
-steps/*) and the round probe of pairs.kind (pairs/probes.py, e.g. PSRLM's judge accuracy), measured on the
+steps/*) and the round probe of pairs.kind (engine/objectives/pairs/probes.py, e.g. PSRLM's judge accuracy), measured on the
 policy at the start of every round and after the last one."""
 
 from __future__ import annotations
 
-from engine.distributed import gather_objects
-from pairs import psrlm  # noqa: F401  (registers pairs.kind=psrlm and its round probe)
-from pairs.probes import ROUND_PROBES, ProbeInputs
+from engine.objectives.pairs import psrlm  # noqa: F401  (registers pairs.kind=psrlm and its round probe)
+from engine.objectives.pairs.probes import ROUND_PROBES, ProbeInputs
+from engine.runtime.distributed import gather_objects
 
 
 def summed_stats(stats: dict[str, float]) -> dict[str, float]:

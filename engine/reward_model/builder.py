@@ -1,5 +1,5 @@
 """rm.pairs=builder: the reward model's pairs, sampled now from the base policy through vLLM and a registered
-pair builder (pairs.kind, pairs/builders.py), ranked by the reward rm.reward (gold-checked by default, or a
+pair builder (pairs.kind, engine/objectives/pairs/builders.py), ranked by the reward rm.reward (gold-checked by default, or a
 label-free reward such as confidence). Each rank builds its share of rm.prompts; every rank gets them all."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from collections import Counter
 
 from omegaconf import DictConfig
 
-from engine.config import with_values
-from engine.distributed import gather_objects
-from engine.errors import UserError
-from engine.inputs import Inputs, fit_to_model
+from engine.base.errors import UserError
+from engine.config.loading import with_values
+from engine.loop.inputs import Inputs, fit_to_model
 from engine.objectives.dpo_rounds import build_on_every_rank
+from engine.objectives.pairs.builders import RoundInputs, informative
 from engine.reward_model.pairs import RMPair
-from pairs.builders import RoundInputs, informative
-from rollout.data import Problem
+from engine.runtime.distributed import gather_objects
+from engine.tasks.data import Problem
 from rollout.service import share
 from rollout.vllm_engine import RolloutEngine
 
@@ -26,7 +26,7 @@ from rollout.vllm_engine import RolloutEngine
 def builder_prompts(cfg: DictConfig, problems: list[Problem], tokenizer, model_config,
                     log) -> tuple[DictConfig, list[Problem]]:
     """rm.prompts training problems (a seeded sample), once those whose episode cannot fit the context are
-    dropped or refused (data.overlong, engine/inputs.py); and cfg with its context sized (fit_to_model)."""
+    dropped or refused (data.overlong, engine/loop/inputs.py); and cfg with its context sized (fit_to_model)."""
     cfg, fitted = fit_to_model(cfg, Inputs(problems, problems[:1]), tokenizer, model_config, log)
     fitted = fitted.train
     if cfg.rm.prompts > len(fitted):

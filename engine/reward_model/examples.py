@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from engine.schedule import shuffled_batches
+from engine.base.schedule import shuffled_batches
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,6 @@ def nll_terms(logprobs: Tensor, total_tokens: float) -> Tensor:
 
 
 def epoch_batches(examples: int, batch_size: int, epochs: int, seed: int) -> list[list[int]]:
-    """Example indices of every optimizer step (engine/schedule.py): each epoch a seeded shuffle cut into
+    """Example indices of every optimizer step (engine/base/schedule.py): each epoch a seeded shuffle cut into
     batches of batch_size, a last partial batch filled from the start of the epoch's order."""
     return shuffled_batches(examples, batch_size, [seed * 1_000_003 + 7_777 * (epoch + 1) for epoch in range(epochs)])

@@ -14,10 +14,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from engine.distributed import all_ranks_sum
 from engine.reward_model.examples import RewriteExample, collate_examples
 from engine.reward_model.update import target_nll_sums
-from rewards.answer import answers_match, extract_answer
+from engine.runtime.distributed import all_ranks_sum
+from engine.tasks.answer import answers_match, extract_answer
 from rewards.seq2seq import greedy_rewrites
 
 GENERATE_CHUNK = 64  # examples per generate call

@@ -11,8 +11,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from engine.errors import UserError
-from engine.jsonl import jsonl_rows
+from engine.base.errors import UserError
+from engine.base.jsonl import jsonl_rows
 
 EXAMPLE = '{"prompt": "What is 47+85?", "chosen": "... Final Answer: 132", "rejected": "... Final Answer: 122"}'
 # The key each field is read from, then the one the DPO rounds write (<output_dir>/pairs/round-NNN.jsonl).

@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from engine.distributed import all_ranks_sum, world_size
+from engine.ops.scoring import grid
 from engine.reward_model.examples import ExampleBatch, nll_terms
-from engine.scoring import grid
+from engine.runtime.distributed import all_ranks_sum, world_size
 
 
 def rewrite_update(learner, batch: ExampleBatch) -> dict[str, float]:

@@ -25,10 +25,10 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from bench.reference_memory import resident_bytes, shut_down
-    from engine.algorithms import TurnWeights
-    from engine.batch import collate
-    from engine.distributed import init_distributed, reduce_mean
-    from engine.learner import Learner
+    from engine.runtime.distributed import init_distributed, reduce_mean
+    from engine.update.algorithms import TurnWeights
+    from engine.update.batch import collate
+    from engine.update.learner import Learner
     from rollout.service import share
     from tests.test_episodes import _episode
 

@@ -30,12 +30,12 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.algorithms import TurnWeights
-    from engine.batch import collate
-    from engine.distributed import init_distributed
-    from engine.learner import Learner
-    from engine.scoring import grid, sampling_temperature, targets_of
-    from rollout.data import load_problems
+    from engine.ops.scoring import grid, sampling_temperature, targets_of
+    from engine.runtime.distributed import init_distributed
+    from engine.tasks.data import load_problems
+    from engine.update.algorithms import TurnWeights
+    from engine.update.batch import collate
+    from engine.update.learner import Learner
     from rollout.episodes import sample_episodes
     from rollout.vllm_engine import RolloutEngine
 

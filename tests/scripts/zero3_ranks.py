@@ -22,10 +22,10 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from bench.reference_memory import shut_down
-    from engine.batch import collate
-    from engine.distributed import gather_objects, init_distributed
     from engine.evaluate import eval_metrics
-    from engine.learner import Learner
+    from engine.runtime.distributed import gather_objects, init_distributed
+    from engine.update.batch import collate
+    from engine.update.learner import Learner
     from tests.test_episodes import _episode
 
     model_dir, threshold = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]

@@ -1,0 +1,1 @@
+"""The configuration: its schema (dataclasses) and loading, overrides and checks."""
