@@ -49,14 +49,15 @@ def build_model(folder: Path) -> None:
 
 
 def engine_module(name: str):
-    """The engine module `name` (engine.runtime.distributed, ...); a --repo checkout from before the engine's
-    subpackages has it flat (engine.distributed)."""
+    """The engine module `name` (engine.runtime.distributed, ...) of the checkout whose `engine` was imported;
+    one from before the engine's subpackages has it flat (engine.distributed). Decided by the folder, not by
+    trying the import: an installed copy of the engine would answer for the new name."""
     import importlib
 
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError:
-        return importlib.import_module("engine." + name.rsplit(".", 1)[1])
+    import engine
+
+    subpackage = Path(engine.__path__[0]) / name.split(".")[1]
+    return importlib.import_module(name if subpackage.is_dir() else "engine." + name.rsplit(".", 1)[1])
 
 
 def shut_down() -> None:
