@@ -97,18 +97,13 @@ def _update(learner, batch: TrainBatch, pair_weights: Tensor, beta: float,
             return coef[rows].to(lp.dtype) * lp  # summed: sum_s g_s log pi(s), whose gradient is DPO's
 
         step_loss, *_ = learner.engine(mb.input_ids, mb.attention_mask, per_token_loss=per_token_loss, scored=scored)
-        learner.engine.backward(step_loss * scale, scale_wrt_gas=False)
-        if learner.engine.is_gradient_accumulation_boundary():
-            grad_norm = learner._grad_norm_before_step()
-        learner.engine.step()
-    if grad_norm is None:  # ZeRO 1-3: the optimizer computed the global norm
-        grad_norm = learner.engine.get_global_grad_norm()
+        grad_norm = learner.accumulate(step_loss * scale)
     total_loss, margin, chosen, rejected, accuracy = all_ranks_sum(
         [loss.item() * share, stats.margin / scale, stats.chosen_logp / scale, stats.rejected_logp / scale,
          stats.accuracy / scale])  # every rank has the same number of pairs: means of means
     return DPOUpdateStats(loss=total_loss, margin=margin, chosen_logp=chosen, rejected_logp=rejected,
                           accuracy=accuracy, pairs=pairs * scale,
-                          grad_norm=float("nan") if grad_norm is None else float(grad_norm),
+                          grad_norm=learner.update_grad_norm(grad_norm),
                           lr=learner.engine.get_lr()[0])
 
 

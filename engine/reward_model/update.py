@@ -31,15 +31,10 @@ def rewrite_update(learner, batch: ExampleBatch) -> dict[str, float]:
 
         loss, *_ = learner.engine(mb.input_ids, mb.attention_mask, per_token_loss=per_token_loss,
                                   scored=mb.target_mask)
-        learner.engine.backward(loss * scale, scale_wrt_gas=False)  # already a mean over the whole batch
-        if learner.engine.is_gradient_accumulation_boundary():
-            grad_norm = learner._grad_norm_before_step()
-        learner.engine.step()
+        grad_norm = learner.accumulate(loss * scale)  # already a mean over the whole batch
         loss_sum += loss.item()
-    if grad_norm is None:  # ZeRO 1-3 shard the gradients; their optimizer computed the global norm
-        grad_norm = learner.engine.get_global_grad_norm()
     (loss_all,) = all_ranks_sum([loss_sum])
-    return {"loss": loss_all, "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
+    return {"loss": loss_all, "grad_norm": learner.update_grad_norm(grad_norm),
             "lr": learner.engine.get_lr()[0], "tokens": total_tokens}
 
 

@@ -240,7 +240,7 @@ class Learner:
                                               turn_tokens)
         loss_sum = mismatch = drift = entropy_sum = 0.0
         kl_sums = [0.0] * batch.turns
-        grad_norm = None
+        grad_norm = None  # the last micro-batch's (accumulate)
         groups = self.micro_batch_rows(batch)
         slots = tokens = 0
         for i, rows in enumerate(groups):
@@ -272,12 +272,7 @@ class Learner:
                 loss, lp, _lse, entropy, *_ = self.engine(mb.input_ids, mask, wanted=Wanted(entropy=True),
                                                           per_token_loss=per_token_loss, scored=sampled)
             # Our loss is already a token mean over the whole batch: no extra 1/grad_accum scaling.
-            with record_function("update/backward"):
-                self.engine.backward(loss * scale, scale_wrt_gas=False)
-            if self.engine.is_gradient_accumulation_boundary():
-                grad_norm = self._grad_norm_before_step()
-            with record_function("update/optimizer_step"):
-                self.engine.step()
+            grad_norm = self.accumulate(loss * scale)
             if throwaway:
                 continue
             lengths = mb.lengths
@@ -292,14 +287,12 @@ class Learner:
             loss_sum += loss.item() * scale
             for k in turns:
                 kl_sums[k] += (kl_tokens * mb.turn_mask(k)).sum().item()
-        if grad_norm is None:  # ZeRO 1-3 shard the gradients; their optimizer computes the global norm
-            grad_norm = self.engine.get_global_grad_norm()
         # Sums over all ranks over the global token counts: every rank reports the batch's token mean.
         kl_sums = all_ranks_sum(kl_sums)
         entropy_sum = all_ranks_sum([entropy_sum])[0]
         return UpdateStats(loss=loss_sum, kl_turns=[kl / max(n, 1) for kl, n in zip(kl_sums, turn_tokens)],
                            logprob_mismatch=mismatch, reference_drift=drift,
-                           grad_norm=float("nan") if grad_norm is None else float(grad_norm),
+                           grad_norm=self.update_grad_norm(grad_norm),
                            lr=self.engine.get_lr()[0], entropy=entropy_sum / max(sum(turn_tokens), 1),
                            pad_frac=padding_share(*all_ranks_sum([slots, tokens])))
 
@@ -311,6 +304,23 @@ class Learner:
         if self.max_tokens is not None and world_size() > 1:
             groups += [None] * (int(reduce_max(len(groups))) - len(groups))
         return groups
+
+    def accumulate(self, loss: Tensor) -> float | None:
+        """One micro-batch's backward (`loss` already scaled for the whole update) and DeepSpeed's step, which
+        applies the optimizer at the accumulation boundary (the caller sets it before the forward). Returns the
+        gradient norm read just before that step (ZeRO 0, float32), else None; see update_grad_norm."""
+        with record_function("update/backward"):
+            self.engine.backward(loss, scale_wrt_gas=False)
+        norm = self._grad_norm_before_step() if self.engine.is_gradient_accumulation_boundary() else None
+        with record_function("update/optimizer_step"):
+            self.engine.step()
+        return norm
+
+    def update_grad_norm(self, norm_before_step: float | None) -> float:
+        """The update's gradient norm: the one `accumulate` read at the boundary, else the global norm that
+        ZeRO 1-3's (or bfloat16's) optimizer computed; nan when DeepSpeed has none."""
+        norm = self.engine.get_global_grad_norm() if norm_before_step is None else norm_before_step
+        return float("nan") if norm is None else float(norm)
 
     def _grad_norm_before_step(self) -> float | None:
         """At ZeRO 0 every rank holds the full, already averaged gradients. In bfloat16, DeepSpeed's optimizer
